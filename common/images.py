@@ -1,0 +1,103 @@
+"""Image helpers: tensor <-> PIL in both [-1, 1] and [0, 1] conventions, grids and GIFs."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+Range = tuple[float, float]
+SIGNED: Range = (-1.0, 1.0)
+UNIT: Range = (0.0, 1.0)
+
+
+def _to_unit(x: torch.Tensor, value_range: Range) -> torch.Tensor:
+    lo, hi = value_range
+    return ((x.detach().float().cpu() - lo) / (hi - lo)).clamp(0, 1)
+
+
+def tensor_to_pil(x: torch.Tensor, value_range: Range = SIGNED) -> Image.Image | list[Image.Image]:
+    """[C, H, W] -> PIL image, or [B, C, H, W] -> list of PIL images (C = 1 or 3)."""
+    if x.ndim == 4:
+        return [tensor_to_pil(xi, value_range) for xi in x]
+    if x.ndim != 3 or x.shape[0] not in (1, 3):
+        raise ValueError(f"expected an image tensor [C,H,W] with C in (1,3), got shape {tuple(x.shape)}")
+    arr = (_to_unit(x, value_range) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    return Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr)
+
+
+def pil_to_tensor(img: Image.Image, value_range: Range = SIGNED) -> torch.Tensor:
+    """PIL image -> float tensor [3, H, W] in ``value_range`` (converted to RGB)."""
+    arr = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+    lo, hi = value_range
+    return torch.from_numpy(arr).permute(2, 0, 1) * (hi - lo) + lo
+
+
+def load_image(path: str | os.PathLike, size: int | tuple[int, int] | None = None, value_range: Range = SIGNED) -> torch.Tensor:
+    """Read an image file as [3, H, W]; optionally resize (bicubic) to ``size``. One-line errors on bad files."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(2, "No such file", str(path))
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if size is not None:
+                hw = (size, size) if isinstance(size, int) else size
+                img = img.convert("RGB").resize((hw[1], hw[0]), Image.BICUBIC)
+            return pil_to_tensor(img, value_range)
+    except (UnidentifiedImageError, OSError) as err:
+        raise ValueError(f"cannot read image {path}: not a valid image file") from err
+
+
+def make_grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2, pad_value: float = 1.0) -> torch.Tensor:
+    """[B, C, H, W] -> one [C, H', W'] grid with ``nrow`` images per row (default: near-square)."""
+    b, c, h, w = images.shape
+    nrow = nrow or max(1, math.ceil(math.sqrt(b)))
+    ncol = math.ceil(b / nrow)
+    grid = images.new_full((c, ncol * (h + padding) + padding, nrow * (w + padding) + padding), pad_value)
+    for i in range(b):
+        r, q = divmod(i, nrow)
+        y, x = padding + r * (h + padding), padding + q * (w + padding)
+        grid[:, y : y + h, x : x + w] = images[i]
+    return grid
+
+
+def save_image(x: torch.Tensor, path: str | os.PathLike, value_range: Range = SIGNED) -> Path:
+    """Save one [C, H, W] tensor as an image file (atomically)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(".tmp-" + path.name)
+    tensor_to_pil(x, value_range).save(tmp, format=_format(path))
+    os.replace(tmp, path)
+    return path
+
+
+def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int | None = None, value_range: Range = SIGNED) -> Path:
+    """Save a batch [B, C, H, W] as one grid image."""
+    lo, hi = value_range
+    unit = _to_unit(images, value_range)
+    return save_image(make_grid(unit, nrow) * (hi - lo) + lo, path, value_range)
+
+
+def save_gif(frames: Sequence[torch.Tensor | Image.Image], path: str | os.PathLike, duration_ms: int = 80,
+             value_range: Range = SIGNED, loop: int = 0) -> Path:
+    """Write an animated GIF from [C, H, W] tensors or PIL images."""
+    if not frames:
+        raise ValueError("save_gif needs at least one frame")
+    pil = [f if isinstance(f, Image.Image) else tensor_to_pil(f, value_range) for f in frames]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(".tmp-" + path.name)
+    pil[0].save(tmp, format="GIF", save_all=True, append_images=pil[1:], duration=duration_ms, loop=loop)
+    os.replace(tmp, path)
+    return path
+
+
+def _format(path: Path) -> str:
+    ext = path.suffix.lower().lstrip(".")
+    return {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "gif": "GIF", "webp": "WEBP"}.get(ext, "PNG")

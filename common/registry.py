@@ -1,0 +1,425 @@
+"""Model registry: one place mapping model names to their sources and loaders.
+
+Every entry point defaults to an embedded toy model (``toy-*``, shipped under ``common/toy/models/<name>/``) and
+takes a real model with ``--model <name>``; a local folder in a standard format works too:
+
+- a diffusers folder with ``model_index.json`` (``StableDiffusionPipeline`` -> ``sd``, ``DDPMPipeline`` /
+  ``DDIMPipeline`` -> ``ddpm``, any other pipeline with a text-conditioned ``unet/`` and no ``vae/`` -> ``pixel``);
+- a bare ``UNet2DModel`` folder (``config.json``) -> ``ddpm``;
+- an open_clip folder with ``open_clip_config.json`` + ``open_clip_model.safetensors`` -> ``clip``.
+
+Only safetensors weights are loaded (``use_safetensors=True``); pickled checkpoints are refused. Loading a real
+model without network access raises :class:`ModelLoadError` with one line naming the model and an offline
+alternative. ``ModelLoadError`` is both a ``ValueError`` and a :class:`common.cli.UserError`, so a click command
+prints ``Error: <line>`` with exit code 2 whether or not it is wrapped in :func:`common.cli.user_errors`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+
+from common.cli import UserError
+
+TOY_MODELS_DIR = Path(__file__).resolve().parent / "toy" / "models"
+KINDS = ("sd", "clip", "ddpm", "pixel")
+_OFFLINE_ALTERNATIVE = {
+    "sd": "use --model toy-sd (embedded) or a local Stable Diffusion folder",
+    "clip": "use --clip_model toy-clip (embedded) or a local open_clip folder",
+    "ddpm": "use --model toy-faces (embedded) or a local UNet2DModel folder",
+    "pixel": "use --model toy-pixel (embedded) or a local folder",
+}
+_TOY_TRAIN = {"toy-sd": "sd", "toy-clip": "clip", "toy-faces": "faces", "toy-pixel": "pixel"}
+
+
+class ModelLoadError(UserError, ValueError):
+    """A model name or folder that cannot be resolved or loaded (one line, exit code 2 in a CLI)."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Where a named model comes from. Exactly one of ``hub_id``, ``open_clip``, ``folder`` is the source."""
+
+    name: str
+    kind: str  # "sd" | "clip" | "ddpm" | "pixel"
+    description: str
+    hub_id: str | None = None  # Hugging Face Hub repository (diffusers format)
+    open_clip: tuple[str, str] | None = None  # (architecture, pretrained tag) for open_clip
+    folder: Path | None = None  # shipped toy folder or a user's local folder
+    stage2_hub_id: str | None = None  # DeepFloyd IF super-resolution stage
+    text_from: str | None = None  # registry name whose tokenizer/text encoder this model uses
+
+    @property
+    def is_real(self) -> bool:
+        """True when loading needs the Hub (or its local cache)."""
+        return self.folder is None
+
+    @property
+    def source(self) -> str:
+        """Human-readable source, used in messages."""
+        if self.hub_id:
+            return self.hub_id
+        if self.open_clip:
+            return f"open_clip {self.open_clip[0]}/{self.open_clip[1]}"
+        return str(self.folder)
+
+
+def _toy(name: str, kind: str, description: str, **kwargs: Any) -> ModelSpec:
+    return ModelSpec(name, kind, description, folder=TOY_MODELS_DIR / name, **kwargs)
+
+
+MODELS: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        ModelSpec("sd-2.1-base", "sd", "Stable Diffusion 2.1 base, 512 px, epsilon prediction (assignments' default)",
+                  hub_id="stabilityai/stable-diffusion-2-1-base"),
+        ModelSpec("sd-2-base", "sd", "Stable Diffusion 2 base, 512 px, epsilon prediction",
+                  hub_id="stabilityai/stable-diffusion-2-base"),
+        ModelSpec("sd-1.5", "sd", "Stable Diffusion 1.5, 512 px",
+                  hub_id="stable-diffusion-v1-5/stable-diffusion-v1-5"),
+        ModelSpec("clip-vit-b-32", "clip", "OpenAI CLIP ViT-B/32 (QuickGELU), the assignments' eval.py model",
+                  open_clip=("ViT-B-32", "openai")),
+        ModelSpec("ddpm-celebahq-256", "ddpm", "DDPM on CelebA-HQ 256 (Ho et al.)", hub_id="google/ddpm-celebahq-256"),
+        ModelSpec("ddpm-ema-celebahq-256", "ddpm", "DDPM on CelebA-HQ 256, EMA weights",
+                  hub_id="google/ddpm-ema-celebahq-256"),
+        ModelSpec("deepfloyd-if", "pixel", "DeepFloyd IF stage I (64 px, T5-XXL text) + stage II upscaler",
+                  hub_id="DeepFloyd/IF-I-XL-v1.0", stage2_hub_id="DeepFloyd/IF-II-L-v1.0"),
+        _toy("toy-sd", "sd", "embedded latent text-to-image model on the shapes domain (64 px)"),
+        _toy("toy-clip", "clip", "embedded CLIP trained on the shapes domain (64 px)"),
+        _toy("toy-faces", "ddpm", "embedded unconditional pixel DDPM on procedural faces"),
+        _toy("toy-pixel", "pixel", "embedded pixel-space text-to-image model (64 px), text encoder from toy-sd",
+             text_from="toy-sd"),
+    )
+}
+
+
+def known_names(kind: str | None = None) -> list[str]:
+    """Registry names, optionally only those of one kind."""
+    return [name for name, spec in MODELS.items() if kind is None or spec.kind == kind]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Resolving names and folders
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"cannot read {path}: {err}") from err
+
+
+def detect_folder_kind(folder: str | os.PathLike) -> str:
+    """Kind of a local model folder from its format files (see the module docstring)."""
+    folder = Path(folder)
+    if (folder / "open_clip_config.json").is_file():
+        return "clip"
+    if (folder / "model_index.json").is_file():
+        cls = _read_json(folder / "model_index.json").get("_class_name", "")
+        if cls.startswith("StableDiffusion") or (folder / "vae").is_dir():
+            return "sd"
+        if cls in ("DDPMPipeline", "DDIMPipeline"):
+            return "ddpm"
+        unet_cfg = folder / "unet" / "config.json"
+        if unet_cfg.is_file() and _read_json(unet_cfg).get("cross_attention_dim"):
+            return "pixel"
+        return "ddpm"
+    if (folder / "config.json").is_file() and _read_json(folder / "config.json").get("_class_name") == "UNet2DModel":
+        return "ddpm"
+    raise ModelLoadError(f"cannot tell the model format of folder {folder}: expected model_index.json "
+                         "(diffusers), config.json of a UNet2DModel, or open_clip_config.json (open_clip)")
+
+
+def resolve(name: str | os.PathLike, kind: str | None = None) -> ModelSpec:
+    """Registry name or local folder -> :class:`ModelSpec`; ``kind`` checks that it is the expected kind."""
+    key = str(name)
+    if key in MODELS:
+        spec = MODELS[key]
+    elif Path(key).expanduser().is_dir():
+        folder = Path(key).expanduser().resolve()
+        spec = ModelSpec(key, detect_folder_kind(folder), f"local folder {folder}", folder=folder)
+    else:
+        names = ", ".join(known_names(kind))
+        what = "folder not found" if (os.sep in key or key.startswith(".")) else "unknown model"
+        raise ModelLoadError(f"{what} {key!r}; known {kind or ''} models: {names} (or a local model folder)")
+    if kind is not None and spec.kind != kind:
+        raise ModelLoadError(f"model {key!r} is a {spec.kind} model, expected a {kind} model; "
+                             f"known {kind} models: {', '.join(known_names(kind))}")
+    return spec
+
+
+def _missing_toy_message(spec: ModelSpec) -> str:
+    train = _TOY_TRAIN.get(spec.name)
+    hint = f"; train it with `python -m common.toy train {train}`" if train else ""
+    return f"weights of {spec.name!r} not found in {spec.folder}{hint}"
+
+
+def _check_folder(spec: ModelSpec) -> Path:
+    assert spec.folder is not None
+    if not spec.folder.is_dir():
+        raise ModelLoadError(_missing_toy_message(spec))
+    return spec.folder
+
+
+def _offline_error(spec: ModelSpec, err: BaseException) -> ModelLoadError:
+    """One line: which model failed, why (offline or other), and what to use instead."""
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    text = " ".join(str(err).split())
+    if offline or any(s in text.lower() for s in ("offline", "connect", "resolve", "network", "internet", "urlopen",
+                                                   "cannot find the requested files", "locate the file")):
+        why = "no network access to the Hugging Face Hub"
+    else:
+        why = text[:200] or type(err).__name__
+    alt = _OFFLINE_ALTERNATIVE[spec.kind]
+    return ModelLoadError(f"could not load {spec.name!r} ({spec.source}): {why}; {alt}")
+
+
+def _dtype_kw(dtype: torch.dtype, library: str = "diffusers") -> dict[str, torch.dtype]:
+    """``dtype=`` for newer diffusers/transformers (where ``torch_dtype`` is deprecated), else ``torch_dtype=``."""
+    if library == "diffusers":
+        from diffusers.utils import deprecation_utils
+
+        new = hasattr(deprecation_utils, "_resolve_dtype")
+    else:
+        from importlib import metadata
+
+        new = tuple(int(p) for p in metadata.version(library).split(".")[:2]) >= (4, 56)
+    return {"dtype" if new else "torch_dtype": dtype}
+
+
+def _hub_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [OSError, RuntimeError, ValueError]
+    try:
+        from huggingface_hub import errors as hub_errors
+
+        errors.append(hub_errors.HfHubHTTPError)
+    except ImportError:  # pragma: no cover - huggingface_hub always ships with diffusers
+        pass
+    return tuple(errors)
+
+
+def _from_source(spec: ModelSpec, load: Any, *args: Any, **kwargs: Any) -> Any:
+    """Call a ``from_pretrained``-style loader; for real models map network failures to one clear line."""
+    try:
+        return load(*args, **kwargs)
+    except ModelLoadError:
+        raise
+    except _hub_errors() as err:
+        if spec.is_real:
+            raise _offline_error(spec, err) from err
+        raise ModelLoadError(f"could not load {spec.name!r} from {spec.source}: "
+                             f"{' '.join(str(err).split())[:300]}") from err
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loaders
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def load_sd(name: str | os.PathLike = "toy-sd", device: torch.device | str = "cpu",
+            dtype: torch.dtype = torch.float32) -> Any:
+    """Load a Stable Diffusion pipeline (``diffusers.StableDiffusionPipeline``) by name or folder."""
+    from diffusers import StableDiffusionPipeline
+
+    spec = resolve(name, "sd")
+    source = spec.hub_id if spec.is_real else str(_check_folder(spec))
+    pipe = _from_source(spec, StableDiffusionPipeline.from_pretrained, source, **_dtype_kw(dtype),
+                        use_safetensors=True)
+    return pipe.to(device)
+
+
+class ClipBundle(NamedTuple):
+    """An open_clip model with its eval preprocessing (PIL -> tensor) and tokenizer (texts -> ids)."""
+
+    model: torch.nn.Module
+    preprocess: Any
+    tokenizer: Any
+    name: str
+
+
+def _load_clip_folder(spec: ModelSpec, folder: Path, device: torch.device | str) -> ClipBundle:
+    import open_clip
+
+    if not (folder / "open_clip_model.safetensors").is_file():
+        raise ModelLoadError(f"{folder} has no open_clip_model.safetensors (only safetensors weights are loaded)")
+    if "model_cfg" not in _read_json(folder / "open_clip_config.json"):
+        raise ModelLoadError(f"{folder / 'open_clip_config.json'} has no 'model_cfg' (expected open_clip's Hub "
+                             "format {'model_cfg': ..., 'preprocess_cfg': ...}, as written by save_clip_folder)")
+    ident = f"local-dir:{folder}"
+    model, _, preprocess = _from_source(spec, open_clip.create_model_and_transforms, ident, device=device)
+    tokenizer = open_clip.get_tokenizer(ident)
+    return ClipBundle(model.eval(), preprocess, tokenizer, spec.name)
+
+
+def save_clip_folder(model: torch.nn.Module, model_cfg: dict[str, Any], folder: str | os.PathLike,
+                     preprocess_cfg: dict[str, Any] | None = None, dtype: torch.dtype | None = None) -> Path:
+    """Write an open_clip model in the format :func:`load_clip` reads (open_clip's Hub folder format):
+    ``open_clip_config.json`` (``{"model_cfg", "preprocess_cfg"}``) + ``open_clip_model.safetensors``.
+
+    ``preprocess_cfg`` defaults to OpenAI's CLIP mean/std, bicubic, shortest-side resize to the model's size.
+    """
+    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    preprocess = {"mean": list(OPENAI_DATASET_MEAN), "std": list(OPENAI_DATASET_STD),
+                  "interpolation": "bicubic", "resize_mode": "shortest"}
+    preprocess.update(preprocess_cfg or {})
+    config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess}
+    (folder / "open_clip_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().contiguous()
+             for k, v in model.state_dict().items()}
+    save_file(state, str(folder / "open_clip_model.safetensors"))
+    return folder
+
+
+def _load_clip_hub(spec: ModelSpec, device: torch.device | str) -> ClipBundle:
+    """open_clip architecture + pretrained tag, fetched as safetensors from the tag's Hub repository.
+
+    ``create_model_and_transforms('ViT-B-32', pretrained='openai')`` alone builds the GELU variant and only warns
+    that OpenAI's weights were trained with QuickGELU; we force QuickGELU (as OpenAI's ``clip.load`` does, which
+    the assignments' eval.py uses) and take mean/std/interpolation/resize mode from the tag's config.
+    """
+    import open_clip
+    from open_clip.pretrained import download_pretrained_from_hf, get_pretrained_cfg
+
+    arch, tag = spec.open_clip  # type: ignore[misc]
+    cfg = get_pretrained_cfg(arch, tag)
+    if not cfg or not cfg.get("hf_hub"):
+        raise ModelLoadError(f"open_clip has no Hub weights for {arch}/{tag}")
+    repo = cfg["hf_hub"].rstrip("/").split("/")
+    repo_id = "/".join(repo[:2])
+    weights = _from_source(spec, download_pretrained_from_hf, repo_id, filename="open_clip_model.safetensors")
+    model, _, preprocess = _from_source(
+        spec, open_clip.create_model_and_transforms, arch, pretrained=weights, device=device,
+        force_quick_gelu=bool(cfg.get("quick_gelu")), image_mean=cfg.get("mean"), image_std=cfg.get("std"),
+        image_interpolation=cfg.get("interpolation"), image_resize_mode=cfg.get("resize_mode"))
+    return ClipBundle(model.eval(), preprocess, open_clip.get_tokenizer(arch), spec.name)
+
+
+def load_clip(name: str | os.PathLike = "clip-vit-b-32", device: torch.device | str = "cpu") -> ClipBundle:
+    """Load a CLIP model as a :class:`ClipBundle` (fp32, eval mode) by registry name or open_clip folder."""
+    spec = resolve(name, "clip")
+    if spec.is_real:
+        return _load_clip_hub(spec, device)
+    return _load_clip_folder(spec, _check_folder(spec), device)
+
+
+def _ddpm_layout(folder: Path) -> tuple[Path, Path]:
+    """(unet folder, scheduler config file) for a pipeline folder with ``unet/`` or a root-level UNet folder."""
+    unet = folder / "unet" if (folder / "unet" / "config.json").is_file() else folder
+    for sched in (folder / "scheduler" / "scheduler_config.json", folder / "scheduler_config.json"):
+        if sched.is_file():
+            return unet, sched
+    raise ModelLoadError(f"{folder} has no scheduler/scheduler_config.json or scheduler_config.json")
+
+
+def load_ddpm(name: str | os.PathLike = "toy-faces", device: torch.device | str = "cpu",
+              dtype: torch.dtype = torch.float32) -> tuple[Any, dict[str, Any]]:
+    """Load an unconditional pixel DDPM: ``(UNet2DModel, scheduler config dict)``.
+
+    Hub repositories ``google/ddpm-*`` keep the UNet and ``scheduler_config.json`` at the repository root.
+    """
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    spec = resolve(name, "ddpm")
+    if spec.is_real:
+        unet = _from_source(spec, UNet2DModel.from_pretrained, spec.hub_id, **_dtype_kw(dtype), use_safetensors=True)
+        config = _from_source(spec, DDPMScheduler.load_config, spec.hub_id)
+    else:
+        unet_dir, sched_file = _ddpm_layout(_check_folder(spec))
+        unet = _from_source(spec, UNet2DModel.from_pretrained, str(unet_dir), **_dtype_kw(dtype),
+                            use_safetensors=True)
+        config = _read_json(sched_file)
+    return unet.to(device).eval(), dict(config)
+
+
+class PixelModel(NamedTuple):
+    """A text-conditioned pixel-space diffusion model (toy-pixel or DeepFloyd IF stage I)."""
+
+    unet: torch.nn.Module
+    tokenizer: Any
+    text_encoder: torch.nn.Module
+    scheduler: Any
+
+
+def _load_scheduler(spec: ModelSpec, source: str) -> Any:
+    import diffusers
+
+    config = _from_source(spec, diffusers.DDPMScheduler.load_config, source, subfolder="scheduler")
+    cls = getattr(diffusers, str(config.get("_class_name", "DDPMScheduler")), None)
+    if cls is None or not hasattr(cls, "from_config"):
+        raise ModelLoadError(f"unknown scheduler class {config.get('_class_name')!r} in {spec.source}")
+    return cls.from_config(config)
+
+
+def load_pixel(name: str | os.PathLike = "toy-pixel", device: torch.device | str = "cpu",
+               dtype: torch.dtype = torch.float32) -> PixelModel:
+    """Load ``(unet, tokenizer, text_encoder, scheduler)`` of a pixel-space text-to-image model.
+
+    toy-pixel takes its tokenizer and text encoder from toy-sd (to keep the shipped folder small); DeepFloyd IF
+    uses its T5 tokenizer and encoder from the stage I repository.
+    """
+    from diffusers import UNet2DConditionModel
+
+    spec = resolve(name, "pixel")
+    source = spec.hub_id if spec.is_real else str(_check_folder(spec))
+    variant = _fp16_variant(spec, dtype)
+    unet = _from_source(spec, UNet2DConditionModel.from_pretrained, source, subfolder="unet", **_dtype_kw(dtype),
+                        use_safetensors=True, **variant)
+    scheduler = _load_scheduler(spec, source)
+    if spec.text_from is not None:
+        text_spec = resolve(spec.text_from)
+        text_source = str(_check_folder(text_spec))
+    else:
+        text_spec, text_source = spec, source
+    tokenizer, text_encoder = _load_text(text_spec, text_source, dtype, variant)
+    return PixelModel(unet.to(device).eval(), tokenizer, text_encoder.to(device).eval(), scheduler)
+
+
+def _fp16_variant(spec: ModelSpec, dtype: torch.dtype) -> dict[str, str]:
+    """DeepFloyd IF ships ``*.fp16.safetensors`` variants; use them in fp16 to halve the (T5-XXL) download."""
+    return {"variant": "fp16"} if spec.stage2_hub_id is not None and dtype == torch.float16 else {}
+
+
+def _load_text(spec: ModelSpec, source: str, dtype: torch.dtype,
+               variant: dict[str, str]) -> tuple[Any, torch.nn.Module]:
+    """Tokenizer and text encoder from a diffusers folder; the classes are named in its model_index.json."""
+    import transformers
+    from diffusers import DiffusionPipeline
+
+    index = _from_source(spec, DiffusionPipeline.load_config, source)
+    classes = []
+    for part in ("tokenizer", "text_encoder"):
+        entry = index.get(part) or [None, None]
+        cls = getattr(transformers, str(entry[1]), None)
+        if cls is None:
+            raise ModelLoadError(f"{spec.source} has no usable {part} (model_index.json says {entry})")
+        classes.append(cls)
+    tokenizer = _from_source(spec, classes[0].from_pretrained, source, subfolder="tokenizer")
+    text_encoder = _from_source(spec, classes[1].from_pretrained, source, subfolder="text_encoder",
+                                **_dtype_kw(dtype, "transformers"), use_safetensors=True, **variant)
+    return tokenizer, text_encoder
+
+
+def load_pixel_upscaler(name: str = "deepfloyd-if", device: torch.device | str = "cpu",
+                        dtype: torch.dtype = torch.float16) -> Any:
+    """DeepFloyd IF stage II (``IFSuperResolutionPipeline``, 64 -> 256 px) without its own T5 encoder.
+
+    Pass stage I's prompt embeddings to it (``prompt_embeds=``), as in the diffusers IF docs.
+    """
+    from diffusers import IFSuperResolutionPipeline
+
+    spec = resolve(name, "pixel")
+    if spec.stage2_hub_id is None:
+        raise ModelLoadError(f"model {spec.name!r} has no super-resolution stage")
+    pipe = _from_source(spec, IFSuperResolutionPipeline.from_pretrained, spec.stage2_hub_id, text_encoder=None,
+                        **_dtype_kw(dtype), use_safetensors=True, **_fp16_variant(spec, dtype))
+    return pipe.to(device)

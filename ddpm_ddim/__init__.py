@@ -1,0 +1,1 @@
+"""ddpm_ddim package."""

@@ -1,0 +1,102 @@
+"""cli helpers, images, GPU utilities and run configs."""
+
+import json
+
+import click
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from common.cli import IntListType, UserError, check_finite, parse_int_list, user_errors
+from common.gpu import CudaTimer, get_device, make_generators, precision_dtype, randn_per_sample, seed_everything
+from common.images import load_image, make_grid, pil_to_tensor, save_gif, save_grid, tensor_to_pil
+from common.runs import write_config
+
+
+@click.command()
+@click.option("--path", required=True)
+@click.option("--seeds", type=IntListType(), default="0-2", show_default=True)
+@user_errors
+def _demo(path, seeds):
+    load_image(path)
+    click.echo(f"seeds={seeds}")
+
+
+def test_user_errors_are_one_line_exit_2(tmp_path):
+    runner = CliRunner()
+    missing = runner.invoke(_demo, ["--path", str(tmp_path / "nope.png")])
+    assert missing.exit_code == 2 and missing.output.strip().count("\n") == 0
+    assert missing.output.startswith("Error: file not found")
+    bad = tmp_path / "bad.png"
+    bad.write_text("not an image")
+    broken = runner.invoke(_demo, ["--path", str(bad)])
+    assert broken.exit_code == 2 and "not a valid image" in broken.output
+    good = tmp_path / "ok.png"
+    Image.new("RGB", (4, 4)).save(good)
+    ok = runner.invoke(_demo, ["--path", str(good), "--seeds", "1-3,7"])
+    assert ok.exit_code == 0 and not ok.exception and "seeds=[1, 2, 3, 7]" in ok.output
+
+
+def test_parse_int_list():
+    assert parse_int_list("0-3,7") == [0, 1, 2, 3, 7]
+    for bad in ["", "a", "5-1"]:
+        with pytest.raises(ValueError):
+            parse_int_list(bad)
+
+
+def test_check_finite():
+    check_finite(torch.ones(2), "loss")
+    with pytest.raises(UserError, match="NaN"):
+        check_finite(torch.tensor([1.0, float("nan")]), "loss")
+
+
+@pytest.mark.parametrize("value_range", [(-1.0, 1.0), (0.0, 1.0)])
+def test_tensor_pil_round_trip(value_range):
+    lo, hi = value_range
+    x = torch.randint(0, 256, (3, 5, 7)).float() / 255 * (hi - lo) + lo
+    back = pil_to_tensor(tensor_to_pil(x, value_range), value_range)
+    torch.testing.assert_close(back, x, rtol=0, atol=1e-6)
+
+
+def test_grid_and_gif(tmp_path):
+    imgs = torch.stack([torch.full((3, 4, 4), v) for v in (-1.0, 0.0, 1.0)])
+    grid = make_grid((imgs + 1) / 2, nrow=3, padding=1)
+    assert grid.shape == (3, 6, 16)
+    assert grid[0, 1, 1] == 0 and grid[0, 1, 11] == 1
+    save_grid(imgs, tmp_path / "g.png", nrow=2)
+    assert Image.open(tmp_path / "g.png").size == (2 * 6 + 2, 2 * 6 + 2)
+    save_gif(list(imgs), tmp_path / "a.gif")
+    assert Image.open(tmp_path / "a.gif").n_frames == 3
+    assert load_image(tmp_path / "g.png", size=8).shape == (3, 8, 8)
+
+
+def test_seeding_and_per_sample_generators():
+    seed_everything(3)
+    a = torch.randn(3)
+    seed_everything(3)
+    assert torch.equal(a, torch.randn(3))
+    batch = randn_per_sample((2, 2), make_generators([5, 6]))
+    alone = randn_per_sample((2, 2), make_generators([6]))
+    assert torch.equal(batch[1], alone[0])  # a sample does not depend on its batch
+
+
+def test_device_and_precision():
+    assert get_device("cpu").type == "cpu"
+    assert get_device("auto").type in ("cpu", "cuda", "mps")
+    assert precision_dtype("bf16", "cpu") == torch.bfloat16
+    assert precision_dtype("fp16", "cpu") == torch.float32
+    with pytest.raises(ValueError):
+        precision_dtype("fp8")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            get_device("cuda")
+    with CudaTimer("cpu") as t:
+        torch.ones(10).sum()
+    assert t.ms >= 0
+
+
+def test_write_config(tmp_path):
+    path = write_config(tmp_path / "run", {"seed": 3, "prompt": "a", "dir": tmp_path})
+    data = json.loads(path.read_text())
+    assert data["seed"] == 3 and "torch" in data["_run"]["versions"] and isinstance(data["dir"], str)
