@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import torch
 
-# Disjoint seed streams for the splits (seed = base + offset, offset < 10**6), like common.toy.shapes.
-_SPLIT_SEEDS = {"train": 0, "val": 1_000_000_007, "test": 2_000_000_011}
+from common.toy.shapes import split_seed
+
+# Split seeds are shared with the shapes domain: split_seed('train'|'val'|'test', offset) -> disjoint streams.
 _SPLIT_STRIDE = 1_000_000
 
 # Colour anchors (sRGB 0..1). Skin tones are interpolated between neighbours of this ramp.
@@ -26,15 +27,6 @@ HAIR_COLORS = ((0.10, 0.08, 0.07), (0.35, 0.22, 0.12), (0.62, 0.42, 0.20), (0.90
                (0.55, 0.55, 0.58))
 IRIS_COLORS = ((0.25, 0.15, 0.08), (0.20, 0.40, 0.75), (0.25, 0.55, 0.30), (0.10, 0.10, 0.10))
 HAIR_STYLES = ("bald", "short", "fringe", "long")
-
-
-def split_seed(split: str, offset: int = 0) -> int:
-    """Seed of ``split`` ('train', 'val' or 'test'); ``offset`` in [0, 10**6) picks another seed inside it."""
-    if split not in _SPLIT_SEEDS:
-        raise ValueError(f"unknown split {split!r}; choose one of {', '.join(_SPLIT_SEEDS)}")
-    if not 0 <= offset < _SPLIT_STRIDE:
-        raise ValueError(f"offset must be in [0, {_SPLIT_STRIDE}), got {offset}")
-    return _SPLIT_SEEDS[split] + offset
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -77,7 +69,7 @@ def sample_face_params(n: int, generator: torch.Generator | int | None = None) -
     p["brow_tilt"] = _uniform(g, n, -0.35, 0.35)  # radians; positive = inner ends lower (angry)
     p["brow_w"] = _uniform(g, n, 0.010, 0.020)
     p["mouth_y"], p["mouth_w"] = _uniform(g, n, 0.42, 0.62), _uniform(g, n, 0.22, 0.45)  # relative to ry / rx
-    p["smile"] = _uniform(g, n, -2.5, 6.0)  # parabola curvature; negative = frown
+    p["smile"] = _uniform(g, n, -0.35, 0.8)  # corner lift / half width; negative = frown
     p["mouth_open"] = (torch.rand(n, generator=g) < 0.3).float()
     p["nose_len"] = _uniform(g, n, 0.03, 0.07)
     p["blush"] = (torch.rand(n, generator=g) < 0.4).float()
@@ -112,12 +104,11 @@ def _sdf_segment(x, y, ax, ay, bx, by, half_width):
     return torch.sqrt((px - h * dx) ** 2 + (py - h * dy) ** 2) - half_width
 
 
-def _sdf_parabola_arc(x, y, mx, my, half_w, curvature, half_width):
-    """Thick arc y = my - k (x - mx)^2 / half_w for |x - mx| <= half_w (k > 0 smiles: corners up)."""
+def _sdf_parabola_arc(x, y, mx, my, half_w, lift, half_width):
+    """Thick arc y = my - lift * half_w * ((x - mx) / half_w)^2 for |x - mx| <= half_w (lift > 0: corners up)."""
     u = (x - mx).clamp(-half_w, half_w)
-    k = curvature * half_w
-    curve_y = my - k * (u / half_w) ** 2 * half_w * 0.25
-    slope = -0.5 * k * u / half_w
+    curve_y = my - lift * half_w * (u / half_w) ** 2
+    slope = -2 * lift * u / half_w
     vertical = (y - curve_y).abs() / torch.sqrt(1 + slope**2)
     outside = ((x - mx).abs() - half_w).clamp(min=0)
     return torch.sqrt(vertical**2 + outside**2) - half_width
@@ -131,7 +122,8 @@ def _coverage(sdf: torch.Tensor, pixel: float) -> torch.Tensor:
 # Rendering
 
 
-def render_params(params: dict[str, torch.Tensor], size: int = 64, device: torch.device | str | None = None) -> torch.Tensor:
+def render_params(params: dict[str, torch.Tensor], size: int = 64,
+                  device: torch.device | str | None = None) -> torch.Tensor:
     """Render faces from :func:`sample_face_params` output: [B, 3, size, size] in [-1, 1]."""
     device = torch.device(device) if device is not None else torch.device("cpu")
     p = {k: v.to(device=device, dtype=torch.float32) for k, v in params.items()}
@@ -155,9 +147,10 @@ def render_params(params: dict[str, torch.Tensor], size: int = 64, device: torch
     has_hair = (style != HAIR_STYLES.index("bald")).float()
     # shoulders and neck
     paint(_sdf_ellipse(x, y, cx, cy + ry + 0.26, rx * 1.9, torch.full_like(rx, 0.22)), p["shirt"])
-    paint(_sdf_superellipse(x, y, cx, cy + ry * 0.95, rx * 0.42, ry * 0.45, torch.full_like(rx, 4.0)), p["skin"] * 0.88)
+    neck = _sdf_superellipse(x, y, cx, cy + ry * 0.95, rx * 0.42, ry * 0.45, torch.full_like(rx, 4.0))
+    paint(neck, p["skin"] * 0.88)
     # long hair behind the head
-    paint(_sdf_superellipse(x, y, cx, cy + ry * 0.25, rx * 1.22, ry * 1.12, torch.full_like(rx, 3.0)), p["hair"],
+    paint(_sdf_superellipse(x, y, cx, cy + ry * 0.15, rx * 1.24, ry * 1.08, torch.full_like(rx, 3.0)), p["hair"],
           long_hair)
     # ears, then the head
     for side in (-1.0, 1.0):
@@ -204,7 +197,8 @@ def render_faces(n: int, seed: int = 0, size: int = 64, device: torch.device | s
     return render_params(sample_face_params(n, torch.Generator().manual_seed(int(seed))), size, device)
 
 
-def heldout_faces(n: int, size: int = 64, device: torch.device | str | None = None, split: str = "test") -> torch.Tensor:
+def heldout_faces(n: int, size: int = 64, device: torch.device | str | None = None,
+                  split: str = "test") -> torch.Tensor:
     """The first ``n`` faces of a held-out split (default 'test'), used as ground truth by dps and the metrics."""
     return render_faces(n, split_seed(split), size, device)
 
