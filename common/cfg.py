@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 
-def cfg_combine(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, guidance_scale: float | torch.Tensor) -> torch.Tensor:
+def cfg_combine(eps_uncond: torch.Tensor, eps_cond: torch.Tensor,
+                guidance_scale: float | torch.Tensor) -> torch.Tensor:
     """eps_hat = eps_uncond + s (eps_cond - eps_uncond), the diffusers / Stable Diffusion convention.
 
     s = 1 returns the conditional prediction; s = 0 the unconditional one. Note: threestudio's SDS and SDI

@@ -17,7 +17,8 @@ def ddpm_posterior_coefficients(alpha_bar_t: float | torch.Tensor,
                                 alpha_bar_prev: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(c_x0, c_xt) with mu_tilde = c_x0 x0 + c_xt x_t  (Ho et al. 2020, Eq. 7).
 
-    c_x0 = sqrt(alpha_bar_prev) beta_t / (1 - alpha_bar_t),  c_xt = sqrt(alpha_t) (1 - alpha_bar_prev) / (1 - alpha_bar_t)
+    c_x0 = sqrt(alpha_bar_prev) beta_t / (1 - alpha_bar_t)
+    c_xt = sqrt(alpha_t) (1 - alpha_bar_prev) / (1 - alpha_bar_t)
     """
     a_t = torch.as_tensor(alpha_bar_t, dtype=torch.float32)
     a_prev = torch.as_tensor(alpha_bar_prev, dtype=torch.float32, device=a_t.device)
@@ -35,7 +36,7 @@ def ddpm_posterior_mean(x_t: torch.Tensor, x0_hat: torch.Tensor, alpha_bar_t: fl
 
 def ddpm_posterior_variance(alpha_bar_t: float | torch.Tensor, alpha_bar_prev: float | torch.Tensor,
                             variance_type: str = "fixed_small") -> torch.Tensor:
-    """beta_tilde_t = (1-alpha_bar_prev)/(1-alpha_bar_t) beta_t (fixed_small, clamped >= 1e-20), or beta_t (fixed_large).
+    """beta_tilde_t = (1-alpha_bar_prev)/(1-alpha_bar_t) beta_t (fixed_small, >= 1e-20), or beta_t (fixed_large).
 
     Ho et al. (2020) Sec. 3.2: both choices of sigma_t^2 give similar results.
     """
@@ -53,7 +54,7 @@ def ddpm_step(x_t: torch.Tensor, eps_hat: torch.Tensor, alpha_bar_t: float | tor
               alpha_bar_prev: float | torch.Tensor, noise: torch.Tensor | None = None,
               variance_type: str = "fixed_small",
               clip_sample_range: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """One ancestral step x_t -> x_prev = mu_tilde + sqrt(var) noise (Ho et al. 2020, Algorithm 2). Returns (x_prev, x0_hat).
+    """One ancestral step x_t -> x_prev = mu_tilde + sqrt(var) noise (Ho et al. 2020, Alg. 2); returns (x_prev, x0_hat).
 
     Pass ``noise=None`` at the last step (t = 0), where no noise is added.
     """

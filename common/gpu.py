@@ -35,7 +35,7 @@ def get_device(name: str = "auto") -> torch.device:
 
 
 def precision_dtype(precision: str, device: torch.device | str = "cpu") -> torch.dtype:
-    """Map ``fp32|fp16|bf16`` to a dtype; half precision on CPU falls back to fp32 (CPU fp16 convs are slow/unsupported)."""
+    """Map ``fp32|fp16|bf16`` to a dtype; fp16 on CPU falls back to fp32 (CPU fp16 convs are slow or missing)."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     dtype = PRECISIONS[precision]
@@ -58,7 +58,8 @@ def make_generators(seeds: Iterable[int], device: torch.device | str = "cpu") ->
     return [torch.Generator(device).manual_seed(int(s)) for s in seeds]
 
 
-def randn_per_sample(shape: tuple[int, ...], generators: list[torch.Generator], device=None, dtype=None) -> torch.Tensor:
+def randn_per_sample(shape: tuple[int, ...], generators: list[torch.Generator], device=None,
+                     dtype=None) -> torch.Tensor:
     """Stack one ``randn(shape)`` per generator: result is [len(generators), *shape]."""
     return torch.stack([torch.randn(shape, generator=g, device=g.device, dtype=dtype) for g in generators]).to(device)
 

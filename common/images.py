@@ -38,7 +38,8 @@ def pil_to_tensor(img: Image.Image, value_range: Range = SIGNED) -> torch.Tensor
     return torch.from_numpy(arr).permute(2, 0, 1) * (hi - lo) + lo
 
 
-def load_image(path: str | os.PathLike, size: int | tuple[int, int] | None = None, value_range: Range = SIGNED) -> torch.Tensor:
+def load_image(path: str | os.PathLike, size: int | tuple[int, int] | None = None,
+               value_range: Range = SIGNED) -> torch.Tensor:
     """Read an image file as [3, H, W]; optionally resize (bicubic) to ``size``. One-line errors on bad files."""
     path = Path(path)
     if not path.is_file():
@@ -77,7 +78,8 @@ def save_image(x: torch.Tensor, path: str | os.PathLike, value_range: Range = SI
     return path
 
 
-def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int | None = None, value_range: Range = SIGNED) -> Path:
+def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int | None = None,
+              value_range: Range = SIGNED) -> Path:
     """Save a batch [B, C, H, W] as one grid image."""
     lo, hi = value_range
     unit = _to_unit(images, value_range)

@@ -75,7 +75,8 @@ def previous_timesteps(timesteps: torch.Tensor) -> torch.Tensor:
     return torch.cat([timesteps[1:], timesteps.new_tensor([-1])])
 
 
-def alpha_bar_at(alphas_cumprod: torch.Tensor, t: int | torch.Tensor, final_alpha_cumprod: float = 1.0) -> torch.Tensor:
+def alpha_bar_at(alphas_cumprod: torch.Tensor, t: int | torch.Tensor,
+                 final_alpha_cumprod: float = 1.0) -> torch.Tensor:
     """alpha_bar_t looked up for int or tensor t; t < 0 gives ``final_alpha_cumprod``. Returns float32."""
     t = torch.as_tensor(t, device=alphas_cumprod.device)
     values = alphas_cumprod[t.clamp(min=0)].float()

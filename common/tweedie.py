@@ -22,7 +22,7 @@ def add_noise(x0: torch.Tensor, noise: torch.Tensor, alpha_bar_t: float | torch.
 
 
 def x0_from_eps(x_t: torch.Tensor, eps_hat: torch.Tensor, alpha_bar_t: float | torch.Tensor) -> torch.Tensor:
-    """Tweedie estimate x0_hat = (x_t - sqrt(1-alpha_bar_t) eps_hat) / sqrt(alpha_bar_t)  (DDIM Eq. 12, 'predicted x0')."""
+    """Tweedie estimate x0_hat = (x_t - sqrt(1-alpha_bar_t) eps_hat) / sqrt(alpha_bar_t)  (DDIM Eq. 12)."""
     a = expand_as(alpha_bar_t, x_t)
     return ((x_t - (1 - a).sqrt() * eps_hat) / a.sqrt()).to(x_t.dtype)
 

@@ -89,7 +89,8 @@ def test_tweedie_round_trips():
 
 
 def test_tweedie_on_gaussian_data_is_the_posterior_mean():
-    # data x0 ~ N(mu, s^2): the optimal eps predictor gives E[x0|x_t] = mu + s^2 sqrt(a) (x_t - sqrt(a) mu) / (a s^2 + 1 - a)
+    # data x0 ~ N(mu, s^2): the optimal eps predictor gives
+    # E[x0 | x_t] = mu + s^2 sqrt(a) (x_t - sqrt(a) mu) / (a s^2 + 1 - a)
     mu, s2, a = 0.7, 0.25, torch.tensor(0.4, dtype=torch.float64)
     x_t = torch.linspace(-3, 3, 11, dtype=torch.float64).reshape(11, 1)
     var_t = a * s2 + 1 - a
