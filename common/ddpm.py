@@ -54,7 +54,7 @@ def ddpm_step(x_t: torch.Tensor, eps_hat: torch.Tensor, alpha_bar_t: float | tor
               alpha_bar_prev: float | torch.Tensor, noise: torch.Tensor | None = None,
               variance_type: str = "fixed_small",
               clip_sample_range: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """One ancestral step x_t -> x_prev = mu_tilde + sqrt(var) noise (Ho et al. 2020, Alg. 2); returns (x_prev, x0_hat).
+    """Ancestral step x_t -> x_prev = mu_tilde + sqrt(var) noise (Ho et al. 2020, Alg. 2); returns (x_prev, x0_hat).
 
     Pass ``noise=None`` at the last step (t = 0), where no noise is added.
     """
