@@ -1,0 +1,156 @@
+"""Model registry: names, folder detection, save -> load round trips, one-line offline errors."""
+
+from __future__ import annotations
+
+import json
+import string
+
+import open_clip
+import pytest
+import torch
+
+from common import registry
+from common.registry import ModelLoadError, load_clip, load_ddpm, load_sd, resolve, save_clip_folder
+
+TINY_CLIP_CFG = {
+    "embed_dim": 16,
+    "quick_gelu": True,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1},
+}
+
+
+def _tiny_tokenizer(folder):
+    from transformers import CLIPTokenizer
+
+    letters = string.ascii_lowercase
+    tokens = ["!", "<|startoftext|>", "<|endoftext|>"] + list(letters) + [c + "</w>" for c in letters]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), pad_token="!", model_max_length=8)
+
+
+def _tiny_sd_pipeline(tmp_path):
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+                                block_out_channels=(8, 16), norm_num_groups=4, cross_attention_dim=8,
+                                attention_head_dim=2,
+                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8),
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                        norm_num_groups=4, layers_per_block=1, sample_size=16)
+    text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=55, hidden_size=8, intermediate_size=16,
+                                                num_hidden_layers=1, num_attention_heads=2,
+                                                max_position_embeddings=8))
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=_tiny_tokenizer(tmp_path / "tok"),
+                                   unet=unet, scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+
+
+def test_known_names_and_sources():
+    assert resolve("sd-2.1-base").hub_id == "stabilityai/stable-diffusion-2-1-base"
+    assert resolve("sd-2-base").hub_id == "stabilityai/stable-diffusion-2-base"
+    assert resolve("sd-1.5").hub_id == "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    assert resolve("clip-vit-b-32").open_clip == ("ViT-B-32", "openai")
+    assert resolve("deepfloyd-if").stage2_hub_id == "DeepFloyd/IF-II-L-v1.0"
+    assert resolve("toy-pixel").text_from == "toy-sd"
+    for name in ("toy-sd", "toy-clip", "toy-faces", "toy-pixel"):
+        assert resolve(name).folder == registry.TOY_MODELS_DIR / name and not resolve(name).is_real
+    assert {s.kind for s in registry.MODELS.values()} == set(registry.KINDS)
+
+
+def test_unknown_name_lists_known_names():
+    with pytest.raises(ModelLoadError) as info:
+        resolve("sd-9")
+    msg = info.value.format_message()
+    assert "\n" not in msg and "sd-9" in msg and "sd-2.1-base" in msg and "toy-clip" in msg
+    assert isinstance(info.value, ValueError) and info.value.exit_code == 2
+    with pytest.raises(ModelLoadError, match="expected a clip model"):
+        resolve("sd-2.1-base", "clip")
+
+
+def test_folder_detection(tmp_path):
+    def folder(name, files):
+        path = tmp_path / name
+        for rel, content in files.items():
+            (path / rel).parent.mkdir(parents=True, exist_ok=True)
+            (path / rel).write_text(json.dumps(content))
+        return str(path)
+
+    assert resolve(folder("sd", {"model_index.json": {"_class_name": "StableDiffusionPipeline"}})).kind == "sd"
+    assert resolve(folder("ddpm", {"model_index.json": {"_class_name": "DDPMPipeline"}})).kind == "ddpm"
+    assert resolve(folder("unet", {"config.json": {"_class_name": "UNet2DModel"}})).kind == "ddpm"
+    assert resolve(folder("clip", {"open_clip_config.json": {"model_cfg": {}}})).kind == "clip"
+    pixel = folder("pix", {"model_index.json": {"_class_name": "IFPipeline"},
+                           "unet/config.json": {"cross_attention_dim": 64}})
+    assert resolve(pixel, "pixel").kind == "pixel"
+    with pytest.raises(ModelLoadError, match="cannot tell the model format"):
+        resolve(folder("empty", {"notes.json": {}}))
+    with pytest.raises(ModelLoadError, match="folder not found"):
+        resolve(str(tmp_path / "missing"))
+
+
+def test_sd_pipeline_save_and_load_round_trip(tmp_path):
+    pipe = _tiny_sd_pipeline(tmp_path)
+    pipe.save_pretrained(tmp_path / "sd", safe_serialization=True)
+    assert not list((tmp_path / "sd").rglob("*.bin"))
+    loaded = load_sd(str(tmp_path / "sd"), "cpu", torch.float32)
+    assert type(loaded).__name__ == "StableDiffusionPipeline"
+    for a, b in ((pipe.unet, loaded.unet), (pipe.vae, loaded.vae), (pipe.text_encoder, loaded.text_encoder)):
+        sd_a, sd_b = a.state_dict(), b.state_dict()
+        assert sd_a.keys() == sd_b.keys() and all(torch.equal(sd_a[k], sd_b[k]) for k in sd_a)
+    kwargs = dict(prompt="a red circle", num_inference_steps=2, height=32, width=32, guidance_scale=3.0,
+                  output_type="pt")
+    ref = pipe(generator=torch.Generator().manual_seed(1), **kwargs).images
+    out = loaded(generator=torch.Generator().manual_seed(1), **kwargs).images
+    assert out.shape == (1, 3, 32, 32) and torch.allclose(ref, out, atol=1e-6)
+
+
+def test_open_clip_save_and_load_round_trip(tmp_path):
+    open_clip.factory._MODEL_CONFIGS["test-tiny-clip"] = TINY_CLIP_CFG
+    try:
+        model = open_clip.create_model("test-tiny-clip").eval()
+    finally:
+        open_clip.factory._MODEL_CONFIGS.pop("test-tiny-clip")
+    save_clip_folder(model, TINY_CLIP_CFG, tmp_path / "clip")
+    bundle = load_clip(str(tmp_path / "clip"), "cpu")
+    assert bundle.name == str(tmp_path / "clip") and not bundle.model.training
+    ref, new = model.state_dict(), bundle.model.state_dict()
+    assert ref.keys() == new.keys() and all(torch.equal(ref[k], new[k]) for k in ref)
+    tokens = bundle.tokenizer(["a red circle on a blue background"])
+    assert torch.equal(tokens, open_clip.tokenize(["a red circle on a blue background"]))
+    from PIL import Image
+
+    pixels = bundle.preprocess(Image.new("RGB", (48, 40), (200, 30, 30)))
+    assert pixels.shape == (3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(bundle.model.encode_text(tokens), model.encode_text(tokens))
+
+
+def test_real_models_fail_offline_with_one_line(monkeypatch, tmp_path):
+    import open_clip.pretrained
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))  # empty cache
+
+    def no_download(*args, **kwargs):
+        raise RuntimeError("Failed to download file: connection refused")
+
+    monkeypatch.setattr(open_clip.pretrained, "download_pretrained_from_hf", no_download)
+    cases = [(load_sd, "sd-2.1-base", "stabilityai/stable-diffusion-2-1-base", "toy-sd"),
+             (load_clip, "clip-vit-b-32", "ViT-B-32", "toy-clip"),
+             (load_ddpm, "ddpm-celebahq-256", "google/ddpm-celebahq-256", "toy-faces")]
+    for load, name, source, alternative in cases:
+        with pytest.raises(ModelLoadError) as info:
+            load(name)
+        msg = info.value.format_message()
+        assert "\n" not in msg and name in msg and source in msg and alternative in msg, msg
+        assert "no network access" in msg, msg
