@@ -309,7 +309,13 @@ def load_clip(name: str | os.PathLike = "clip-vit-b-32", device: torch.device | 
     spec = resolve(name, "clip")
     if spec.is_real:
         return _load_clip_hub(spec, device)
-    return _load_clip_folder(spec, _check_folder(spec), device)
+    folder = _check_folder(spec)
+    if spec.name == "toy-clip":
+        from common.toy.clip_model import load_toy_clip  # same open_clip local-dir format, owned by common.toy
+
+        model, preprocess, tokenizer = _from_source(spec, load_toy_clip, folder, device=device)
+        return ClipBundle(model.eval(), preprocess, tokenizer, spec.name)
+    return _load_clip_folder(spec, folder, device)
 
 
 def _ddpm_layout(folder: Path) -> tuple[Path, Path]:
