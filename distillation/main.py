@@ -1,0 +1,157 @@
+"""``python -m distillation.main``: 2D score distillation (SDS, VSD, SDI, PDS, ISM, DDS) with the handouts' flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from click.core import ParameterSource
+
+from common.cli import UserError, user_errors
+from distillation.guidance import METHODS
+from distillation.presets import PRESETS, resolve_settings
+from distillation.representations import REPRESENTATIONS
+from distillation.runner import Item, RunConfig, run
+from distillation.schedules import T_SCHEDULES, W_SCHEDULES
+
+PER_METHOD = "per method: 25 for sds, 7.5 otherwise"
+
+
+def read_prompts_file(path: str) -> list[Item]:
+    """One prompt per line, or ``source prompt | edit prompt [| source image]`` for PDS/DDS; # comments."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise ValueError(f"cannot read {path}: not a UTF-8 text file") from err
+    items = []
+    for line in lines:
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = [p.strip() for p in line.split("|")]
+        if len(parts) > 3:
+            raise ValueError(f"{path}: expected 'prompt' or 'source | edit [| image]', got {line!r}")
+        items.append(Item(parts[0], parts[1] if len(parts) > 1 else None, parts[2] if len(parts) > 2 else None))
+    if not items:
+        raise ValueError(f"{path} contains no prompts")
+    return items
+
+
+def build_items(prompts: tuple[str, ...], prompts_file: str | None, edit_prompt: str | None,
+                src_img_path: str | None) -> list[Item]:
+    """Items from repeated --prompt (sharing --edit_prompt/--src_img_path) and/or --prompts_file."""
+    items = [Item(p, edit_prompt, src_img_path) for p in prompts]
+    if prompts_file:
+        for it in read_prompts_file(prompts_file):
+            items.append(Item(it.prompt, it.edit_prompt or edit_prompt, it.src_img_path or src_img_path))
+    return items
+
+
+OPTION_NAMES = ("negative_prompt", "guidance_scale", "steps", "lr", "warmup_steps", "log_step", "precision",
+                "device", "seed", "model", "t_schedule", "w_schedule", "t_min", "t_max", "representation",
+                "grad_clip", "lora_lr", "lora_rank", "lora_loss_weight", "inversion_n_steps",
+                "inversion_guidance_scale", "inversion_eta", "sdi_update_interval", "ism_delta_t", "ism_delta_s",
+                "ism_inv_steps")
+
+
+def settings_from_context(ctx: click.Context, params: dict, loss_type: str, preset: str | None) -> dict:
+    """Split the options into those typed on the command line and defaults, then apply the precedence rules."""
+    explicit, defaults = {}, {}
+    for name in OPTION_NAMES:
+        source = ctx.get_parameter_source(name)
+        (explicit if source in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT) else defaults)[name] = \
+            params[name]
+    representation = explicit.get("representation", defaults["representation"])
+    return resolve_settings(loss_type, representation, preset, explicit, defaults)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--prompt", "prompts", multiple=True, help="Text prompt (PDS/DDS: the source prompt); repeat it to "
+              "optimise several prompts together in one batch.")
+@click.option("--prompts_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="One prompt per line, or 'source | edit [| image]' per line for PDS/DDS.")
+@click.option("--negative_prompt", default="", show_default=True,
+              help="Unconditional prompt of CFG (the presets use 'low quality').")
+@click.option("--edit_prompt", default=None, help="Target prompt of PDS/DDS editing.")
+@click.option("--src_img_path", type=click.Path(dir_okay=False), default=None, help="Source image of PDS/DDS.")
+@click.option("--save_dir", type=click.Path(file_okay=False), default="./outputs", show_default=True,
+              help="Final images go here as <prompt_with_underscores>.png; progress/ holds snapshots.")
+@click.option("--loss_type", type=click.Choice(METHODS), default="sds", show_default=True, help="Method.")
+@click.option("--preset", type=click.Choice(sorted(PRESETS)), default=None,
+              help="Assignment settings (model, steps, lr, guidance...); explicit flags override them.")
+@click.option("--guidance_scale", type=float, default=None, help=f"CFG scale s [default: {PER_METHOD}].")
+@click.option("--step", "--steps", "steps", type=click.IntRange(min=1), default=500, show_default=True,
+              help="Optimisation steps.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="AdamW learning rate [default: 0.1 for latents, 0.02 for pixels].")
+@click.option("--warmup_steps", type=click.IntRange(min=0), default=100, show_default=True,
+              help="Linear LR warm-up, then cosine decay over 1.5 x steps.")
+@click.option("--log_step", type=click.IntRange(min=0), default=25, show_default=True,
+              help="Save progress every N steps (0: never).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
+              help="Model weights dtype (latents and losses stay fp32; fp16 falls back to fp32 on CPU).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 or mps.")
+@click.option("--model", default="toy-sd", show_default=True,
+              help="Registry name (toy-sd, sd-2.1-base, ...) or a local Stable Diffusion folder.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Base seed (each prompt: seed + hash).")
+@click.option("--t_schedule", type=click.Choice(list(T_SCHEDULES)), default=None,
+              help="Timestep schedule [default: linear for sdi, uniform otherwise].")
+@click.option("--w_schedule", type=click.Choice(list(W_SCHEDULES)), default=None,
+              help="Weight w(t) [default: dreamfusion for sds/vsd, lucid for ism, constant for dds].")
+@click.option("--t_min", type=click.IntRange(0, 999), default=20, show_default=True, help="Smallest timestep.")
+@click.option("--t_max", type=click.IntRange(0, 999), default=980, show_default=True, help="Largest timestep.")
+@click.option("--representation", type=click.Choice(REPRESENTATIONS), default="latent", show_default=True,
+              help="Optimise SD latents or RGB pixels (encoded through the VAE every step).")
+@click.option("--grad_clip", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Clip each prompt's gradient norm (0: off; nycu-lab3 uses 1).")
+@click.option("--lora_lr", type=click.FloatRange(min=0), default=1e-4, show_default=True, help="VSD LoRA LR.")
+@click.option("--lora_rank", type=click.IntRange(min=1), default=4, show_default=True, help="VSD LoRA rank.")
+@click.option("--lora_loss_weight", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="Weight of the VSD LoRA loss.")
+@click.option("--inversion_n_steps", type=click.IntRange(min=1), default=10, show_default=True,
+              help="SDI: DDIM inversion steps from x0 to t.")
+@click.option("--inversion_guidance_scale", type=float, default=-7.5, show_default=True,
+              help="SDI: CFG scale during inversion (diffusers form eps_u + s (eps_c - eps_u)).")
+@click.option("--inversion_eta", type=click.FloatRange(min=0), default=0.3, show_default=True,
+              help="SDI: inversion stochasticity (0 = deterministic DDIM).")
+@click.option("--sdi_update_interval", type=click.IntRange(min=1), default=25, show_default=True,
+              help="SDI: refresh the target every N steps.")
+@click.option("--ism_delta_t", type=click.IntRange(min=1), default=80, show_default=True, help="ISM: t - s.")
+@click.option("--ism_delta_s", type=click.IntRange(min=1), default=200, show_default=True,
+              help="ISM: inversion step size up to s.")
+@click.option("--ism_inv_steps", type=click.IntRange(min=0), default=5, show_default=True,
+              help="ISM: most inversion steps up to s.")
+@click.pass_context
+@user_errors
+def main(ctx: click.Context, prompts: tuple[str, ...], prompts_file: str | None, edit_prompt: str | None,
+         src_img_path: str | None, save_dir: str, loss_type: str, preset: str | None, **params) -> None:
+    """Optimise an image (SD latents or pixels) with a score distillation loss.
+
+    Several prompts are optimised together in one batch; with the same flags each prompt's result equals its
+    single-prompt run (except VSD, whose LoRA is shared by the batch). Writes SAVE_DIR/<prompt>.png (PDS/DDS:
+    the edit prompt), SAVE_DIR/config.json and SAVE_DIR/progress/<prompt>/ (snapshots | x0_hat | gradient
+    heatmap strips and progress.gif).
+
+    \b
+    Examples:
+      python -m distillation.main --prompt "a red circle on a blue background"
+      python -m distillation.main --prompt "a red circle on a blue background" --loss_type vsd --guidance_scale 7.5
+      python -m distillation.main --preset kaist-a4 --prompt "A castle next to a river"
+      python -m distillation.main --preset nycu-lab3 --loss_type sdi --prompt "A dog sitting on grass"
+      python -m distillation.main --loss_type pds --prompt "a red circle on a blue background" \\
+          --edit_prompt "a green circle on a blue background" --src_img_path src.png
+    """
+    if not prompts and not prompts_file:
+        raise UserError("give at least one --prompt (or --prompts_file)")
+    settings = settings_from_context(ctx, params, loss_type, preset)
+    if settings["t_min"] > settings["t_max"]:
+        raise UserError(f"--t_min {settings['t_min']} is larger than --t_max {settings['t_max']}")
+    items = build_items(prompts, prompts_file, edit_prompt, src_img_path)
+    cfg = RunConfig(loss_type=loss_type, preset=preset, save_dir=save_dir, items=items,
+                    **{k: settings[k] for k in OPTION_NAMES})
+    for path in run(cfg):
+        click.echo(str(path))
+
+
+if __name__ == "__main__":
+    main()
