@@ -18,7 +18,7 @@ import torch
 
 from common.images import pil_to_tensor
 from common.toy import shapes
-from common.toy.clip_model import check_folder, images_to_clip_input, load_toy_clip
+from common.toy.clip_model import check_folder, encode_text_trimmed, images_to_clip_input, load_toy_clip
 
 ATTRIBUTES = ("color", "shape", "background")
 
@@ -34,7 +34,7 @@ def caption_table(device: torch.device | str = "cpu") -> torch.Tensor:
 def caption_features(model, tokenizer, device: torch.device | str = "cpu") -> torch.Tensor:
     """L2-normalised text embeddings of all valid captions: [168, D]."""
     tokens = tokenizer(shapes.all_captions()).to(device)
-    return model.encode_text(tokens, normalize=True).float()
+    return encode_text_trimmed(model, tokens).float()  # == model.encode_text(tokens, normalize=True)
 
 
 @torch.no_grad()

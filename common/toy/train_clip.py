@@ -25,7 +25,14 @@ from common.cli import check_finite
 from common.gpu import autocast, get_device, seed_everything
 from common.runs import write_config
 from common.toy import shapes
-from common.toy.clip_model import create_toy_clip, get_tokenizer, images_to_clip_input, load_toy_clip, save_toy_clip
+from common.toy.clip_model import (
+    create_toy_clip,
+    encode_text_trimmed,
+    get_tokenizer,
+    images_to_clip_input,
+    load_toy_clip,
+    save_toy_clip,
+)
 from common.toy.judge import attribute_accuracy, caption_features, caption_logits, predict_indices
 
 DEFAULTS = {"steps": 3000, "batch_size": 512, "lr": 1e-3, "weight_decay": 0.1, "warmup": 200,
@@ -116,7 +123,7 @@ def _train_loop(model, tokens, cfg: dict, device: torch.device, seed: int) -> fl
         labels = caption_labels(params)
         with autocast(device, torch.bfloat16):
             image_features = model.encode_image(images_to_clip_input(augment(images, aug_gen)), normalize=True)
-            text_features = model.encode_text(tokens, normalize=True)
+            text_features = encode_text_trimmed(model, tokens)
             loss = contrastive_loss(image_features.float(), text_features.float(), labels, model.logit_scale)
         opt.zero_grad(set_to_none=True)
         loss.backward()

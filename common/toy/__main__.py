@@ -1,0 +1,112 @@
+"""``python -m common.toy``: retrain the toy models, sample from toy-sd, write example shapes data."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import click
+
+from common.cli import UserError, user_errors
+from common.images import save_image
+from common.toy import shapes
+
+MODELS = ("clip", "sd", "faces", "pixel")
+DEVICES = ("auto", "cuda", "cpu", "mps")
+
+
+@click.group()
+def main() -> None:
+    """The embedded toy world: procedural shapes data and tiny pretrained models.
+
+    \b
+    Examples:
+      python -m common.toy train clip --device cuda --out common/toy/models/toy-clip
+      python -m common.toy sample --prompt "a red circle on a blue background" --out red.png
+      python -m common.toy data --n 16 --out outputs/shapes
+    """
+
+
+@main.command()
+@click.argument("model", type=click.Choice(MODELS))
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True, help="Training device.")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Output folder [default: outputs/toy-<model>]. The shipped weights live in common/toy/models/.")
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="Training steps [default: the model's own].")
+@click.option("--seed", type=int, default=0, show_default=True)
+@user_errors
+def train(model: str, device: str, out: str | None, steps: int | None, seed: int) -> None:
+    """Retrain a toy model from scratch (seeded), with a progress bar and a final metrics table.
+
+    \b
+    Examples:
+      python -m common.toy train clip --device cuda --out common/toy/models/toy-clip
+      python -m common.toy train sd --device cuda --out common/toy/models/toy-sd
+      python -m common.toy train clip --device cpu --steps 300 --out outputs/toy-clip-cpu
+    """
+    try:
+        module = importlib.import_module(f"common.toy.train_{model}")
+    except ModuleNotFoundError as err:
+        if err.name != f"common.toy.train_{model}":
+            raise
+        raise UserError(f"training for toy-{model} is not available in this checkout (no {err.name})") from err
+    module.train(out=Path(out or f"outputs/toy-{model}"), device=device, steps=steps, seed=seed)
+
+
+@main.command()
+@click.option("--prompt", required=True, help="Text prompt, e.g. 'a red circle on a blue background'.")
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="Output image file (.png).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--steps", type=click.IntRange(min=1), default=50, show_default=True, help="DDIM steps.")
+@click.option("--guidance_scale", "--guidance-scale", "guidance_scale", type=click.FloatRange(min=0.0),
+              default=7.5, show_default=True, help="Classifier-free guidance scale.")
+@click.option("--model", default="toy-sd", show_default=True, help="Registry name or local diffusers folder.")
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@user_errors
+def sample(prompt: str, out: str, seed: int, steps: int, guidance_scale: float, model: str, device: str) -> None:
+    """Sample one image from a text-to-image model (default: the embedded toy-sd).
+
+    \b
+    Examples:
+      python -m common.toy sample --prompt "a red circle on a blue background" --out red.png
+      python -m common.toy sample --prompt "a white square on a black background" --out sq.png --seed 3
+    """
+    from common.toy.sample import sample_cli_impl  # lazy: pulls in diffusers
+
+    sample_cli_impl(prompt=prompt, out=out, seed=seed, steps=steps, guidance_scale=guidance_scale,
+                    model=model, device=device)
+
+
+@main.command()
+@click.option("--n", type=click.IntRange(min=1, max=100_000), default=16, show_default=True,
+              help="Number of images.")
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Output folder.")
+@click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True)
+@click.option("--size", type=click.IntRange(min=8, max=1024), default=64, show_default=True, help="Image side.")
+@click.option("--seed", type=click.IntRange(min=0, max=999_999), default=0, show_default=True,
+              help="Offset inside the split's seed range.")
+@user_errors
+def data(n: int, out: str, split: str, size: int, seed: int) -> None:
+    """Write example shapes images (00000.png, ...) and captions.txt (``<file>\\t<caption>`` per line).
+
+    \b
+    Examples:
+      python -m common.toy data --n 16 --out outputs/shapes
+      python -m common.toy data --n 1000 --split val --out outputs/shapes-val
+    """
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    specs = shapes.sample_specs(n, shapes.split_seed(split, seed))
+    lines = []
+    for start in range(0, n, 256):
+        chunk = specs[start:start + 256]
+        for i, (spec, image) in enumerate(zip(chunk, shapes.render(chunk, size), strict=True)):
+            name = f"{start + i:05d}.png"
+            save_image(image, folder / name)
+            lines.append(f"{name}\t{shapes.caption(spec)}")
+    (folder / "captions.txt").write_text("\n".join(lines) + "\n")
+    click.echo(f"wrote {n} images and captions.txt to {folder}")
+
+
+if __name__ == "__main__":
+    main()

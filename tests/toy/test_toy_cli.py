@@ -1,0 +1,87 @@
+"""``python -m common.toy``: data export, train dispatch and sample delegation (heavy work replaced by fakes)."""
+
+import importlib
+import sys
+import types
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from common.toy import shapes
+from common.toy.__main__ import main
+
+
+def test_help_lists_commands():
+    result = CliRunner().invoke(main, ["--help"])
+    assert result.exit_code == 0 and not result.exception
+    for command in ("train", "sample", "data"):
+        assert command in result.output
+
+
+def test_data_writes_pngs_and_captions(tmp_path):
+    out = tmp_path / "shapes"
+    result = CliRunner().invoke(main, ["data", "--n", "5", "--out", str(out)])
+    assert result.exit_code == 0 and not result.exception, result.output
+    lines = (out / "captions.txt").read_text().splitlines()
+    assert len(lines) == 5
+    specs = shapes.sample_specs(5, shapes.split_seed("test"))
+    expected = shapes.to_uint8(shapes.render(specs)).numpy()
+    for line, spec, pixels in zip(lines, specs, expected):
+        name, text = line.split("\t")
+        assert text == shapes.caption(spec) and shapes.parse_caption(text)
+        assert np.array_equal(np.asarray(Image.open(out / name).convert("RGB")), pixels)
+
+
+def test_data_split_changes_the_images(tmp_path):
+    runner = CliRunner()
+    for split in ("train", "val"):
+        result = runner.invoke(main, ["data", "--n", "3", "--split", split, "--out", str(tmp_path / split)])
+        assert result.exit_code == 0 and not result.exception
+    assert (tmp_path / "train" / "captions.txt").read_text() != (tmp_path / "val" / "captions.txt").read_text()
+
+
+def test_bad_arguments_exit_with_code_2(tmp_path):
+    runner = CliRunner()
+    for args in (["train", "vae"], ["data", "--n", "0", "--out", str(tmp_path)], ["train", "clip", "--steps", "0"]):
+        result = runner.invoke(main, args)
+        assert result.exit_code == 2, (args, result.output)
+
+
+@pytest.mark.parametrize("model", ["clip", "sd", "faces", "pixel"])
+def test_train_dispatches_lazily(monkeypatch, tmp_path, model):
+    calls = []
+    fake = types.ModuleType(f"common.toy.train_{model}")
+    fake.train = lambda **kwargs: calls.append(kwargs)
+    monkeypatch.setitem(sys.modules, f"common.toy.train_{model}", fake)
+    args = ["train", model, "--device", "cpu", "--out", str(tmp_path / model), "--steps", "7", "--seed", "3"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0 and not result.exception, result.output
+    assert calls == [{"out": tmp_path / model, "device": "cpu", "steps": 7, "seed": 3}]
+
+
+def test_train_reports_a_missing_trainer(monkeypatch):
+    real_import = importlib.import_module
+
+    def fake_import(name, *args):
+        if name == "common.toy.train_pixel":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return real_import(name, *args)
+
+    monkeypatch.setattr(importlib, "import_module", fake_import)
+    result = CliRunner().invoke(main, ["train", "pixel", "--steps", "1"])
+    assert result.exit_code == 2 and "not available" in result.output
+
+
+def test_sample_delegates_to_sample_module(monkeypatch, tmp_path):
+    calls = []
+    fake = types.ModuleType("common.toy.sample")
+    fake.sample_cli_impl = lambda **kwargs: calls.append(kwargs)
+    monkeypatch.setitem(sys.modules, "common.toy.sample", fake)
+    out = str(tmp_path / "x.png")
+    args = ["sample", "--prompt", "a red circle on a blue background", "--out", out, "--guidance_scale", "3"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0 and not result.exception, result.output
+    assert calls == [{"prompt": "a red circle on a blue background", "out": out, "seed": 0, "steps": 50,
+                      "guidance_scale": 3.0, "model": "toy-sd", "device": "auto"}]
