@@ -1,0 +1,86 @@
+"""Noise predictors eps_theta(x_t, t) for the synchronized sampler: text-conditioned UNets with CFG.
+
+All instances go through the UNet in one batch per step ([uncond x N, cond x N], Ho & Salimans 2022 Eq. 6),
+split into chunks of at most ``max_batch`` rows when memory requires. Each instance has its own prompt
+embedding (one prompt for every window of a panorama, one prompt per view of an ambiguous image).
+DeepFloyd IF predicts 2C channels (eps and a learned variance, Nichol & Dhariwal 2021 Sec. 3.1): the variance
+half is split off (DDIM with eta = 0 never uses it).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from common.cfg import cfg_combine
+from common.tweedie import eps_from_v
+from synchronization.core import DDIMSchedule
+
+
+@torch.no_grad()
+def encode_text(tokenizer: Any, text_encoder: torch.nn.Module, texts: list[str]) -> torch.Tensor:
+    """Per-token text features [B, L, D] as the diffusers pipelines make them (CLIP: no mask; T5: masked)."""
+    max_length = min(int(getattr(tokenizer, "model_max_length", 77)), 512)
+    tokens = tokenizer(texts, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")
+    param = next(text_encoder.parameters())
+    kwargs = {}
+    if getattr(text_encoder.config, "model_type", "") == "t5":  # DeepFloyd IF passes the attention mask
+        kwargs["attention_mask"] = tokens.attention_mask.to(param.device)
+    hidden = text_encoder(tokens.input_ids.to(param.device), **kwargs)[0]
+    return hidden.to(param.dtype)
+
+
+def split_eps_variance(model_output: torch.Tensor, channels: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Split a [B, 2C, H, W] IF output into (eps [B, C, ...], variance [B, C, ...]); C-channel outputs pass."""
+    if model_output.shape[1] == channels:
+        return model_output, None
+    if model_output.shape[1] == 2 * channels:
+        return model_output[:, :channels], model_output[:, channels:]
+    raise ValueError(f"model predicts {model_output.shape[1]} channels for {channels}-channel inputs")
+
+
+class TextDenoiser:
+    """eps_hat(x_t, t) with classifier-free guidance for N instances.
+
+    cond / uncond: prompt embeddings [N, L, D] (row i conditions instance i). ``condition`` (IF stage II): a
+    [N, C', H, W] image concatenated to x_t along channels; ``class_labels``: IF-II's noise level.
+    """
+
+    def __init__(self, unet: torch.nn.Module, cond: torch.Tensor, uncond: torch.Tensor, guidance_scale: float,
+                 schedule: DDIMSchedule, max_batch: int | None = None, condition: torch.Tensor | None = None,
+                 class_labels: int | None = None):
+        self.unet, self.cond, self.uncond = unet, cond, uncond
+        self.guidance_scale, self.schedule = float(guidance_scale), schedule
+        self.max_batch = max_batch
+        self.condition, self.class_labels = condition, class_labels
+        self.calls = 0  # UNet forward calls, for benchmarks
+
+    def _unet(self, x: torch.Tensor, t: int, embeds: torch.Tensor) -> torch.Tensor:
+        param = next(self.unet.parameters())
+        chunk = self.max_batch or x.shape[0]
+        outs = []
+        for start in range(0, x.shape[0], chunk):
+            xb = x[start : start + chunk].to(param.dtype)
+            kwargs = {}
+            if self.class_labels is not None:
+                kwargs["class_labels"] = torch.full((xb.shape[0],), self.class_labels, device=xb.device)
+            tt = torch.full((xb.shape[0],), t, device=xb.device, dtype=torch.long)
+            outs.append(self.unet(xb, tt, encoder_hidden_states=embeds[start : start + chunk], **kwargs).sample)
+            self.calls += 1
+        return torch.cat(outs)
+
+    @torch.no_grad()
+    def __call__(self, x_t: torch.Tensor, t: int) -> torch.Tensor:
+        n, c = x_t.shape[:2]
+        x_in = x_t if self.condition is None else torch.cat([x_t, self.condition.to(x_t)], dim=1)
+        if self.guidance_scale == 1.0:
+            eps, _ = split_eps_variance(self._unet(x_in, t, self.cond), c)
+        else:
+            out = self._unet(torch.cat([x_in, x_in]), t, torch.cat([self.uncond, self.cond]))
+            eps_both, _ = split_eps_variance(out, c)
+            eps = cfg_combine(eps_both[:n].float(), eps_both[n:].float(), self.guidance_scale)
+        if self.schedule.prediction_type == "v_prediction":
+            a_t = self.schedule.alphas_cumprod[t]
+            eps = eps_from_v(x_t.float(), eps.float(), a_t)
+        return eps.to(x_t.dtype)
