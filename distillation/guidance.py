@@ -299,7 +299,7 @@ class Guidance:
                      tgt_text_embedding: torch.Tensor, guidance_scale: float = 7.5, t: torch.Tensor | None = None,
                      noise: torch.Tensor | None = None,
                      generators: Sequence[torch.Generator] | None = None) -> torch.Tensor:
-        """Delta Denoising Score (Hertz et al. 2023, Eq. 6): g = w(t) (eps_hat(z_t^tgt, y_tgt) - eps_hat(z_t^src, y_src)).
+        """Delta Denoising Score (Hertz et al. 2023, Eq. 6): g = w(t) (eps_hat(z_t^tgt,y_tgt) - eps_hat(z_t^src,y_src))
 
         Shared t and noise for both branches, both CFG predictions in one UNet call; w = 1 by default
         (``w_schedule="constant"``, the official notebook's alpha^0 sigma^0).
@@ -323,7 +323,7 @@ class Guidance:
                      t: torch.Tensor | None = None, noise: torch.Tensor | None = None, delta_t: int = 80,
                      delta_s: int = 200, inv_steps: int = 5,
                      generators: Sequence[torch.Generator] | None = None) -> torch.Tensor:
-        """Interval Score Matching (LucidDreamer, Liang et al. 2024, Eq. 16): g = w(t) (eps_cfg(x_t, t, y) - eps(x_s, s, 0)).
+        """Interval Score Matching (LucidDreamer, Liang et al. 2024, Eq. 16): g = w(t)(eps_cfg(x_t,t,y) - eps(x_s,s,0))
 
         s = t - delta_t; x_s comes from n = min(s // delta_s, inv_steps) unconditional DDIM inversion steps of
         size delta_s started at add_noise(x, eps, s - n delta_s); x_t is one more inversion step s -> t with

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import string
+import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -101,4 +104,30 @@ class DeltaOracleUNet(StubUNet):
 
     def forward(self, x, t, encoder_hidden_states):
         a = self.alphas_cumprod[t].view(-1, 1, 1, 1)
-        return SimpleNamespace(sample=(x - a.sqrt() * self.x_star) / (1 - a).sqrt())
+        x_star = self.x_star.repeat(x.shape[0] // self.x_star.shape[0], 1, 1, 1)  # CFG doubles the batch
+        return SimpleNamespace(sample=(x - a.sqrt() * x_star) / (1 - a).sqrt())
+
+
+@functools.lru_cache(maxsize=1)
+def tiny_sd_folder() -> Path:
+    """The tiny random SD folder, written once per test session."""
+    root = Path(tempfile.mkdtemp(prefix="tiny-sd-"))
+    return save_tiny_sd(root / "tiny-sd")
+
+
+def load_tiny_pipe():
+    """A fresh pipeline from the tiny folder (fresh, because VSD adds a LoRA adapter to the UNet)."""
+    from diffusers import StableDiffusionPipeline
+
+    return StableDiffusionPipeline.from_pretrained(str(tiny_sd_folder()), use_safetensors=True)
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Tiny models run fastest on one intra-op thread (a busy 2-core CPU makes 2 threads 10x slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
