@@ -16,8 +16,10 @@ prints ``Error: <line>`` with exit code 2 whether or not it is wrapped in :func:
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -167,17 +169,49 @@ def _check_folder(spec: ModelSpec) -> Path:
     return spec.folder
 
 
-def _offline_error(spec: ModelSpec, err: BaseException) -> ModelLoadError:
+def _env_offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+@functools.lru_cache(maxsize=1)
+def _hub_unreachable() -> bool:
+    """True when the Hub endpoint cannot be reached (checked once, 3 s at most): loads then use the local cache
+    only (``local_files_only=True``) instead of waiting for the Hub client's retries to time out."""
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=3).close()
+        return False
+    except OSError:
+        return True
+
+
+def _is_network_error(err: BaseException | None) -> bool:
+    """Whether ``err`` or anything in its cause/context chain is a connection or offline-cache error."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        names = {cls.__name__ for cls in type(err).__mro__}
+        if isinstance(err, (ConnectionError, TimeoutError, socket.gaierror)) or names & {
+                "ConnectError", "ConnectTimeout", "ConnectionError", "OfflineModeIsEnabled", "LocalEntryNotFoundError",
+                "URLError"}:
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def _offline_error(spec: ModelSpec, err: BaseException, offline: bool) -> ModelLoadError:
     """One line: which model failed, why (offline or other), and what to use instead."""
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-    text = " ".join(str(err).split())
-    if offline or any(s in text.lower() for s in ("offline", "connect", "resolve", "network", "internet", "urlopen",
-                                                   "cannot find the requested files", "locate the file")):
-        why = "no network access to the Hugging Face Hub"
+    if offline or _is_network_error(err):
+        why = "no network access to the Hugging Face Hub (and not in the local cache)"
     else:
-        why = text[:200] or type(err).__name__
-    alt = _OFFLINE_ALTERNATIVE[spec.kind]
-    return ModelLoadError(f"could not load {spec.name!r} ({spec.source}): {why}; {alt}")
+        why = " ".join(str(err).split())[:200] or type(err).__name__
+    return ModelLoadError(f"could not load {spec.name!r} ({spec.source}): {why}; {_OFFLINE_ALTERNATIVE[spec.kind]}")
 
 
 def _dtype_kw(dtype: torch.dtype, library: str = "diffusers") -> dict[str, torch.dtype]:
@@ -205,16 +239,33 @@ def _hub_errors() -> tuple[type[BaseException], ...]:
 
 
 def _from_source(spec: ModelSpec, load: Any, *args: Any, **kwargs: Any) -> Any:
-    """Call a ``from_pretrained``-style loader; for real models map network failures to one clear line."""
+    """Call a local ``from_pretrained``-style loader, mapping its failures to one line."""
     try:
         return load(*args, **kwargs)
     except ModelLoadError:
         raise
     except _hub_errors() as err:
         if spec.is_real:
-            raise _offline_error(spec, err) from err
+            raise _offline_error(spec, err, offline=False) from err
         raise ModelLoadError(f"could not load {spec.name!r} from {spec.source}: "
                              f"{' '.join(str(err).split())[:300]}") from err
+
+
+def _from_hub(spec: ModelSpec, load: Any, *args: Any, **kwargs: Any) -> Any:
+    """Call a Hub loader (``from_pretrained``, ``load_config``, ``hf_hub_download``) for a real model: the local
+    cache only when offline, and one line naming the model and the offline alternative when it fails. Local
+    models (toy or folder) go straight to :func:`_from_source`."""
+    if not spec.is_real:
+        return _from_source(spec, load, *args, **kwargs)
+    offline = _env_offline() or _hub_unreachable()
+    if offline:
+        kwargs["local_files_only"] = True
+    try:
+        return load(*args, **kwargs)
+    except ModelLoadError:
+        raise
+    except _hub_errors() as err:
+        raise _offline_error(spec, err, offline) from err
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -229,7 +280,7 @@ def load_sd(name: str | os.PathLike = "toy-sd", device: torch.device | str = "cp
 
     spec = resolve(name, "sd")
     source = spec.hub_id if spec.is_real else str(_check_folder(spec))
-    pipe = _from_source(spec, StableDiffusionPipeline.from_pretrained, source, **_dtype_kw(dtype),
+    pipe = _from_hub(spec, StableDiffusionPipeline.from_pretrained, source, **_dtype_kw(dtype),
                         use_safetensors=True)
     return pipe.to(device)
 
@@ -287,8 +338,9 @@ def _load_clip_hub(spec: ModelSpec, device: torch.device | str) -> ClipBundle:
     that OpenAI's weights were trained with QuickGELU; we force QuickGELU (as OpenAI's ``clip.load`` does, which
     the assignments' eval.py uses) and take mean/std/interpolation/resize mode from the tag's config.
     """
+    import huggingface_hub
     import open_clip
-    from open_clip.pretrained import download_pretrained_from_hf, get_pretrained_cfg
+    from open_clip.pretrained import get_pretrained_cfg
 
     arch, tag = spec.open_clip  # type: ignore[misc]
     cfg = get_pretrained_cfg(arch, tag)
@@ -296,7 +348,7 @@ def _load_clip_hub(spec: ModelSpec, device: torch.device | str) -> ClipBundle:
         raise ModelLoadError(f"open_clip has no Hub weights for {arch}/{tag}")
     repo = cfg["hf_hub"].rstrip("/").split("/")
     repo_id = "/".join(repo[:2])
-    weights = _from_source(spec, download_pretrained_from_hf, repo_id, filename="open_clip_model.safetensors")
+    weights = _from_hub(spec, huggingface_hub.hf_hub_download, repo_id, filename="open_clip_model.safetensors")
     model, _, preprocess = _from_source(
         spec, open_clip.create_model_and_transforms, arch, pretrained=weights, device=device,
         force_quick_gelu=bool(cfg.get("quick_gelu")), image_mean=cfg.get("mean"), image_std=cfg.get("std"),
@@ -337,8 +389,8 @@ def load_ddpm(name: str | os.PathLike = "toy-faces", device: torch.device | str 
 
     spec = resolve(name, "ddpm")
     if spec.is_real:
-        unet = _from_source(spec, UNet2DModel.from_pretrained, spec.hub_id, **_dtype_kw(dtype), use_safetensors=True)
-        config = _from_source(spec, DDPMScheduler.load_config, spec.hub_id)
+        unet = _from_hub(spec, UNet2DModel.from_pretrained, spec.hub_id, **_dtype_kw(dtype), use_safetensors=True)
+        config = _from_hub(spec, DDPMScheduler.load_config, spec.hub_id)
     else:
         unet_dir, sched_file = _ddpm_layout(_check_folder(spec))
         unet = _from_source(spec, UNet2DModel.from_pretrained, str(unet_dir), **_dtype_kw(dtype),
@@ -359,7 +411,7 @@ class PixelModel(NamedTuple):
 def _load_scheduler(spec: ModelSpec, source: str) -> Any:
     import diffusers
 
-    config = _from_source(spec, diffusers.DDPMScheduler.load_config, source, subfolder="scheduler")
+    config = _from_hub(spec, diffusers.DDPMScheduler.load_config, source, subfolder="scheduler")
     cls = getattr(diffusers, str(config.get("_class_name", "DDPMScheduler")), None)
     if cls is None or not hasattr(cls, "from_config"):
         raise ModelLoadError(f"unknown scheduler class {config.get('_class_name')!r} in {spec.source}")
@@ -378,7 +430,7 @@ def load_pixel(name: str | os.PathLike = "toy-pixel", device: torch.device | str
     spec = resolve(name, "pixel")
     source = spec.hub_id if spec.is_real else str(_check_folder(spec))
     variant = _fp16_variant(spec, dtype)
-    unet = _from_source(spec, UNet2DConditionModel.from_pretrained, source, subfolder="unet", **_dtype_kw(dtype),
+    unet = _from_hub(spec, UNet2DConditionModel.from_pretrained, source, subfolder="unet", **_dtype_kw(dtype),
                         use_safetensors=True, **variant)
     scheduler = _load_scheduler(spec, source)
     if spec.text_from is not None:
@@ -401,7 +453,7 @@ def _load_text(spec: ModelSpec, source: str, dtype: torch.dtype,
     import transformers
     from diffusers import DiffusionPipeline
 
-    index = _from_source(spec, DiffusionPipeline.load_config, source)
+    index = _from_hub(spec, DiffusionPipeline.load_config, source)
     classes = []
     for part in ("tokenizer", "text_encoder"):
         entry = index.get(part) or [None, None]
@@ -409,8 +461,8 @@ def _load_text(spec: ModelSpec, source: str, dtype: torch.dtype,
         if cls is None:
             raise ModelLoadError(f"{spec.source} has no usable {part} (model_index.json says {entry})")
         classes.append(cls)
-    tokenizer = _from_source(spec, classes[0].from_pretrained, source, subfolder="tokenizer")
-    text_encoder = _from_source(spec, classes[1].from_pretrained, source, subfolder="text_encoder",
+    tokenizer = _from_hub(spec, classes[0].from_pretrained, source, subfolder="tokenizer")
+    text_encoder = _from_hub(spec, classes[1].from_pretrained, source, subfolder="text_encoder",
                                 **_dtype_kw(dtype, "transformers"), use_safetensors=True, **variant)
     return tokenizer, text_encoder
 
@@ -426,6 +478,6 @@ def load_pixel_upscaler(name: str = "deepfloyd-if", device: torch.device | str =
     spec = resolve(name, "pixel")
     if spec.stage2_hub_id is None:
         raise ModelLoadError(f"model {spec.name!r} has no super-resolution stage")
-    pipe = _from_source(spec, IFSuperResolutionPipeline.from_pretrained, spec.stage2_hub_id, text_encoder=None,
+    pipe = _from_hub(spec, IFSuperResolutionPipeline.from_pretrained, spec.stage2_hub_id, text_encoder=None,
                         **_dtype_kw(dtype), use_safetensors=True, **_fp16_variant(spec, dtype))
     return pipe.to(device)

@@ -28,7 +28,7 @@ def _tiny_tokenizer(folder):
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
     (folder / "merges.txt").write_text("#version: 0.2\n")
-    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), pad_token="!", model_max_length=8)
+    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), pad_token="!", model_max_length=16)
 
 
 def _tiny_sd_pipeline(tmp_path):
@@ -46,7 +46,7 @@ def _tiny_sd_pipeline(tmp_path):
                         norm_num_groups=4, layers_per_block=1, sample_size=16)
     text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=55, hidden_size=8, intermediate_size=16,
                                                 num_hidden_layers=1, num_attention_heads=2,
-                                                max_position_embeddings=8))
+                                                max_position_embeddings=16, bos_token_id=1, eos_token_id=2))
     scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                               clip_sample=False, set_alpha_to_one=False, steps_offset=1)
     return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=_tiny_tokenizer(tmp_path / "tok"),
@@ -134,23 +134,65 @@ def test_open_clip_save_and_load_round_trip(tmp_path):
         assert torch.allclose(bundle.model.encode_text(tokens), model.encode_text(tokens))
 
 
-def test_real_models_fail_offline_with_one_line(monkeypatch, tmp_path):
-    import open_clip.pretrained
+@pytest.mark.parametrize("how", ["HF_HUB_OFFLINE", "unreachable"])
+def test_real_models_fail_offline_with_one_line(monkeypatch, tmp_path, how):
+    import huggingface_hub
 
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))  # empty cache
+    if how == "HF_HUB_OFFLINE":
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    else:  # no env var, but the Hub cannot be reached: the cache is used and nothing waits for retries
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(registry, "_hub_unreachable", lambda: True)
 
     def no_download(*args, **kwargs):
-        raise RuntimeError("Failed to download file: connection refused")
+        assert kwargs.get("local_files_only") is True
+        raise huggingface_hub.errors.LocalEntryNotFoundError("cannot find the requested files in the local cache")
 
-    monkeypatch.setattr(open_clip.pretrained, "download_pretrained_from_hf", no_download)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_download)
     cases = [(load_sd, "sd-2.1-base", "stabilityai/stable-diffusion-2-1-base", "toy-sd"),
              (load_clip, "clip-vit-b-32", "ViT-B-32", "toy-clip"),
-             (load_ddpm, "ddpm-celebahq-256", "google/ddpm-celebahq-256", "toy-faces")]
+             (load_ddpm, "ddpm-celebahq-256", "google/ddpm-celebahq-256", "toy-faces"),
+             (registry.load_pixel, "deepfloyd-if", "DeepFloyd/IF-I-XL-v1.0", "toy-pixel")]
     for load, name, source, alternative in cases:
         with pytest.raises(ModelLoadError) as info:
             load(name)
         msg = info.value.format_message()
         assert "\n" not in msg and name in msg and source in msg and alternative in msg, msg
         assert "no network access" in msg, msg
+
+
+def test_clip_vit_b_32_uses_quick_gelu_safetensors_and_openai_preprocessing(monkeypatch, tmp_path):
+    """The real path without a download: the Hub file asked for and the open_clip arguments are checked, then a
+    tiny model is built with exactly those arguments (plain 'ViT-B-32' + 'openai' would give GELU, not QuickGELU)."""
+    import huggingface_hub
+    from torchvision import transforms
+
+    asked, real_create = {}, open_clip.create_model_and_transforms
+
+    def fake_download(repo_id, filename=None, **kwargs):
+        asked.update(repo_id=repo_id, filename=filename)
+        return str(tmp_path / filename)
+
+    def create(arch, pretrained=None, **kwargs):
+        asked.update(arch=arch, pretrained=pretrained)
+        open_clip.factory._MODEL_CONFIGS["test-tiny-clip"] = {**TINY_CLIP_CFG, "quick_gelu": False}
+        try:
+            return real_create("test-tiny-clip", **kwargs)
+        finally:
+            open_clip.factory._MODEL_CONFIGS.pop("test-tiny-clip")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    monkeypatch.setattr(registry, "_hub_unreachable", lambda: False)
+    monkeypatch.setattr(open_clip, "create_model_and_transforms", create)
+    bundle = load_clip("clip-vit-b-32")
+    assert asked == {"repo_id": "timm/vit_base_patch32_clip_224.openai", "filename": "open_clip_model.safetensors",
+                     "arch": "ViT-B-32", "pretrained": str(tmp_path / "open_clip_model.safetensors")}
+    assert isinstance(bundle.model.visual.transformer.resblocks[0].mlp.gelu, open_clip.transformer.QuickGELU)
+    steps = {type(t): t for t in bundle.preprocess.transforms}
+    assert steps[transforms.Resize].interpolation == transforms.InterpolationMode.BICUBIC
+    assert transforms.CenterCrop in steps
+    assert tuple(steps[transforms.Normalize].mean) == open_clip.constants.OPENAI_DATASET_MEAN
+    assert tuple(steps[transforms.Normalize].std) == open_clip.constants.OPENAI_DATASET_STD
