@@ -61,7 +61,7 @@ def settings_from_context(ctx: click.Context, params: dict, loss_type: str, pres
         source = ctx.get_parameter_source(name)
         (explicit if source in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT) else defaults)[name] = \
             params[name]
-    representation = explicit.get("representation", defaults["representation"])
+    representation = explicit["representation"] if "representation" in explicit else defaults["representation"]
     return resolve_settings(loss_type, representation, preset, explicit, defaults)
 
 
