@@ -1,0 +1,77 @@
+"""``python -m distillation.measure_toy``: the toy quality bars of issue 4 on the shipped toy-sd, as a table.
+
+- SDS (guidance 25), VSD and SDI (guidance 7.5) on 30 held-out captions: fraction judged fully correct by
+  toy-clip (colour, shape and background; ``common.toy.judge``). Bar: >= 80 %.
+- PDS and DDS edits that change the object colour of a rendered held-out image: fraction whose result is judged
+  to be the edit caption (new colour, same shape and background). Bar: >= 80 %.
+- Wall time of the default single-prompt command (500 steps). Bar: < 60 s on a 2-core CPU.
+All prompts of a method run in one batch (VSD: one LoRA shared by the batch).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import click
+
+from common.cli import user_errors
+from distillation.evaluate import judge_accuracy, make_config, toy_items
+from distillation.runner import run
+
+BARS = (("sds", 25.0), ("vsd", 7.5), ("sdi", 7.5), ("pds", 7.5), ("dds", 7.5))
+
+
+def time_default_command(save_dir: str, steps: int, device: str) -> float:
+    """Seconds for ``python -m distillation.main --prompt "a red circle on a blue background"`` in a fresh process."""
+    cmd = [sys.executable, "-m", "distillation.main", "--prompt", "a red circle on a blue background",
+           "--steps", str(steps), "--save_dir", save_dir, "--device", device]
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--n", type=click.IntRange(min=1), default=30, show_default=True, help="Held-out captions.")
+@click.option("--steps", type=click.IntRange(min=1), default=500, show_default=True, help="Steps per run.")
+@click.option("--methods", default=",".join(m for m, _ in BARS), show_default=True, help="Comma-separated.")
+@click.option("--model", default="toy-sd", show_default=True, help="toy-sd or a folder in the same domain.")
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Keep the images here.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Base seed.")
+@user_errors
+def main(n: int, steps: int, methods: str, model: str, device: str, out: str | None, seed: int) -> None:
+    """Measure the toy quality bars and the speed of the default command; print a table.
+
+    \b
+    Examples:
+      python -m distillation.measure_toy
+      python -m distillation.measure_toy --methods sds,pds --n 10 --steps 200
+    """
+    root = Path(out or tempfile.mkdtemp(prefix="measure-toy-"))
+    wanted = [m.strip() for m in methods.split(",") if m.strip()]
+    rows = []
+    for method, scale in BARS:
+        if method not in wanted:
+            continue
+        items, captions = toy_items(method, n)
+        explicit = {"guidance_scale": scale, "steps": steps, "model": model, "device": device, "seed": seed,
+                    "log_step": 0}
+        start = time.perf_counter()
+        paths = run(make_config(method, None, explicit, items, str(root / method)), progress=True)
+        seconds = time.perf_counter() - start
+        acc = judge_accuracy(paths, captions)
+        rows.append((method, scale, acc, seconds))
+    click.echo(f"\n{'method':<8}{'guidance':>9}{'correct':>9}{'bar':>6}{'pass':>6}{'seconds':>9}   (n={n}, "
+               f"{steps} steps, one batch)")
+    for method, scale, acc, seconds in rows:
+        click.echo(f"{method:<8}{scale:>9.1f}{acc:>9.1%}{'80%':>6}{'yes' if acc >= 0.8 else 'NO':>6}{seconds:>9.1f}")
+    secs = time_default_command(str(root / "timing"), steps, device)
+    click.echo(f"default command, {steps} steps: {secs:.1f} s (bar: < 60 s on a 2-core CPU)  images: {root}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""distillation.evaluate: shipped prompt lists, toy evaluation set, and an end-to-end run with tiny models."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+from distill_helpers import one_thread, tiny_sd_folder
+
+from distillation.evaluate import handout_items, main, toy_items
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    with one_thread():
+        yield
+
+
+def test_handout_prompt_lists_are_shipped():
+    items = handout_items("sds", None)
+    assert len(items) == 10 and items[0].key == "A_red_bus_driving_on_a_desert_road"
+    assert items[-1].prompt == "A car on the road"
+
+
+def test_pds_without_source_images_is_a_clear_error(tmp_path):
+    res = CliRunner().invoke(main, ["--loss_type", "pds", "--model", str(tiny_sd_folder()),
+                                    "--save_root", str(tmp_path)])
+    assert res.exit_code == 2 and "--data_dir" in res.output
+    res = CliRunner().invoke(main, ["--loss_type", "pds", "--model", str(tiny_sd_folder()),
+                                    "--data_dir", str(tmp_path), "--save_root", str(tmp_path)])
+    assert res.exit_code == 2 and "source images missing" in res.output
+
+
+def test_toy_edit_set_changes_only_the_object_colour():
+    from common.toy import shapes
+
+    items, captions = toy_items("pds", 12)
+    assert len(items) == 12 and captions == [it.edit_prompt for it in items]
+    for it in items:
+        (c0, s0, b0), (c1, s1, b1) = shapes.parse_caption(it.prompt), shapes.parse_caption(it.edit_prompt)
+        assert c1 not in (c0, b0) and (s1, b1) == (s0, b0)
+        assert it.src_image.shape == (3, 64, 64)
+
+
+def test_evaluate_end_to_end_writes_eval_json(tmp_path):
+    from common.toy.clip_model import create_toy_clip, save_toy_clip
+
+    clip_dir = save_toy_clip(create_toy_clip(), tmp_path / "clip")
+    res = CliRunner().invoke(main, ["--loss_type", "sds", "--model", str(tiny_sd_folder()), "--clip_model",
+                                    str(clip_dir), "--steps", "1", "--device", "cpu", "--save_root",
+                                    str(tmp_path / "ev")])
+    assert res.exit_code == 0, res.output
+    result = json.loads((tmp_path / "ev" / "sds" / "eval.json").read_text())
+    assert len(result) == 12 and -1 <= result["score"] <= 1  # source_dir + 10 images + score
