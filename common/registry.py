@@ -132,8 +132,9 @@ def detect_folder_kind(folder: str | os.PathLike) -> str:
         if unet_cfg.is_file() and _read_json(unet_cfg).get("cross_attention_dim"):
             return "pixel"
         return "ddpm"
-    if (folder / "config.json").is_file() and _read_json(folder / "config.json").get("_class_name") == "UNet2DModel":
-        return "ddpm"
+    for config in (folder / "config.json", folder / "unet" / "config.json"):
+        if config.is_file() and _read_json(config).get("_class_name") == "UNet2DModel":
+            return "ddpm"
     raise ModelLoadError(f"cannot tell the model format of folder {folder}: expected model_index.json "
                          "(diffusers), config.json of a UNet2DModel, or open_clip_config.json (open_clip)")
 

@@ -97,11 +97,19 @@ def test_folder_detection(tmp_path):
         resolve(str(tmp_path / "missing"))
 
 
-def test_sd_pipeline_save_and_load_round_trip(tmp_path):
+@pytest.fixture(scope="module")
+def tiny_sd(tmp_path_factory):
+    """A tiny random SD pipeline and the folder it was saved to (safetensors)."""
+    tmp_path = tmp_path_factory.mktemp("sd")
     pipe = _tiny_sd_pipeline(tmp_path)
     pipe.save_pretrained(tmp_path / "sd", safe_serialization=True)
-    assert not list((tmp_path / "sd").rglob("*.bin"))
-    loaded = load_sd(str(tmp_path / "sd"), "cpu", torch.float32)
+    return pipe, tmp_path / "sd"
+
+
+def test_sd_pipeline_save_and_load_round_trip(tiny_sd):
+    pipe, folder = tiny_sd
+    assert not list(folder.rglob("*.bin"))
+    loaded = load_sd(str(folder), "cpu", torch.float32)
     assert type(loaded).__name__ == "StableDiffusionPipeline"
     for a, b in ((pipe.unet, loaded.unet), (pipe.vae, loaded.vae), (pipe.text_encoder, loaded.text_encoder)):
         sd_a, sd_b = a.state_dict(), b.state_dict()
@@ -111,6 +119,37 @@ def test_sd_pipeline_save_and_load_round_trip(tmp_path):
     ref = pipe(generator=torch.Generator().manual_seed(1), **kwargs).images
     out = loaded(generator=torch.Generator().manual_seed(1), **kwargs).images
     assert out.shape == (1, 3, 32, 32) and torch.allclose(ref, out, atol=1e-6)
+
+
+def test_pixel_model_takes_text_encoder_from_toy_sd_and_ddpm_layouts(tiny_sd, tmp_path, monkeypatch):
+    from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel, UNet2DModel
+
+    pipe, sd_folder = tiny_sd
+    pixel = tmp_path / "pixel"
+    UNet2DConditionModel(sample_size=8, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(8, 8),
+                         norm_num_groups=4, cross_attention_dim=8, attention_head_dim=2,
+                         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D")).save_pretrained(pixel / "unet")
+    DDIMScheduler(beta_schedule="scaled_linear").save_pretrained(pixel / "scheduler")
+    (pixel / "model_index.json").write_text(json.dumps({"_class_name": "ToyPixelPipeline"}))
+    monkeypatch.setitem(registry.MODELS, "toy-sd", registry.ModelSpec("toy-sd", "sd", "test", folder=sd_folder))
+    monkeypatch.setitem(registry.MODELS, "toy-pixel", registry.ModelSpec("toy-pixel", "pixel", "test", folder=pixel,
+                                                                         text_from="toy-sd"))
+    model = registry.load_pixel("toy-pixel")
+    assert resolve(str(pixel)).kind == "pixel" and isinstance(model.scheduler, DDIMScheduler)
+    assert model.unet.config.in_channels == 3 and model.tokenizer("ab").input_ids == pipe.tokenizer("ab").input_ids
+    ids = pipe.tokenizer(["a b"], return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.equal(model.text_encoder(ids)[0], pipe.text_encoder(ids)[0])
+    unet = UNet2DModel(sample_size=8, block_out_channels=(8, 8), norm_num_groups=4, layers_per_block=1,
+                       down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2)
+    for layout in ("root", "pipeline"):  # google/ddpm-* keep the UNet at the root; DDPMPipeline folders in unet/
+        folder = tmp_path / layout
+        unet.save_pretrained(folder if layout == "root" else folder / "unet")
+        DDPMScheduler(beta_end=0.02).save_pretrained(folder if layout == "root" else folder / "scheduler")
+        loaded, config = load_ddpm(str(folder))
+        assert config["beta_end"] == 0.02 and config["_class_name"] == "DDPMScheduler"
+        assert all(torch.equal(a, b) for a, b in zip(unet.state_dict().values(), loaded.state_dict().values()))
 
 
 def test_open_clip_save_and_load_round_trip(tmp_path):
