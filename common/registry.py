@@ -149,8 +149,9 @@ def resolve(name: str | os.PathLike, kind: str | None = None) -> ModelSpec:
         spec = ModelSpec(key, detect_folder_kind(folder), f"local folder {folder}", folder=folder)
     else:
         names = ", ".join(known_names(kind))
-        what = "folder not found" if (os.sep in key or key.startswith(".")) else "unknown model"
-        raise ModelLoadError(f"{what} {key!r}; known {kind or ''} models: {names} (or a local model folder)")
+        what = "folder not found" if ("/" in key or os.sep in key or key.startswith(".")) else "unknown model"
+        raise ModelLoadError(f"{what} {key!r}; known {kind + ' ' if kind else ''}models: {names} "
+                             "(or a local model folder)")
     if kind is not None and spec.kind != kind:
         raise ModelLoadError(f"model {key!r} is a {spec.kind} model, expected a {kind} model; "
                              f"known {kind} models: {', '.join(known_names(kind))}")
@@ -165,9 +166,12 @@ def _missing_toy_message(spec: ModelSpec) -> str:
 
 def _check_folder(spec: ModelSpec) -> Path:
     assert spec.folder is not None
-    if not spec.folder.is_dir():
-        raise ModelLoadError(_missing_toy_message(spec))
-    return spec.folder
+    try:
+        if spec.folder.is_dir() and detect_folder_kind(spec.folder) == spec.kind:
+            return spec.folder
+    except ModelLoadError:
+        pass
+    raise ModelLoadError(_missing_toy_message(spec))
 
 
 def _env_offline() -> bool:
