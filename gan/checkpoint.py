@@ -1,0 +1,106 @@
+"""Checkpoints as one safetensors file: network weights, Adam state and RNG states as tensors, the rest as JSON.
+
+Never pickle: ``safetensors`` stores only tensors plus a str->str metadata header. Tensor names:
+``G.*``, ``D.*``, ``G_ema.*`` (state dicts), ``opt.G.<i>.<key>`` / ``opt.D.<i>.<key>`` (Adam state of parameter i),
+``rng.<name>`` (``torch.Generator.get_state()`` bytes), ``loss.pl_mean``. Metadata: ``format``, ``arch`` (the
+:class:`gan.networks.ArchConfig` as JSON) and ``state`` (step, images seen, training options).
+Files are written to ``<name>.tmp`` first and moved into place with ``os.replace`` (atomic on POSIX).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+
+from gan.networks import ArchConfig
+
+FORMAT = "genmodels-stylegan2/1"
+
+
+def save_checkpoint(path: str | Path, arch: ArchConfig, nets: dict, optimizers: dict | None = None,
+                    rng: dict | None = None, extra: dict | None = None, state: dict | None = None,
+                    dtype: torch.dtype | None = None) -> Path:
+    """Write nets (name -> module), optimizers (name -> Adam), rng (name -> Generator) and extra tensors."""
+    tensors = {}
+    for name, net in nets.items():
+        for key, value in net.state_dict().items():
+            value = value.detach()
+            if dtype is not None and value.is_floating_point():
+                value = value.to(dtype)
+            tensors[f"{name}.{key}"] = value.cpu().contiguous()
+    for name, opt in (optimizers or {}).items():
+        for i, param_state in opt.state_dict()["state"].items():
+            for key, value in param_state.items():
+                tensors[f"opt.{name}.{i}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    for name, gen in (rng or {}).items():
+        tensors[f"rng.{name}"] = gen.get_state().cpu()
+    for name, value in (extra or {}).items():
+        tensors[name] = value.detach().cpu().contiguous()
+    metadata = {"format": FORMAT, "arch": json.dumps(dataclasses.asdict(arch)), "state": json.dumps(state or {})}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+    return path
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict, ArchConfig, dict]:
+    """(tensors, arch, state) from a checkpoint; one-line ValueError/FileNotFoundError on bad files."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ValueError(f"{path} is not a safetensors checkpoint ({err})") from err
+    if metadata.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a gan checkpoint (format {metadata.get('format')!r}, expected {FORMAT!r})")
+    arch = ArchConfig(**json.loads(metadata["arch"]))
+    return tensors, arch, json.loads(metadata.get("state", "{}"))
+
+
+def check_arch(saved: ArchConfig, current: ArchConfig, path) -> None:
+    """ValueError naming the differing fields when a checkpoint belongs to another architecture."""
+    diffs = [f"{f.name} {getattr(saved, f.name)} vs {getattr(current, f.name)}" for f in dataclasses.fields(saved)
+             if getattr(saved, f.name) != getattr(current, f.name)]
+    if diffs:
+        raise ValueError(f"checkpoint {path} is for another architecture (checkpoint vs this run: {'; '.join(diffs)})")
+
+
+def load_net(net: torch.nn.Module, tensors: dict, prefix: str) -> None:
+    state = {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+    ref = net.state_dict()
+    if set(state) != set(ref) or any(state[k].shape != ref[k].shape for k in ref):
+        raise ValueError(f"checkpoint weights for {prefix} do not match the network")
+    net.load_state_dict({k: v.to(ref[k].dtype) for k, v in state.items()})
+
+
+def has_optimizer(tensors: dict, name: str) -> bool:
+    return any(k.startswith(f"opt.{name}.") for k in tensors)
+
+
+def load_optimizer(opt: torch.optim.Optimizer, tensors: dict, name: str) -> None:
+    """Restore Adam moments and step counts; lr/betas keep the values this run configured."""
+    state = {}
+    for key, value in tensors.items():
+        if key.startswith(f"opt.{name}."):
+            idx, field = key[len(f"opt.{name}."):].split(".", 1)
+            state.setdefault(int(idx), {})[field] = value
+    opt.load_state_dict({"state": state, "param_groups": opt.state_dict()["param_groups"]})
+
+
+def load_rng(gen: torch.Generator, tensors: dict, name: str) -> bool:
+    key = f"rng.{name}"
+    if key not in tensors:
+        return False
+    gen.set_state(tensors[key])
+    return True
