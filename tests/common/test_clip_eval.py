@@ -157,10 +157,12 @@ def test_toy_clip_scores_true_captions_higher(tmp_path):
         folder.mkdir()
         for i, img in enumerate(images):
             img.save(folder / (caption(specs[(i + shift) % len(specs)]).replace(" ", "_") + f"_{i}.png"))
-    scores = []
+    per_image = []
     for folder in (true_dir, wrong_dir):
         result = CliRunner().invoke(main, ["--fdir1", str(folder), "--clip_model", "toy-clip", "--app",
                                            "wide_images"])
         assert result.exit_code == 0, result.output
-        scores.append(json.loads((folder / "eval.json").read_text())["score"])
-    assert scores[0] > scores[1] + 0.05, scores
+        data = json.loads((folder / "eval.json").read_text())
+        per_image.append({k.rsplit("_", 1)[1]: v for k, v in data.items() if k not in ("source_dir", "score")})
+    wins = sum(per_image[0][i] > per_image[1][i] for i in per_image[0])
+    assert wins >= 7, per_image  # the true caption scores higher for (nearly) every image
