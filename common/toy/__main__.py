@@ -6,6 +6,7 @@ import importlib
 from pathlib import Path
 
 import click
+import torch
 
 from common.cli import UserError, user_errors
 from common.images import save_image
@@ -106,6 +107,46 @@ def data(n: int, out: str, split: str, size: int, seed: int) -> None:
             lines.append(f"{name}\t{shapes.caption(spec)}")
     (folder / "captions.txt").write_text("\n".join(lines) + "\n")
     click.echo(f"wrote {n} images and captions.txt to {folder}")
+
+
+@main.command()
+@click.option("--images", "images_dir", type=click.Path(file_okay=False, exists=True), default=None,
+              help="Folder with images and captions.txt (<file>\\t<caption>, as `data` writes). "
+                   "Default: measure toy-clip itself on rendered test images.")
+@click.option("--n", type=click.IntRange(min=1, max=100_000), default=1000, show_default=True,
+              help="Rendered test images (without --images).")
+@click.option("--clip_folder", type=click.Path(file_okay=False), default=None,
+              help="toy-clip folder [default: the shipped common/toy/models/toy-clip].")
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@user_errors
+def judge(images_dir: str | None, n: int, clip_folder: str | None, device: str) -> None:
+    """Zero-shot accuracy of the toy-clip judge (colour, shape, background, all three) as a table.
+
+    \b
+    Examples:
+      python -m common.toy judge                       # the toy-clip bar on 1,000 test images
+      python -m common.toy judge --images outputs/samples
+    """
+    from common.gpu import get_device
+    from common.images import load_image
+    from common.toy import judge as toy_judge
+    from common.toy.train_clip import format_table, gaussian_blur
+
+    dev = get_device(device)
+    if images_dir is None:
+        images, params = shapes.sample_batch(n, shapes.split_seed("test"), device=dev)
+        rows = {f"{n} test images": params, "blur 0.8 px": params}
+        batches = [images, gaussian_blur(images, torch.full((n,), 0.8, device=dev))]
+    else:
+        folder = Path(images_dir)
+        pairs = [line.split("\t") for line in (folder / "captions.txt").read_text().splitlines() if line.strip()]
+        if any(len(p) != 2 for p in pairs):
+            raise UserError(f"{folder / 'captions.txt'}: every line must be '<file>\\t<caption>'")
+        batches = [torch.stack([load_image(folder / name, size=64) for name, _ in pairs])]
+        rows = {f"{folder.name} ({len(pairs)} images)": toy_judge.targets_to_indices([text for _, text in pairs])}
+    table = {name: toy_judge.attribute_accuracy(toy_judge.predict(x, clip_folder, dev), target)
+             for (name, target), x in zip(rows.items(), batches, strict=True)}
+    click.echo(format_table(table))
 
 
 if __name__ == "__main__":

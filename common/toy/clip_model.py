@@ -17,7 +17,6 @@ import open_clip
 import torch
 import torch.nn.functional as F
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
-from safetensors.torch import save_file
 
 MODEL_NAME = "toy-clip"
 CONFIG_PATH = Path(__file__).parent / "configs" / f"{MODEL_NAME}.json"
@@ -59,13 +58,9 @@ def get_tokenizer():
 
 def save_toy_clip(model: torch.nn.Module, folder: str | Path, dtype: torch.dtype = torch.float16) -> Path:
     """Write ``open_clip_config.json`` and ``open_clip_model.safetensors`` (weights cast to ``dtype``)."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
-    config = {"model_cfg": model_config(), "preprocess_cfg": preprocess_config()}
-    (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-    return folder
+    from common.registry import save_clip_folder  # the one writer of open_clip folders
+
+    return save_clip_folder(model, model_config(), folder, preprocess_config(), dtype=dtype)
 
 
 def check_folder(folder: str | Path | None = None) -> Path:

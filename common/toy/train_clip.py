@@ -37,6 +37,7 @@ from common.toy.judge import attribute_accuracy, caption_features, caption_logit
 
 DEFAULTS = {"steps": 3000, "batch_size": 512, "lr": 1e-3, "weight_decay": 0.1, "warmup": 200,
             "eval_images": 1000, "image_size": 64}
+BAR = 0.98  # issue 3: zero-shot accuracy >= 98% per attribute on 1,000 test images
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clamps the learned temperature at 100
 
 
@@ -109,40 +110,61 @@ def evaluate(model, tokenizer, device: torch.device, n: int = 1000, degrade: boo
     return attribute_accuracy(predict_indices(caption_logits(model, text_features, images)), params)
 
 
-def _train_loop(model, tokens, cfg: dict, device: torch.device, seed: int) -> float:
-    """Optimise ``model`` in place; returns the final (smoothed) loss."""
-    opt = torch.optim.AdamW(param_groups(model, cfg["weight_decay"]), lr=cfg["lr"], betas=(0.9, 0.98), eps=1e-6)
+def _train_loop(model, tokens, cfg: dict, device: torch.device, seed: int) -> list[float]:
+    """Optimise ``model`` in place; returns the mean loss of every 50-step window."""
+    opt = torch.optim.AdamW(param_groups(model, cfg["weight_decay"]), lr=cfg["lr"], betas=(0.9, 0.98), eps=1e-6,
+                            fused=device.type == "cuda")
     spec_gen = torch.Generator().manual_seed(shapes.split_seed("train", seed))
     aug_gen = torch.Generator(device).manual_seed(seed)
-    ema, bar = None, tqdm(range(cfg["steps"]), desc="toy-clip", mininterval=1.0)
+    history, window, running = [], 0, torch.zeros((), device=device)
+    bar = tqdm(range(cfg["steps"]), desc="toy-clip", mininterval=1.0)
     model.train()
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg["steps"], cfg["warmup"], cfg["lr"])
         images, params = shapes.sample_batch(cfg["batch_size"], spec_gen, cfg["image_size"], device)
-        labels = caption_labels(params)
+        pixels = images_to_clip_input(augment(images, aug_gen))  # fp32 augmentation, then bf16 towers
         with autocast(device, torch.bfloat16):
-            image_features = model.encode_image(images_to_clip_input(augment(images, aug_gen)), normalize=True)
+            image_features = model.encode_image(pixels, normalize=True)
             text_features = encode_text_trimmed(model, tokens)
-            loss = contrastive_loss(image_features.float(), text_features.float(), labels, model.logit_scale)
+        loss = contrastive_loss(image_features.float(), text_features.float(), caption_labels(params),
+                                model.logit_scale)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
-        if step % 50 == 0 or step == cfg["steps"] - 1:
-            value = loss.item()
-            check_finite(value, "toy-clip training loss")
-            ema = value if ema is None else 0.8 * ema + 0.2 * value
-            bar.set_postfix(loss=f"{ema:.4f}", scale=f"{model.logit_scale.exp().item():.1f}")
-    return ema
+        running, window = running + loss.detach(), window + 1
+        if window == 50 or step == cfg["steps"] - 1:
+            history.append(running.item() / window)  # one sync per window
+            check_finite(history[-1], "toy-clip training loss")
+            running, window = torch.zeros((), device=device), 0
+            bar.set_postfix(loss=f"{history[-1]:.4f}", scale=f"{model.logit_scale.exp().item():.1f}")
+    return history
 
 
-def _format_table(rows: dict[str, dict[str, float]]) -> str:
+def format_table(rows: dict[str, dict[str, float]]) -> str:
     cols = ("color", "shape", "background", "all")
     lines = [f"{'toy-clip zero-shot (%)':<28}" + "".join(f"{c:>12}" for c in cols)]
     lines += [f"{name:<28}" + "".join(f"{100 * acc[c]:>12.2f}" for c in cols) for name, acc in rows.items()]
     return "\n".join(lines)
+
+
+def save_and_evaluate(model, out: Path, device: torch.device, n: int) -> tuple[dict, torch.dtype]:
+    """Save ``model`` as fp16 (fp32 if fp16 costs > 0.5 points), reload it through open_clip and evaluate.
+
+    Returns the accuracy rows (in memory, saved, saved on degraded images) and the saved dtype.
+    """
+    rows = {"fp32 (in memory)": evaluate(model, get_tokenizer(), device, n)}
+    for dtype in (torch.float16, torch.float32):
+        save_toy_clip(model, out, dtype)
+        loaded, _, tokenizer = load_toy_clip(out, device)
+        name = f"{str(dtype)[6:].replace('float', 'fp')} (saved, reloaded)"
+        rows[name] = evaluate(loaded, tokenizer, device, n)
+        if all(rows[name][k] >= rows["fp32 (in memory)"][k] - 0.005 for k in rows[name]):
+            break
+    rows["blur 0.8 px + noise 0.05"] = evaluate(loaded, tokenizer, device, n, degrade=True)
+    return rows, dtype
 
 
 def train(out: str | Path, device: str = "auto", steps: int | None = None, seed: int = 0, **overrides) -> dict:
@@ -158,32 +180,25 @@ def train(out: str | Path, device: str = "auto", steps: int | None = None, seed:
     device = get_device(device)
     seed_everything(seed)
     out = Path(out)
-    tokenizer = get_tokenizer()
     model = create_toy_clip(device)
-    tokens = tokenizer(shapes.all_captions()).to(device)  # [168, 77]
+    tokens = get_tokenizer()(shapes.all_captions()).to(device)  # [168, 77]
     start = time.perf_counter()
-    final_loss = _train_loop(model, tokens, cfg, device, seed)
+    history = _train_loop(model, tokens, cfg, device, seed)
     train_seconds = time.perf_counter() - start
-    rows = {"fp32 (in memory)": evaluate(model, tokenizer, device, cfg["eval_images"])}
-    dtype = torch.float16
-    save_toy_clip(model, out, dtype)
-    loaded, _, tokenizer = load_toy_clip(out, device)
-    rows["fp16 (saved, reloaded)"] = evaluate(loaded, tokenizer, device, cfg["eval_images"])
-    if any(rows["fp16 (saved, reloaded)"][k] < rows["fp32 (in memory)"][k] - 0.005 for k in rows["fp32 (in memory)"]):
-        dtype = torch.float32  # fp16 lost accuracy: ship fp32 instead
-        save_toy_clip(model, out, dtype)
-        loaded, _, tokenizer = load_toy_clip(out, device)
-        rows["fp32 (saved, reloaded)"] = evaluate(loaded, tokenizer, device, cfg["eval_images"])
-    rows["blur 0.8 px + noise 0.05"] = evaluate(loaded, tokenizer, device, cfg["eval_images"], degrade=True)
+    rows, dtype = save_and_evaluate(model, out, device, cfg["eval_images"])
     shipped = list(rows)[-2]
-    metrics = {"final_loss": final_loss, "train_seconds": train_seconds, "weights_dtype": str(dtype),
-               "accuracy": rows, "shipped": shipped,
+    passed = min(rows[shipped][k] for k in ("color", "shape", "background")) >= BAR
+    metrics = {"bar_passed": passed, "first_loss": history[0], "final_loss": history[-1],
+               "loss_every_50_steps": history,
+               "train_seconds": train_seconds, "weights_dtype": str(dtype), "accuracy": rows, "shipped": shipped,
                "weights_mb": (out / "open_clip_model.safetensors").stat().st_size / 1e6}
     write_config(out, {"model": "toy-clip", "seed": seed, "device": str(device), **cfg, "metrics": metrics},
                  name="train_config.json")
-    print(_format_table(rows))
-    print(f"final loss {final_loss:.4f} | train time {train_seconds:.0f} s on {device} | "
-          f"weights {metrics['weights_mb']:.2f} MB ({dtype}) -> {out}")
+    print(format_table(rows))
+    print(f"bar: >= {100 * BAR:.0f}% on color, shape and background ({cfg['eval_images']} test images): "
+          f"{'PASS' if passed else 'FAIL'}")
+    print(f"loss {history[0]:.4f} (first 50 steps) -> {history[-1]:.4f} (last 50) | "
+          f"train time {train_seconds:.0f} s on {device} | weights {metrics['weights_mb']:.2f} MB ({dtype}) -> {out}")
     return metrics
 
 

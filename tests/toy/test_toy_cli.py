@@ -85,3 +85,23 @@ def test_sample_delegates_to_sample_module(monkeypatch, tmp_path):
     assert result.exit_code == 0 and not result.exception, result.output
     assert calls == [{"prompt": "a red circle on a blue background", "out": out, "seed": 0, "steps": 50,
                       "guidance_scale": 3.0, "model": "toy-sd", "device": "auto"}]
+
+
+def test_judge_prints_accuracy_tables(tmp_path):
+    import torch
+
+    from common.toy import clip_model
+
+    torch.manual_seed(0)
+    folder = clip_model.save_toy_clip(clip_model.create_toy_clip(), tmp_path / "clip")
+    runner = CliRunner()
+    assert runner.invoke(main, ["data", "--n", "4", "--out", str(tmp_path / "d")]).exit_code == 0
+    for args in (["--images", str(tmp_path / "d")], ["--n", "8"]):
+        result = runner.invoke(main, ["judge", "--clip_folder", str(folder), "--device", "cpu", *args])
+        assert result.exit_code == 0 and not result.exception, result.output
+        assert "background" in result.output and len(result.output.strip().splitlines()) == 2 + (args[0] == "--n")
+    (tmp_path / "d" / "captions.txt").write_text("00000.png\ta red blob\n")
+    result = runner.invoke(main, ["judge", "--clip_folder", str(folder), "--images", str(tmp_path / "d")])
+    assert result.exit_code == 2 and "not a shapes caption" in result.output
+    result = runner.invoke(main, ["judge", "--clip_folder", str(tmp_path / "none"), "--n", "2"])
+    assert result.exit_code == 2 and "python -m common.toy train clip" in result.output
