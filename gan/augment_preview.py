@@ -1,0 +1,51 @@
+"""Show DiffAugment on real images: one row per policy (none, color, translation, cutout, all three).
+
+The handout's ``python DiffAugment_pytorch.py`` check: cutout boxes must be 25-50% of the side with
+``--cutout random`` (50% with ``fixed``), translation at most 1/8 of the side, colours shifted per image.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import torch
+
+from common.cli import user_errors
+from common.diffaugment import diff_augment
+from common.images import save_grid
+from gan.dataset import load_dataset, to_float
+
+ROWS = ("", "color", "translation", "cutout", "color,translation,cutout")
+
+
+def preview(images: torch.Tensor, cutout_mode: str = "random", seed: int = 0) -> torch.Tensor:
+    """[len(ROWS) * B, 3, H, W]: row r is policy ROWS[r] applied to the same B images."""
+    gen = torch.Generator().manual_seed(seed)
+    rows = [images if not policy else diff_augment(images, policy, gen, cutout_mode) for policy in ROWS]
+    return torch.cat(rows).clamp(-1, 1)
+
+
+@click.command(context_settings={"show_default": True})
+@click.option("--data", required=True, help="Folder or zip of images, or 'toy'.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output PNG.")
+@click.option("--n", "num", type=click.IntRange(min=1, max=64), default=8, help="Images per row.")
+@click.option("--cutout", type=click.Choice(["random", "fixed"]), default="random", help="Cutout variant.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, help="Seed for the augmentation draws.")
+@click.option("--resolution", type=click.IntRange(min=4), default=None, help="Resize images to R.")
+@user_errors
+def main(data, out, num, cutout, seed, resolution):
+    """Save a grid of DiffAugment examples (rows: original, color, translation, cutout, all).
+
+    \b
+    Examples:
+      python -m gan.augment_preview --data toy --out augment.png
+    """
+    images, _ = load_dataset(data, resolution)
+    grid = preview(to_float(images[:num]), cutout, seed)
+    save_grid(grid, Path(out), nrow=min(num, len(images)))
+    click.echo(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
