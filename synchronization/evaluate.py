@@ -91,7 +91,7 @@ def evaluate(fdir: Path, app: str, bundle: Any, batch_size: int = 32) -> dict[st
         crop_missing(fdir)
     result = clip_score_folder(fdir, bundle, app=APPS[app], batch_size=batch_size)
     if app == "ambiguous_image":
-        scale = float(bundle.model.logit_scale.exp()) if hasattr(bundle.model, "logit_scale") else 100.0
+        scale = float(bundle.model.logit_scale.detach().exp()) if hasattr(bundle.model, "logit_scale") else 100.0
         rows = []
         for group in illusions(fdir):
             images = [Image.open(fdir / f"{prompt_to_name(p)}.png").convert("RGB") for p in group]

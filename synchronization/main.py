@@ -120,6 +120,12 @@ def main(**opts: Any) -> None:
 
 
 def _device_dtype(opts: dict[str, Any]) -> tuple[torch.device, torch.dtype]:
+    """Device and weight dtype; also silences the libraries' per-component loading bars (our bar stays)."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
     device = get_device(opts["device"])
     return device, precision_dtype(opts["precision"], device)
 
