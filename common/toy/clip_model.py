@@ -10,6 +10,7 @@ The tokenizer is open_clip's standard CLIP BPE tokenizer (context 77, padded wit
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -50,8 +51,9 @@ def create_toy_clip(device: torch.device | str = "cpu") -> open_clip.CLIP:
     return open_clip.create_model(MODEL_NAME, device=device)
 
 
+@functools.cache
 def get_tokenizer():
-    """open_clip's standard CLIP BPE tokenizer with toy-clip's context length (77)."""
+    """open_clip's standard CLIP BPE tokenizer with toy-clip's context length (77); built once (~0.5 s)."""
     register_toy_clip()
     return open_clip.get_tokenizer(MODEL_NAME)
 
@@ -79,7 +81,9 @@ def load_toy_clip(folder: str | Path | None = None, device: torch.device | str =
     """
     folder = check_folder(folder)
     model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{folder}", device=device)
-    tokenizer = open_clip.get_tokenizer(f"local-dir:{folder}")
+    text_cfg = json.loads((folder / CONFIG_FILE).read_text())["model_cfg"]["text_cfg"]
+    same = text_cfg == model_config()["text_cfg"]  # same tokenizer as the toy-clip config: reuse the cached one
+    tokenizer = get_tokenizer() if same else open_clip.get_tokenizer(f"local-dir:{folder}")
     return model.eval(), preprocess, tokenizer
 
 

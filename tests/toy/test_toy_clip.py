@@ -136,8 +136,7 @@ def test_lr_schedule():
 
 
 def test_training_smoke_writes_loadable_folder(tmp_path):
-    torch.set_num_threads(min(torch.get_num_threads(), 2))
-    metrics = train_clip.train(tmp_path / "clip", device="cpu", steps=3, seed=0, batch_size=8, eval_images=16)
+    metrics = train_clip.train(tmp_path / "clip", device="cpu", steps=2, seed=0, batch_size=8, eval_images=8)
     assert math.isfinite(metrics["final_loss"]) and metrics["weights_dtype"] in ("torch.float16", "torch.float32")
     for row in metrics["accuracy"].values():
         assert set(row) == {"color", "shape", "background", "all"}
@@ -168,17 +167,17 @@ def test_judge_api_on_random_weights(saved_folder):
 @needs_weights
 def test_shipped_toy_clip_zero_shot_accuracy():
     model, _, tokenizer = clip_model.load_toy_clip()
-    acc = train_clip.evaluate(model, tokenizer, torch.device("cpu"), n=300)
+    acc = train_clip.evaluate(model, tokenizer, torch.device("cpu"), n=200)
     assert min(acc["color"], acc["shape"], acc["background"]) >= 0.97, acc
 
 
 @needs_weights
 def test_shipped_judge_accepts_right_and_rejects_wrong_captions():
-    specs = shapes.sample_specs(64, shapes.split_seed("test", 1))
+    specs = shapes.sample_specs(48, shapes.split_seed("test", 1))
     images = shapes.render(specs)
     assert judge.fully_correct(images, specs).float().mean() >= 0.95
     wrong = [shapes.ShapeSpec(s.color, shapes.SHAPES[(shapes.SHAPES.index(s.shape) + 1) % 3], s.background,
                               s.center, s.size) for s in specs]
     assert judge.fully_correct(images, wrong).float().mean() <= 0.05
-    blurred = train_clip.gaussian_blur(images, torch.full((64,), 0.8))
+    blurred = train_clip.gaussian_blur(images, torch.full((48,), 0.8))
     assert judge.fully_correct(blurred, specs).float().mean() >= 0.9
