@@ -62,11 +62,22 @@ def load_text(text_from: str | Path | None):
 
     folder = Path(text_from) if text_from is not None else sd_model.DEFAULT_FOLDER
     if not (folder / "text_encoder").is_dir():
-        raise FileNotFoundError(f"toy-sd text encoder missing in {folder}; train toy-sd first ({sd_model.TRAIN_COMMAND})")
+        raise FileNotFoundError(f"toy-sd text encoder missing in {folder}; "
+                                f"train toy-sd first ({sd_model.TRAIN_COMMAND})")
     tokenizer = CLIPTokenizer.from_pretrained(str(folder / "tokenizer"))
     encoder = CLIPTextModel.from_pretrained(str(folder / "text_encoder"), torch_dtype=torch.float32,
                                             use_safetensors=True)
     return tokenizer, encoder.eval().requires_grad_(False)
+
+
+def eps_loss(unet, x0: torch.Tensor, cond: torch.Tensor, alphas_cumprod: torch.Tensor, gen: torch.Generator,
+             dtype: torch.dtype) -> torch.Tensor:
+    """||eps - eps_theta(x_t, t, text)||^2 at uniform t (Ho et al. 2020, Eq. 14); cond: text states ("" = row -1)."""
+    t = torch.randint(0, alphas_cumprod.shape[0], (x0.shape[0],), device=x0.device, generator=gen)
+    noise = torch.randn(x0.shape, device=x0.device, generator=gen)
+    with autocast(x0.device, dtype):
+        eps_hat = unet(add_noise(x0, noise, alphas_cumprod[t]), t, encoder_hidden_states=cond).sample
+    return F.mse_loss(eps_hat.float(), noise)
 
 
 def train_loop(unet, table: torch.Tensor, device: torch.device, cfg: dict, seed: int) -> tuple:
@@ -89,14 +100,8 @@ def train_loop(unet, table: torch.Tensor, device: torch.device, cfg: dict, seed:
         x0, params = shapes.sample_batch(cfg["batch_size"], spec_gen, cfg["image_size"], device)
         caption = lut[params["color"], params["shape"], params["background"]]
         drop = torch.rand(caption.shape, device=device, generator=gen) < cfg["caption_dropout"]
-        cond = table[torch.where(drop, table.shape[0] - 1, caption)]  # last row = ""
-        t = torch.randint(0, alphas_cumprod.shape[0], (x0.shape[0],), device=device, generator=gen)
-        noise = torch.randn(x0.shape, device=device, generator=gen)
-        x_t = add_noise(x0, noise, alphas_cumprod[t])
-        with autocast(device, dtype):
-            eps_hat = unet(x_t, t, encoder_hidden_states=cond).sample
-        loss = F.mse_loss(eps_hat.float(), noise)
         opt.zero_grad(set_to_none=True)
+        loss = eps_loss(unet, x0, table[torch.where(drop, table.shape[0] - 1, caption)], alphas_cumprod, gen, dtype)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
         opt.step()
