@@ -1,0 +1,72 @@
+"""Toy bar: Fréchet distance of DDPM-1000 and DDIM-50 toy-faces samples vs held-out faces.
+
+Bar (issue 5): each sampler's FD within 2x of the data-vs-data FD and far below the noise-vs-data FD, at the same
+number of samples. Prints a table; ``--json`` also writes it.
+
+Example:
+  python -m ddpm_ddim.measure --num_samples 512 --device cuda
+"""
+
+from __future__ import annotations
+
+import click
+
+from common.cli import user_errors
+from common.gpu import CudaTimer, get_device, seed_everything
+from common.runs import write_json_atomic
+from common.toy.fid import face_fd_report, load_feature_extractor
+from ddpm_ddim.sampling import load_model, sample_images
+from ddpm_ddim.schedulers import make_scheduler
+
+
+def measure_fd(model: str, num_samples: int, ddpm_steps: int, ddim_steps: int, batch_size: int, device,
+               seed: int = 0, progress: bool = True) -> dict:
+    """{'rows': {name: {'fd', 'ratio', 'seconds'}}, 'features': label, 'num_samples': n}."""
+    unet, config = load_model(model, device)
+    samples, seconds = {}, {}
+    for name, steps in (("DDPM", ddpm_steps), ("DDIM", ddim_steps)):
+        if steps <= 0:
+            continue
+        with CudaTimer(device) as timer:
+            samples[f"{name}-{steps}"] = sample_images(unet, make_scheduler(name, config), num_samples, steps,
+                                                       seed, batch_size, progress=progress)
+        seconds[f"{name}-{steps}"] = timer.ms / 1000
+    fds, label = face_fd_report(samples, num_samples, device, load_feature_extractor(device))
+    base = fds["data-vs-data"]
+    rows = {k: {"fd": v, "ratio": v / base, "seconds": seconds.get(k)} for k, v in fds.items()}
+    return {"rows": rows, "features": label, "num_samples": num_samples}
+
+
+def format_fd_table(result: dict) -> str:
+    lines = [f"toy-faces FD ({result['features']}, n={result['num_samples']})",
+             f"{'samples':<16}{'FD':>10}{'x data':>9}{'bar <=2x':>10}{'seconds':>10}"]
+    for name, row in result["rows"].items():
+        bar = "" if name.endswith("data") else ("pass" if row["ratio"] <= 2 else "FAIL")
+        sec = "" if row["seconds"] is None else f"{row['seconds']:.1f}"
+        lines.append(f"{name:<16}{row['fd']:>10.4f}{row['ratio']:>9.2f}{bar:>10}{sec:>10}")
+    return "\n".join(lines)
+
+
+@click.command()
+@click.option("--model", default="toy-faces", show_default=True)
+@click.option("--num_samples", type=click.IntRange(min=2), default=512, show_default=True)
+@click.option("--ddpm_steps", type=click.IntRange(min=0, max=1000), default=1000, show_default=True,
+              help="0 skips DDPM.")
+@click.option("--ddim_steps", type=click.IntRange(min=0, max=1000), default=50, show_default=True,
+              help="0 skips DDIM.")
+@click.option("--batch_size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Also write the numbers.")
+@user_errors
+def main(model, num_samples, ddpm_steps, ddim_steps, batch_size, device, seed, json_path):
+    """Print the toy-faces sampling bar table (FD of DDPM / DDIM samples vs data and noise baselines)."""
+    seed_everything(seed)
+    result = measure_fd(model, num_samples, ddpm_steps, ddim_steps, batch_size, get_device(device), seed)
+    click.echo(format_fd_table(result))
+    if json_path:
+        write_json_atomic(json_path, result)
+
+
+if __name__ == "__main__":
+    main()
