@@ -10,10 +10,10 @@ Reproduce the shipped weights (defaults: 3000 steps x 512 images, seed 0)::
 
     python -m common.toy train clip --device cuda --out common/toy/models/toy-clip
 
-Wall time: 75 s of training (+ ~15 s start-up and evaluation) on one GPU, giving 100% zero-shot accuracy on
+Wall time: 75 s of training (plus start-up and evaluation) on one GPU, giving 100% zero-shot accuracy on
 colour, shape and background (1,000 test images, fp16 weights). A 2-core CPU runs the same command with
-``--device cpu`` at ~2.5-3 s per step, i.e. about 2-2.5 hours; 300 steps of 64 images on CPU (~5 min unloaded)
-already reach 100% colour / background and ~57% shape (chance 33%), loss 5.0 -> 1.9.
+``--device cpu`` at ~2.5-3 s per step, i.e. about 2-2.5 hours; 300 steps of 64 images on CPU (~2-3 min unloaded,
+14 min on a busy machine) already reach 100% colour / background and ~57% shape (chance 33%), loss 5.0 -> 1.9.
 """
 
 from __future__ import annotations
