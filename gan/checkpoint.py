@@ -104,3 +104,18 @@ def load_rng(gen: torch.Generator, tensors: dict, name: str) -> bool:
         return False
     gen.set_state(tensors[key])
     return True
+
+
+def export_slim(src: str | Path, dst: str | Path, dtype: torch.dtype = torch.float16) -> Path:
+    """Copy only the networks (G, D, G_ema) of a checkpoint, cast to ``dtype``: a small file to ship and resume."""
+    tensors, arch, state = read_checkpoint(src)
+    keep = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in tensors.items()
+            if k.split(".", 1)[0] in ("G", "D", "G_ema")}
+    state = {k: v for k, v in state.items() if k != "train_rng_device"}
+    metadata = {"format": FORMAT, "arch": json.dumps(dataclasses.asdict(arch)), "state": json.dumps(state)}
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(dst.name + ".tmp")
+    save_file(keep, str(tmp), metadata=metadata)
+    os.replace(tmp, dst)
+    return dst

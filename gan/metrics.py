@@ -7,14 +7,21 @@ same label and the same sample counts (FID is biased at small n), never with Inc
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from common.toy.fid import compute_features, frechet_distance, load_feature_extractor
 
 
-def load_feature_net(device: torch.device):
-    """(features_fn, label) -- see ``common.toy.fid.load_feature_extractor``."""
+@functools.lru_cache(maxsize=4)
+def _cached_feature_net(device: str):
     return load_feature_extractor(device)
+
+
+def load_feature_net(device: torch.device):
+    """(features_fn, label) -- see ``common.toy.fid.load_feature_extractor``; loaded once per device."""
+    return _cached_feature_net(str(device))
 
 
 @torch.no_grad()

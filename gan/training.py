@@ -123,13 +123,11 @@ class Trainer:
         return stats
 
     # ------------------------------------------------------------------------------------- checkpoints
-    def save(self, path: str | Path, slim: bool = False) -> Path:
-        """Full checkpoint (resumable exactly) or ``slim`` (fp16 G, D, G_ema + step only, for shipping)."""
+    def save(self, path: str | Path) -> Path:
+        """Full checkpoint, resumable exactly (``gan.checkpoint.export_slim`` makes the small shipped kind)."""
         state = {"step": self.step, "nimg": self.step * self.cfg.batch, "config": dataclasses.asdict(self.cfg),
                  "train_rng_device": self.device.type}
         nets = {"G": self.G, "D": self.D, "G_ema": self.G_ema}
-        if slim:
-            return ckpt.save_checkpoint(path, self.arch, nets, state=state, dtype=torch.float16)
         return ckpt.save_checkpoint(path, self.arch, nets, optimizers={"G": self.opt_G, "D": self.opt_D},
                                     rng={"data": self.gen_data, "train": self.gen_train},
                                     extra={"loss.pl_mean": self.loss.pl_mean}, state=state)

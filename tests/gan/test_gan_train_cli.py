@@ -127,3 +127,27 @@ def test_dataset_tool_and_augment_preview(tmp_path):
     result = CliRunner().invoke(augment_preview.main, ["--data", str(tmp_path / "packed.zip"), "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert Image.open(out).size[1] > 5 * 16  # five rows
+
+
+def test_make_toy_checkpoint_and_toy_bar(tmp_path):
+    from gan import make_toy_checkpoint, toy_bar
+    from gan.checkpoint import read_checkpoint
+
+    start = tmp_path / "start.safetensors"
+    args = ["--steps", "2", "--batch", "4", "--resolution", "16", "--out", str(start), "--workdir", str(tmp_path / "w"),
+            "--fid_n", "10"]
+    result = CliRunner().invoke(make_toy_checkpoint.main, args)
+    assert result.exit_code == 0, result.output
+    tensors, arch, state = read_checkpoint(start)
+    assert state["step"] == 2 and arch.resolution == 16
+    assert {k.split(".")[0] for k in tensors} == {"G", "D", "G_ema"}  # slim: no optimiser / RNG state
+    assert all(v.dtype == torch.float16 for v in tensors.values() if v.is_floating_point())
+    out = tmp_path / "bar"
+    args = ["--checkpoint", str(start), "--outdir", str(out), "--resolution", "16", "--kimg", "0.004", "--batch", "4",
+            "--fid_n", "10"]
+    result = CliRunner().invoke(toy_bar.main, args)
+    assert result.exit_code == 0, result.output
+    assert "plain" in result.output and "+R1+DiffAugment" in result.output and (out / "toy_bar.png").is_file()
+    assert len(re.findall(r"-noaug|-diffaug", " ".join(p.name for p in out.iterdir()))) == 3
+    result = CliRunner().invoke(toy_bar.main, ["--checkpoint", str(tmp_path / "missing.safetensors")])
+    assert result.exit_code == 2 and "make_toy_checkpoint" in result.output

@@ -1,0 +1,60 @@
+"""GPU benchmark: ms per StyleGAN2 training step (Gmain + lazy Greg + Dmain + lazy R1, DiffAugment on).
+
+Rows: resolution 64 (toy size) and 256 (HW5 low_shot size: channel_base 32768, 512-d latents, batch 8),
+custom CUDA ops vs the pure-PyTorch reference ops, fp32 vs bf16 autocast. Timings average ``--steps`` steps
+after ``--warmup`` steps, so lazy regularisation (R1 every 16, path length every 4) is included in proportion.
+
+    python benchmarks/bench_gan.py --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common.gpu import CudaTimer, peak_memory_mb, reset_peak_memory  # noqa: E402
+from gan.ops import _plugin, set_default_impl  # noqa: E402
+from gan.training import TrainConfig, Trainer  # noqa: E402
+
+
+def time_config(resolution: int, batch: int, impl: str, precision: str, device: str, warmup: int, steps: int):
+    set_default_impl(impl)
+    trainer = Trainer(TrainConfig(data="toy", use_r1=True, use_diffaug=True, resolution=resolution, batch=batch,
+                                  device=device, precision=precision))
+    for _ in range(warmup):
+        trainer.train_step()
+    reset_peak_memory(trainer.device)
+    with CudaTimer(trainer.device) as timer:
+        for _ in range(steps):
+            trainer.train_step()
+    return timer.ms / steps, peak_memory_mb(trainer.device)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--warmup", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=32)
+    parser.add_argument("--resolutions", default="64,256")
+    args = parser.parse_args()
+    if args.device.startswith("cuda"):
+        torch.backends.cudnn.benchmark = True
+        cuda_ok = all(_plugin.get_plugin(name) is not None for name in ("bias_act", "upfirdn2d"))
+        print(f"device {torch.cuda.get_device_name()}, torch {torch.__version__}, custom ops built: {cuda_ok}")
+    impls = ("cuda", "ref") if args.device.startswith("cuda") else ("ref",)
+    print(f"{'res':>4} {'batch':>5} {'ops':>5} {'precision':>9} {'ms/step':>9} {'peak MiB':>9}")
+    for res in (int(r) for r in args.resolutions.split(",")):
+        batch = 16 if res <= 64 else 8
+        for impl in impls:
+            for precision in ("fp32", "bf16"):
+                ms, mem = time_config(res, batch, impl, precision, args.device, args.warmup, args.steps)
+                print(f"{res:>4} {batch:>5} {impl:>5} {precision:>9} {ms:>9.1f} {mem:>9.0f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""The toy bar: continue the shipped starting checkpoint in the handout's three configurations and compare FIDs.
+
+Configurations (HW5 tasks 1, 3, 5): plain (no R1, no augmentation), +R1, +R1+DiffAugment. Each run resumes the
+same checkpoint with the same seed and budget, then FID of G_ema is measured against the 100 toy faces with the
+same fixed latents. Prints a table, writes ``toy_bar.json`` and ``toy_bar.png`` (one sample grid per row).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+import torch
+
+from common.cli import UserError, user_errors
+from common.images import load_image, save_grid
+from gan.make_toy_checkpoint import DEFAULT_OUT
+from gan.ops import set_default_impl
+from gan.train import run_training
+from gan.training import TrainConfig
+
+CONFIGS = (("plain", False, False), ("+R1", True, False), ("+R1+DiffAugment", True, True))
+
+
+def run_toy_bar(checkpoint: Path, outdir: Path, kimg: float, batch: int, device: str, seed: int, fid_n: int,
+                precision: str = "fp32", resolution: int = 64) -> list[dict]:
+    rows = []
+    for name, use_r1, use_diffaug in CONFIGS:
+        cfg = TrainConfig(data="toy", use_r1=use_r1, use_diffaug=use_diffaug, checkpoint_path=str(checkpoint),
+                          kimg=kimg, batch=batch, ema_kimg=kimg / 5, resolution=resolution, seed=seed,
+                          device=device, precision=precision)
+        result = run_training(cfg, outdir, snap=cfg.total_steps, fid_n=fid_n)
+        grid = sorted(Path(result["run_dir"]).glob("fakes*.png"))[-1]
+        rows.append({"config": name, "fid": result["fid"], "features": result["fid_label"], "grid": str(grid),
+                     "run_dir": result["run_dir"], "steps": cfg.total_steps})
+        click.echo(f"{name}: FID {result['fid']:.3f}")
+    return rows
+
+
+@click.command(context_settings={"show_default": True})
+@click.option("--checkpoint", type=click.Path(dir_okay=False), default=str(DEFAULT_OUT), help="Start checkpoint.")
+@click.option("--outdir", type=click.Path(file_okay=False), default="runs/toy_bar", help="Output folder.")
+@click.option("--kimg", type=click.FloatRange(min=0, min_open=True), default=2.4, help="Budget per configuration.")
+@click.option("--batch", type=click.IntRange(min=4), default=8, help="Batch size.")
+@click.option("--fid_n", type=click.IntRange(min=10), default=500, help="Generated images for FID.")
+@click.option("--resolution", type=click.IntRange(min=8), default=64, help="Must match the checkpoint.")
+@click.option("--device", default="auto", help="auto, cpu, cuda, ...")
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", help="Autocast on CUDA.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, help="Seed shared by the three runs.")
+@user_errors
+def main(checkpoint, outdir, kimg, batch, fid_n, resolution, device, precision, seed):
+    """Reproduce the handout's three runs on the toy few-shot set and print their FIDs.
+
+    \b
+    Examples:
+      python -m gan.toy_bar                       # CPU: a few minutes
+      python -m gan.toy_bar --device cuda --kimg 8 --batch 16
+    """
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_file():
+        raise UserError(f"start checkpoint {checkpoint} not found; create it with: python -m gan.make_toy_checkpoint")
+    set_default_impl("auto")
+    outdir = Path(outdir)
+    rows = run_toy_bar(checkpoint, outdir, kimg, batch, device, seed, fid_n, precision, resolution)
+    click.echo(f"\n{'configuration':<18}{'FID[' + rows[0]['features'] + ']':>40}  grid")
+    for row in rows:
+        click.echo(f"{row['config']:<18}{row['fid']:>40.3f}  {row['grid']}")
+    grids = torch.stack([load_image(row["grid"]) for row in rows])
+    save_grid(grids, outdir / "toy_bar.png", nrow=len(rows))
+    (outdir / "toy_bar.json").write_text(json.dumps({"checkpoint": str(checkpoint), "kimg": kimg, "batch": batch,
+                                                     "seed": seed, "fid_n": fid_n, "runs": rows}, indent=2) + "\n")
+    better = rows[2]["fid"] < rows[0]["fid"]
+    click.echo(f"+R1+DiffAugment {'beats' if better else 'does NOT beat'} plain "
+               f"({rows[2]['fid']:.3f} vs {rows[0]['fid']:.3f}); wrote {outdir / 'toy_bar.png'}")
+
+
+if __name__ == "__main__":
+    main()
