@@ -47,6 +47,13 @@ def build_unet(**overrides: Any) -> torch.nn.Module:
     return UNet2DModel(**{**UNET_CONFIG, **overrides})
 
 
+def build_tiny_unet(sample_size: int = 16) -> torch.nn.Module:
+    """A very small ``UNet2DModel`` (two levels, attention at the lower one) for tests and CPU smoke runs."""
+    return build_unet(sample_size=sample_size, block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4,
+                      attention_head_dim=4, down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                      up_block_types=("AttnUpBlock2D", "UpBlock2D"))
+
+
 def save_pipeline(unet: torch.nn.Module, out: str | Path, metrics: dict[str, Any] | None = None) -> Path:
     """Write ``out`` as a DDPMPipeline folder with fp16 safetensors weights (loadable by from_pretrained)."""
     from diffusers import DDPMPipeline, DDPMScheduler

@@ -59,10 +59,9 @@ def test_ddim_oracle_trajectory_follows_the_closed_form(x_star):
 
 def test_samples_do_not_depend_on_batch_size():
     torch.manual_seed(0)
-    from common.toy.train_faces import build_unet
+    from common.toy.train_faces import build_tiny_unet
 
-    unet = build_unet(sample_size=8, block_out_channels=(8, 8), layers_per_block=1, norm_num_groups=4,
-                      attention_head_dim=4,                      down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"))
+    unet = build_tiny_unet(8)
     sched = DDPMScheduler()
     a = sample_images(unet.eval(), sched, 3, 4, seed=2, batch_size=3, progress=False)
     b = sample_images(unet, sched, 3, 4, seed=2, batch_size=1, progress=False)
