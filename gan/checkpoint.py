@@ -42,7 +42,12 @@ def save_checkpoint(path: str | Path, arch: ArchConfig, nets: dict, optimizers: 
         tensors[f"rng.{name}"] = gen.get_state().cpu()
     for name, value in (extra or {}).items():
         tensors[name] = value.detach().cpu().contiguous()
-    metadata = {"format": FORMAT, "arch": json.dumps(dataclasses.asdict(arch)), "state": json.dumps(state or {})}
+    return _write(tensors, arch, state or {}, path)
+
+
+def _write(tensors: dict, arch: ArchConfig, state: dict, path: str | Path) -> Path:
+    """Atomic write: ``<path>.tmp`` then ``os.replace``."""
+    metadata = {"format": FORMAT, "arch": json.dumps(dataclasses.asdict(arch)), "state": json.dumps(state)}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -112,10 +117,4 @@ def export_slim(src: str | Path, dst: str | Path, dtype: torch.dtype = torch.flo
     keep = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in tensors.items()
             if k.split(".", 1)[0] in ("G", "D", "G_ema")}
     state = {k: v for k, v in state.items() if k != "train_rng_device"}
-    metadata = {"format": FORMAT, "arch": json.dumps(dataclasses.asdict(arch)), "state": json.dumps(state)}
-    dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(dst.name + ".tmp")
-    save_file(keep, str(tmp), metadata=metadata)
-    os.replace(tmp, dst)
-    return dst
+    return _write(keep, arch, state, dst)

@@ -134,8 +134,8 @@ def test_make_toy_checkpoint_and_toy_bar(tmp_path):
     from gan.checkpoint import read_checkpoint
 
     start = tmp_path / "start.safetensors"
-    args = ["--steps", "2", "--batch", "4", "--resolution", "16", "--out", str(start), "--workdir", str(tmp_path / "w"),
-            "--fid_n", "10"]
+    args = ["--steps", "2", "--batch", "4", "--resolution", "16", "--out", str(start),
+            "--workdir", str(tmp_path / "w"), "--fid_n", "10"]
     result = CliRunner().invoke(make_toy_checkpoint.main, args)
     assert result.exit_code == 0, result.output
     tensors, arch, state = read_checkpoint(start)
