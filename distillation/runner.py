@@ -28,6 +28,7 @@ from distillation.schedules import make_t_schedule
 
 EDIT_METHODS = ("pds", "dds")
 GIF_MAX_SIDE = 256
+SMALL_UNET_PARAMS = 20_000_000  # toy-sd has ~3M; SD 2.1 has 865M
 
 
 @dataclass
@@ -268,6 +269,12 @@ def run(cfg: RunConfig, progress: bool = True, pipe: Any = None) -> list[Path]:
     if pipe is None:
         pipe = load_sd(cfg.model, device, precision_dtype(cfg.precision, device))
     write_config(cfg.save_dir, cfg.to_json())
-    job = Run(cfg, pipe, device)
-    images = job.optimise(progress)
-    return job.save(images)
+    threads = torch.get_num_threads()
+    if device.type == "cpu" and sum(p.numel() for p in pipe.unet.parameters()) < SMALL_UNET_PARAMS:
+        torch.set_num_threads(1)  # tiny convolutions: one thread is faster, and 10x faster on a busy CPU
+    try:
+        job = Run(cfg, pipe, device)
+        images = job.optimise(progress)
+        return job.save(images)
+    finally:
+        torch.set_num_threads(threads)
