@@ -1,0 +1,44 @@
+"""Quality bars of the shipped toy-faces model on small samples (skipped when the weights are not shipped).
+
+The full bars (FD of DDPM-1000 / DDIM-50 samples within 2x of data-vs-data at n=512) are measured by
+``python -m ddpm_ddim.measure``; here cheap proxies keep CPU time low.
+"""
+
+import pytest
+import torch
+
+from common.registry import TOY_MODELS_DIR
+from common.toy.faces import heldout_faces
+from common.toy.fid import face_fd_report
+from ddpm_ddim.sampling import load_model, sample_images, unet_eps
+from ddpm_ddim.schedulers import DDIMScheduler
+
+WEIGHTS = TOY_MODELS_DIR / "toy-faces" / "unet" / "diffusion_pytorch_model.safetensors"
+pytestmark = pytest.mark.skipif(not WEIGHTS.is_file(), reason="toy-faces weights not shipped")
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model("toy-faces", "cpu")
+
+
+def test_toy_faces_size_and_eps_prediction(model):
+    unet, config = model
+    assert WEIGHTS.stat().st_size < 8e6 and config["variance_type"] == "fixed_small" and config["clip_sample"]
+    sched = DDIMScheduler.from_config(config)
+    x0 = heldout_faces(8)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for t in (50, 300, 700):
+            eps = torch.randn(x0.shape, generator=g)
+            a = sched.alphas_cumprod[t]
+            mse = ((unet_eps(unet, a.sqrt() * x0 + (1 - a).sqrt() * eps, t) - eps) ** 2).mean().item()
+            assert mse < 0.5, (t, mse)  # predicting 0 gives 1.0
+
+
+def test_ddim_samples_are_close_to_data_and_far_from_noise(model):
+    unet, config = model
+    samples = sample_images(unet, DDIMScheduler.from_config(config), 32, 20, seed=0, batch_size=32, progress=False)
+    fds, _ = face_fd_report({"ddim": samples}, n=32)
+    assert fds["ddim"] < 0.5 * fds["noise-vs-data"], fds
+    assert fds["ddim"] < 3.0 * fds["data-vs-data"], fds
