@@ -25,12 +25,14 @@ from distillation.runner import run
 BARS = (("sds", 25.0), ("vsd", 7.5), ("sdi", 7.5), ("pds", 7.5), ("dds", 7.5))
 
 
-def time_default_command(save_dir: str, steps: int, device: str) -> float:
+def time_default_command(save_dir: str, steps: int, device: str, model: str) -> float:
     """Seconds for ``python -m distillation.main --prompt "a red circle on a blue background"`` in a fresh process."""
     cmd = [sys.executable, "-m", "distillation.main", "--prompt", "a red circle on a blue background",
-           "--steps", str(steps), "--save_dir", save_dir, "--device", device]
+           "--steps", str(steps), "--save_dir", save_dir, "--device", device, "--model", model]
     start = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if done.returncode:
+        raise ValueError(f"the default command failed: {done.stderr.strip().splitlines()[-1:]}")
     return time.perf_counter() - start
 
 
@@ -69,7 +71,7 @@ def main(n: int, steps: int, methods: str, model: str, device: str, out: str | N
                f"{steps} steps, one batch)")
     for method, scale, acc, seconds in rows:
         click.echo(f"{method:<8}{scale:>9.1f}{acc:>9.1%}{'80%':>6}{'yes' if acc >= 0.8 else 'NO':>6}{seconds:>9.1f}")
-    secs = time_default_command(str(root / "timing"), steps, device)
+    secs = time_default_command(str(root / "timing"), steps, device, model)
     click.echo(f"default command, {steps} steps: {secs:.1f} s (bar: < 60 s on a 2-core CPU)  images: {root}")
 
 
