@@ -21,11 +21,12 @@ from synchronization.core import DDIMSchedule
 @torch.no_grad()
 def encode_text(tokenizer: Any, text_encoder: torch.nn.Module, texts: list[str]) -> torch.Tensor:
     """Per-token text features [B, L, D] as the diffusers pipelines make them (CLIP: no mask; T5: masked)."""
-    max_length = min(int(getattr(tokenizer, "model_max_length", 77)), 512)
+    is_t5 = getattr(text_encoder.config, "model_type", "") == "t5"
+    max_length = 77 if is_t5 else int(getattr(tokenizer, "model_max_length", 77))  # IF: T5 with 77 tokens
     tokens = tokenizer(texts, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")
     param = next(text_encoder.parameters())
     kwargs = {}
-    if getattr(text_encoder.config, "model_type", "") == "t5":  # DeepFloyd IF passes the attention mask
+    if is_t5:  # DeepFloyd IF passes the attention mask
         kwargs["attention_mask"] = tokens.attention_mask.to(param.device)
     hidden = text_encoder(tokens.input_ids.to(param.device), **kwargs)[0]
     return hidden.to(param.dtype)

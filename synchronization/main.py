@@ -101,8 +101,8 @@ def main(**opts: Any) -> None:
           --save_dir outputs/wide --device cpu
       python -m synchronization.main --app ambiguous_image --prompts "a white circle on a black background" \\
           "a white square on a black background" --save_dir outputs/amb --device cpu
-      python -m synchronization.main --app wide_image --model sd-2-base --prompt "A tranquil lake surrounded by \\
-          misty mountains" --save_dir outputs/wide_sd
+      python -m synchronization.main --app wide_image --model sd-2-base --save_dir outputs/wide_sd \\
+          --prompt "A tranquil lake surrounded by misty mountains"
       python -m synchronization.main --app ambiguous_image --model deepfloyd-if --views_names identity \\
           inner_rotate --rotate_angle 90 --sync eps --prompts "a painting of a deer" "a painting of a truck" \\
           --save_dir outputs/amb_if
@@ -149,7 +149,7 @@ def run_wide(opts: dict[str, Any]) -> None:
                         progress=not opts["no_progress"])
     geo, mapping, image = out["geometry"], out["mapping"], out["image"]
     if eval_pos is None:
-        handout = wide_prompts().get(opts["prompt"])
+        handout = wide_prompts().get(" ".join(opts["prompt"].split()))
         eval_pos = crop_positions(handout, geo) if handout else default_positions(geo)
     crop = geo.window * geo.factor
     bad = [p for p in eval_pos if p < 0 or p + crop > geo.width]

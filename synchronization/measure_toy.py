@@ -88,7 +88,7 @@ def measure_ambiguous(model, clip, seeds: list[int], steps: int, guidance_scale:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--app", type=click.Choice(["both", "wide_image", "ambiguous_image"]), default="both", show_default=True)
-@click.option("--seeds", type=click.IntRange(min=1), default=5, show_default=True, help="Seeds per prompt / pair.")
+@click.option("--seeds", type=click.IntRange(min=1), default=10, show_default=True, help="Seeds per prompt / pair.")
 @click.option("--steps", type=click.IntRange(min=1), default=30, show_default=True, help="DDIM steps.")
 @click.option("--guidance_scale", type=click.FloatRange(min=0), default=7.5, show_default=True,
               help="CFG scale of the ambiguous runs (the wide runs use 7.5).")

@@ -104,3 +104,29 @@ def test_bad_inputs_give_one_line_and_exit_code_2(args, needle, tiny_sd_folder, 
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("Error:") and needle in lines[0], result.output
     assert "Traceback" not in result.output
+
+
+def test_stage2_upsampling_path_with_a_tiny_if_ii_like_unet(tiny_pixel_folder):
+    """IF stage II: 6-channel input [x_t, view_i(noised upsampled stage-I image)], class_labels = noise level."""
+    from types import SimpleNamespace
+
+    from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+
+    from common.registry import load_pixel
+    from synchronization.ambiguous_image import generate_ambiguous
+    from synchronization.views import get_view
+
+    torch.manual_seed(0)
+    unet2 = UNet2DConditionModel(sample_size=32, in_channels=6, out_channels=6, block_out_channels=(8, 16),
+                                 down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                 up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), layers_per_block=1,
+                                 cross_attention_dim=16, attention_head_dim=2, norm_num_groups=4,
+                                 class_embed_type="timestep")
+    upscaler = SimpleNamespace(unet=unet2.eval(), scheduler=DDIMScheduler(beta_schedule="squaredcos_cap_v2"),
+                               image_noising_scheduler=DDPMScheduler(beta_schedule="squaredcos_cap_v2"))
+    views = [get_view("identity"), get_view("rotate_180")]
+    out = generate_ambiguous(load_pixel(str(tiny_pixel_folder)), ["a dog", "a cat"], views, num_inference_steps=2,
+                             upscaler=upscaler, progress=False)
+    assert out["stage1"].shape == (3, 16, 16) and out["image"].shape == (3, 32, 32)
+    assert torch.equal(out["views"][1], torch.rot90(out["image"], 2, dims=(-2, -1)))
+    assert torch.isfinite(out["image"]).all()
