@@ -10,6 +10,7 @@ All prompts of a method run in one batch (VSD: one LoRA shared by the batch).
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import tempfile
@@ -20,7 +21,8 @@ import click
 
 from common.cli import user_errors
 from distillation.evaluate import judge_accuracy, make_config, toy_items
-from distillation.runner import run
+from distillation.main import OPTION_NAMES
+from distillation.runner import RunConfig, run
 
 BARS = (("sds", 25.0), ("vsd", 7.5), ("sdi", 7.5), ("pds", 7.5), ("dds", 7.5))
 
@@ -36,6 +38,19 @@ def time_default_command(save_dir: str, steps: int, device: str, model: str) -> 
     return time.perf_counter() - start
 
 
+def parse_overrides(pairs: tuple[str, ...]) -> dict:
+    """``("lr=0.05", "t_schedule=hifa")`` -> settings typed like :class:`RunConfig`'s fields."""
+    fields = {f.name: f.type for f in dataclasses.fields(RunConfig)}
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or key not in OPTION_NAMES:
+            raise ValueError(f"--set expects KEY=VALUE with KEY one of {', '.join(OPTION_NAMES)}; got {pair!r}")
+        kind = str(fields[key])
+        out[key] = float(value) if kind == "float" else int(value) if kind == "int" else value
+    return out
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--n", type=click.IntRange(min=1), default=30, show_default=True, help="Held-out captions.")
 @click.option("--steps", type=click.IntRange(min=1), default=500, show_default=True, help="Steps per run.")
@@ -44,15 +59,20 @@ def time_default_command(save_dir: str, steps: int, device: str, model: str) -> 
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Keep the images here.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Base seed.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a run setting for every method, e.g. --set lora_lr=1e-3 --set lr=0.05.")
 @user_errors
-def main(n: int, steps: int, methods: str, model: str, device: str, out: str | None, seed: int) -> None:
+def main(n: int, steps: int, methods: str, model: str, device: str, out: str | None, seed: int,
+         overrides: tuple[str, ...]) -> None:
     """Measure the toy quality bars and the speed of the default command; print a table.
 
     \b
     Examples:
       python -m distillation.measure_toy
       python -m distillation.measure_toy --methods sds,pds --n 10 --steps 200
+      python -m distillation.measure_toy --methods vsd --set lora_lr=1e-3 --device cuda
     """
+    extra = parse_overrides(overrides)
     root = Path(out or tempfile.mkdtemp(prefix="measure-toy-"))
     wanted = [m.strip() for m in methods.split(",") if m.strip()]
     rows = []
@@ -61,7 +81,7 @@ def main(n: int, steps: int, methods: str, model: str, device: str, out: str | N
             continue
         items, captions = toy_items(method, n)
         explicit = {"guidance_scale": scale, "steps": steps, "model": model, "device": device, "seed": seed,
-                    "log_step": 0}
+                    "log_step": 0} | extra
         start = time.perf_counter()
         paths = run(make_config(method, None, explicit, items, str(root / method)), progress=True)
         seconds = time.perf_counter() - start

@@ -51,3 +51,12 @@ def test_evaluate_end_to_end_writes_eval_json(tmp_path):
     assert res.exit_code == 0, res.output
     result = json.loads((tmp_path / "ev" / "sds" / "eval.json").read_text())
     assert len(result) == 12 and -1 <= result["score"] <= 1  # source_dir + 10 images + score
+
+
+def test_measure_toy_overrides_are_typed():
+    from distillation.measure_toy import parse_overrides
+
+    assert parse_overrides(("lr=0.05", "lora_rank=8", "t_schedule=hifa")) == {"lr": 0.05, "lora_rank": 8,
+                                                                               "t_schedule": "hifa"}
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        parse_overrides(("nonsense=1",))
