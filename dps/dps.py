@@ -30,8 +30,8 @@ def dps_update(prev_sample: torch.Tensor, sample: torch.Tensor, pred_original_sa
     ``sample`` is x_t (requires grad), ``pred_original_sample`` is x0_hat(x_t) computed from it with the graph
     kept, ``prev_sample`` is the plain DDIM x'_{t-1}, ``measurement`` is y and ``scale`` is zeta.
     """
-    # BEGIN SOLUTION
     # TODO #3: residual y - A(x0_hat), its L2 norm (not squared) per image, its gradient w.r.t. x_t, and the update
+    # BEGIN SOLUTION
     residual = measurement - operator.forward(pred_original_sample)
     norm = torch.linalg.vector_norm(residual.flatten(1), dim=1)  # [B]
     norm_grad = torch.autograd.grad(outputs=norm.sum(), inputs=sample)[0]

@@ -98,3 +98,21 @@ def test_bad_configs_and_order():
     sched.set_timesteps(10)
     with pytest.raises(ValueError):
         sched.step(torch.zeros(1, 3, 2, 2), 11, torch.zeros(1, 3, 2, 2))
+
+
+@pytest.mark.parametrize("steps", [1000, 25])
+def test_ddpm_step_equals_the_common_closed_form(steps):
+    from common.ddpm import ddpm_step
+
+    sched = DDPMScheduler.from_config(CONFIG)
+    sched.set_timesteps(steps)
+    g = torch.Generator().manual_seed(3)
+    for t in sched.timesteps.tolist()[:: max(1, steps // 10)] + [int(sched.timesteps[-1])]:
+        x, z = torch.randn(2, 3, 4, 4, generator=g), torch.randn(2, 3, 4, 4, generator=g)
+        prev = sched.previous_timestep(t)
+        a_prev = sched.alphas_cumprod[prev] if prev >= 0 else 1.0
+        expected, x0 = ddpm_step(x, _fake_eps(x, t), sched.alphas_cumprod[t], a_prev, noise=z if t > 0 else None,
+                                 clip_sample_range=1.0)
+        out = sched.step(_fake_eps(x, t), t, x, noise=z)
+        torch.testing.assert_close(out.prev_sample, expected, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(out.pred_original_sample, x0, rtol=1e-5, atol=1e-6)
