@@ -131,3 +131,22 @@ def one_thread():
         yield
     finally:
         torch.set_num_threads(before)
+
+
+class PointMassUNet(StubUNet):
+    """Exact eps of prompt-dependent point masses: uncond (embedding mean 0) -> x_u, cond (mean 1) -> x_c.
+
+    eps(x_t, t, y) = (x_t - sqrt(a_t) x_y) / sqrt(1 - a_t), x_y = x_u + mean(y) (x_c - x_u), so CFG with scale s
+    is the exact eps of a point mass at x_u + s (x_c - x_u).
+    """
+
+    def __init__(self, x_u: torch.Tensor, x_c: torch.Tensor, alphas_cumprod: torch.Tensor):
+        super().__init__(x_u.shape[1], x_u.shape[2])
+        self.x_u, self.x_c, self.alphas_cumprod = x_u, x_c, alphas_cumprod
+
+    def forward(self, x, t, encoder_hidden_states):
+        a = self.alphas_cumprod[t].view(-1, 1, 1, 1)
+        sel = encoder_hidden_states.float().mean(dim=(1, 2)).view(-1, 1, 1, 1)
+        reps = x.shape[0] // self.x_u.shape[0]
+        x_y = self.x_u.repeat(reps, 1, 1, 1) + sel * (self.x_c - self.x_u).repeat(reps, 1, 1, 1)
+        return SimpleNamespace(sample=(x - a.sqrt() * x_y) / (1 - a).sqrt())
