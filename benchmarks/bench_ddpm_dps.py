@@ -5,8 +5,8 @@ Builds the ``google/ddpm-celebahq-256`` ``UNet2DModel`` architecture from its kn
 10 images: DDPM 1000 steps, DDIM 50 steps, DPS (inpainting, on DDIM) 1000 steps; fp32 vs fp16 UNet weights
 (scheduler math stays fp32); one batch of 10 vs one image at a time. Prints a table (and optionally JSON).
 
-    python benchmarks/bench_ddpm_dps.py                # full step counts: about 15-20 min on one H100
     python benchmarks/bench_ddpm_dps.py --quick        # 20 DDPM/DPS steps, times extrapolated to 1000: ~1-2 min
+    python benchmarks/bench_ddpm_dps.py --samplers DDIM  # full step counts (all samplers: ~25 min, split the run)
     python benchmarks/bench_ddpm_dps.py --arch toy-faces --quick    # the embedded toy model's architecture
 """
 

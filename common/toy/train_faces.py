@@ -104,9 +104,12 @@ def _train_loop(unet, ema, device, total_steps, batch_size, lr, ema_decay, budge
         losses.append(loss.detach())
         step += 1
         bar.update(1)
-        if step == 60 and budget_s is not None:  # measure speed after warm-up, then fit the budget
-            per_step = (time.perf_counter() - t0) / step
-            total_steps = max(step + 1, min(total_steps, int(budget_s / per_step)))
+        if step == 20:
+            t20 = time.perf_counter()
+        if step == 80 and budget_s is not None:  # speed after warm-up (cudnn autotuning), then fit the budget
+            now = time.perf_counter()
+            per_step = (now - t20) / 60
+            total_steps = max(step + 1, min(total_steps, step + int((budget_s - (now - t0)) / per_step)))
             bar.total = total_steps
         if step % 100 == 0:
             bar.set_postfix(loss=f"{torch.stack(losses[-100:]).mean().item():.4f}")
