@@ -35,7 +35,7 @@ from common.runs import write_config, write_json_atomic
 from common.toy import sd_model, shapes
 
 VAE_DEFAULTS = {"steps": 20000, "batch_size": 128, "lr": 5e-4, "warmup": 300, "kl_weight": 1e-5,
-                "time_budget_s": 400.0, "log_every": 50}
+                "time_budget_s": 400.0, "log_every": 50, "scale_images": 2048}
 UNET_DEFAULTS = {"steps": 15000, "batch_size": 256, "lr": 3e-4, "warmup": 500, "weight_decay": 0.01,
                  "ema_decay": 0.999, "caption_dropout": 0.1, "pool_size": 131072, "time_budget_s": 380.0,
                  "log_every": 50}
@@ -148,16 +148,16 @@ def train_vae(device: torch.device, steps: int, seed: int, cfg: dict,
     log.flush()
     log.bar.close()
     vae.eval().requires_grad_(False)
-    vae.register_to_config(scaling_factor=latent_scaling_factor(vae, device, seed))
+    vae.register_to_config(scaling_factor=latent_scaling_factor(vae, device, seed, cfg["scale_images"]))
     return vae, step, log.history
 
 
 @torch.no_grad()
 def latent_scaling_factor(vae: AutoencoderKL, device: torch.device, seed: int, n: int = 2048) -> float:
-    """1 / std of posterior samples of training images (SD's recipe), rounded to 5 significant digits."""
+    """1 / std of posterior samples of ``n`` validation images (SD's recipe), rounded to 5 significant digits."""
     gen = torch.Generator().manual_seed(shapes.split_seed("val", seed % 10**6))
-    latents = torch.cat([vae.encode(shapes.sample_batch(256, gen, device=device)[0]).latent_dist.sample()
-                         for _ in range(max(1, n // 256))])
+    latents = torch.cat([vae.encode(shapes.sample_batch(min(256, n - i), gen, device=device)[0]).latent_dist.sample()
+                         for i in range(0, n, 256)])
     return float(f"{1.0 / latents.float().std().item():.5g}")
 
 
@@ -229,7 +229,7 @@ def unet_batch(pool: dict[str, torch.Tensor], table: torch.Tensor, scaling_facto
     """Draw scaled latents z_0 [B, 4, 16, 16] (posterior samples) and their text states [B, 77, D] (10% empty)."""
     device = pool["mean"].device
     idx = torch.randint(pool["mean"].shape[0], (batch_size,), device=device, generator=gen)
-    eps = torch.randn(pool["mean"][idx].shape, device=device, generator=gen)
+    eps = torch.randn((batch_size, *pool["mean"].shape[1:]), device=device, generator=gen)
     z0 = (pool["mean"][idx] + pool["std"][idx] * eps) * scaling_factor
     drop = torch.rand(batch_size, device=device, generator=gen) < caption_dropout
     caption = torch.where(drop, table.shape[0] - 1, pool["caption"][idx])  # last row of table = ""

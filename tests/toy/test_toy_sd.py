@@ -109,15 +109,18 @@ def test_caption_lut_matches_captions():
     assert [captions[i] for i in idx.tolist()] == [shapes.caption(s) for s in specs]
 
 
-def test_training_smoke_writes_loadable_folder(tmp_path):
-    """A few steps of both stages on CPU produce a complete, loadable SD folder and a metrics record."""
+def test_training_smoke_writes_loadable_folder(tmp_path, monkeypatch):
+    """A few steps of both stages on CPU (narrowed networks) produce a complete, loadable SD folder."""
     from common.toy.train_sd import train
 
+    for config, channels in ((sd_model.VAE_CONFIG, [8, 16, 16]), (sd_model.UNET_CONFIG, [16, 32])):
+        monkeypatch.setitem(config, "block_out_channels", channels)
+        monkeypatch.setitem(config, "norm_num_groups", 8)
     torch.manual_seed(0)
     clip_folder = save_toy_clip(create_toy_clip(), tmp_path / "clip")
     out = tmp_path / "toy-sd"
-    overrides = {"vae_batch_size": 4, "unet_batch_size": 4, "unet_pool_size": 16, "vae_warmup": 1,
-                 "unet_warmup": 1}
+    overrides = {"vae_batch_size": 2, "unet_batch_size": 4, "unet_pool_size": 8, "vae_warmup": 1,
+                 "unet_warmup": 1, "vae_scale_images": 4}
     metrics = train(out, "cpu", steps=2, seed=0, stage="all", clip=clip_folder, evaluate=False, overrides=overrides)
     assert metrics["vae_steps"] == 2 and metrics["unet_steps"] == 2
     assert metrics["scaling_factor"] > 0
