@@ -79,13 +79,13 @@ def make_config(loss_type: str, preset: str | None, explicit: dict, items: list[
                      **{k: settings[k] for k in OPTION_NAMES})
 
 
-def judge_accuracy(paths: list[Path], captions: list[str]) -> float:
-    """Fraction of final images whose colour, shape and background the toy judge finds right."""
+def judge_accuracy(paths: list[Path], captions: list[str]) -> dict[str, float]:
+    """Toy judge on the final images: per-attribute accuracy and ``all`` (colour, shape and background right)."""
     from common.images import load_image
-    from common.toy.judge import fully_correct
+    from common.toy.judge import attribute_accuracy, predict, targets_to_indices
 
     images = torch.stack([load_image(p, size=64) for p in paths])
-    return fully_correct(images, captions).float().mean().item()
+    return attribute_accuracy(predict(images), targets_to_indices(captions))
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -132,13 +132,13 @@ def main(loss_type: str, preset: str | None, model: str | None, save_root: str, 
     clip = clip_model or ("toy-clip" if toy else "clip-vit-b-32")
     result = clip_score_folder(folder, load_clip(clip, "cpu"))
     if toy:
-        result["toy_judge_accuracy"] = judge_accuracy(paths, captions)
+        result["toy_judge"] = judge_accuracy(paths, captions)
     write_eval_json(folder, result)
     if toy:
         write_json_atomic(folder / "toy_captions.json", captions)
     click.echo(f"Cosine similarity {result['score']}")
     if toy:
-        click.echo(f"Toy judge accuracy {result['toy_judge_accuracy']:.3f}")
+        click.echo(f"Toy judge: all attributes right {result['toy_judge']['all']:.3f}")
 
 
 if __name__ == "__main__":
