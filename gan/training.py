@@ -61,6 +61,8 @@ class Trainer:
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
         self.device = get_device(cfg.device)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest conv algorithms once
         self.dtype = precision_dtype(cfg.precision, self.device)
         images, self.data_name = load_dataset(cfg.data, cfg.resolution)
         self.images = images
