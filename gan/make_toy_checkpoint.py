@@ -22,8 +22,8 @@ DEFAULT_OUT = Path(__file__).parent / "checkpoints" / "toy_faces64_start.safeten
 
 
 @click.command(context_settings={"show_default": True})
-@click.option("--steps", type=click.IntRange(min=1), default=3000, help="Training steps (iterations).")
-@click.option("--batch", type=click.IntRange(min=4), default=16, help="Batch size.")
+@click.option("--steps", type=click.IntRange(min=1), default=4000, help="Training steps (iterations).")
+@click.option("--batch", type=click.IntRange(min=4), default=32, help="Batch size.")
 @click.option("--out", type=click.Path(dir_okay=False), default=str(DEFAULT_OUT), help="Slim checkpoint to write.")
 @click.option("--workdir", type=click.Path(file_okay=False), default="runs/toy_start", help="Run folder parent.")
 @click.option("--use_diffaug", type=bool, default=True, help="Train the start with DiffAugment too.")
@@ -38,7 +38,7 @@ def main(steps, batch, out, workdir, use_diffaug, resolution, device, precision,
 
     \b
     Examples:
-      python -m gan.make_toy_checkpoint --device cuda            # ~4 min on one H100
+      python -m gan.make_toy_checkpoint --device cuda            # 128 kimg, a few minutes on one H100
       python -m gan.make_toy_checkpoint --steps 200 --out /tmp/start.safetensors   # CPU smoke test
     """
     set_default_impl("auto")

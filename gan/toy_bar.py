@@ -55,7 +55,7 @@ def main(checkpoint, outdir, kimg, batch, fid_n, resolution, device, precision, 
     \b
     Examples:
       python -m gan.toy_bar                       # CPU: a few minutes
-      python -m gan.toy_bar --device cuda --kimg 8 --batch 16
+      python -m gan.toy_bar --device cuda --kimg 32 --batch 32
     """
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():

@@ -92,7 +92,8 @@ def _count(net) -> float:
 @click.option("--use_r1_regularization", "use_r1", required=True, type=bool, help="Lazy R1 penalty on reals.")
 @click.option("--use_diffaug", required=True, type=bool, help="DiffAugment on every discriminator input.")
 @click.option("--checkpoint_path", type=click.Path(dir_okay=False), default=None, help="Resume from a .safetensors.")
-@click.option("--kimg", type=click.FloatRange(min=0, min_open=True), default=300.0, help="Thousands of images.")
+@click.option("--kimg", type=click.FloatRange(min=0, min_open=True), default=300.0,
+              help="Thousands of images to train in this run (counted from the checkpoint when resuming).")
 @click.option("--batch", type=click.IntRange(min=1), default=8, help="Batch size.")
 @click.option("--gamma", type=click.FloatRange(min=0), default=10.0, help="R1 weight gamma.")
 @click.option("--resolution", type=click.IntRange(min=4), default=None, help="Resize images to R (power of two).")

@@ -132,3 +132,12 @@ def test_path_length_penalty_on_linear_generator():
     lengths = jt_y.square().sum(2).mean(1).sqrt()
     torch.testing.assert_close(pl_mean, 0.5 * lengths.mean())
     torch.testing.assert_close(penalty, (lengths - 0.5 * lengths.mean()).square())
+
+
+def test_256px_default_matches_hw5_parameter_counts():
+    """HW5's low_shot config at 256 px logs G 28.46 M and D 28.86 M parameters (reference section 1.2)."""
+    cfg = ArchConfig.default_for(256)
+    with torch.device("meta"):
+        G, D = Generator(cfg), Discriminator(cfg)
+    assert round(sum(p.numel() for p in G.parameters()) / 1e6, 2) == 28.46
+    assert round(sum(p.numel() for p in D.parameters()) / 1e6, 2) == 28.86
