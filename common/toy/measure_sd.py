@@ -20,8 +20,66 @@ import torch
 
 from common.cli import user_errors
 from common.gpu import get_device, seed_everything
-from common.toy import sd_model
-from common.toy.train_sd import caption_correctness, print_table, vae_psnr
+from common.toy import sd_model, shapes
+
+
+def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR in dB of [-1, 1] images measured on the [0, 1] scale: [B]."""
+    mse = ((x.float().clamp(-1, 1) - y.float().clamp(-1, 1)) / 2).pow(2).flatten(1).mean(1)
+    return 10 * torch.log10(1.0 / mse.clamp_min(1e-10))
+
+
+@torch.no_grad()
+def vae_psnr(vae, device: torch.device | str, n: int = 1000, batch_size: int = 250) -> float:
+    """Mean PSNR (dB) of ``decode(mode of encode(x))`` over ``n`` test-split images."""
+    gen = torch.Generator().manual_seed(shapes.split_seed("test"))
+    values = []
+    for start in range(0, n, batch_size):
+        images, _ = shapes.sample_batch(min(batch_size, n - start), gen, device=device)
+        recon = vae.decode(vae.encode(images.to(vae.dtype)).latent_dist.mode()).sample
+        values.append(psnr(recon, images))
+    return torch.cat(values).mean().item()
+
+
+def eval_captions(n: int = 200) -> list[str]:
+    """The first ``n`` test-split captions (fixed, so every run is judged on the same prompts)."""
+    return [shapes.caption(s) for s in shapes.sample_specs(n, shapes.split_seed("test", 1))]
+
+
+@torch.no_grad()
+def sample_images(pipe, prompts: list[str], num_inference_steps: int = 50, guidance_scale: float = 7.5,
+                  seed: int = 0, batch_size: int = 200) -> torch.Tensor:
+    """Pipeline samples for ``prompts`` as [B, 3, 64, 64] in [-1, 1]; prompt i uses generator seed ``seed + i``."""
+    device = pipe.unet.device
+    out = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start:start + batch_size]
+        gens = [torch.Generator(device).manual_seed(seed + start + i) for i in range(len(chunk))]
+        images = pipe(chunk, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                      generator=gens, output_type="pt").images
+        out.append(images.float().cpu() * 2 - 1)
+    return torch.cat(out)
+
+
+def caption_correctness(pipe, clip_folder: str | Path | None, n: int = 200, device: torch.device | str = "cpu",
+                        **sample_kwargs) -> tuple[float, torch.Tensor, list[str]]:
+    """Fraction of samples judged fully correct by toy-clip, plus the images and their prompts."""
+    from common.toy.judge import fully_correct
+
+    prompts = eval_captions(n)
+    images = sample_images(pipe, prompts, **sample_kwargs)
+    correct = fully_correct(images, prompts, folder=clip_folder, device=device)
+    return correct.float().mean().item(), images, prompts
+
+
+def folder_size_mb(folder: Path) -> float:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6
+
+
+def print_table(rows: list[tuple[str, str, str]]) -> None:
+    print("\n| metric | value | bar |\n|---|---|---|")
+    for name, value, bar in rows:
+        print(f"| {name} | {value} | {bar} |")
 
 
 def save_captioned_grid(images: torch.Tensor, prompts: list[str], path: str | Path, correct: list[bool] | None = None,

@@ -6,11 +6,13 @@ and a small KL term (Sec. 3.1, "KL-reg"); the UNet learns eps-prediction, ``|| e
 betas, 10% of captions replaced by "" for classifier-free guidance (Ho & Salimans 2022), and EMA weights.
 Shapes images are rendered on the device every step; UNet training draws from a pre-encoded latent pool.
 
-GPU (one H100), in two phases of at most ~7 minutes each (phase 1 can share the GPU with toy-clip training)::
+GPU (one H100), in two phases of at most ~7.5 minutes each (phase 1 can share the GPU with toy-clip training)::
 
-    python -m common.toy train sd --stage vae --device cuda --out common/toy/models/toy-sd
-    python -m common.toy train sd --stage unet --device cuda --out common/toy/models/toy-sd \\
+    python -m common.toy.train_sd --stage vae --device cuda --out common/toy/models/toy-sd
+    python -m common.toy.train_sd --stage unet --device cuda --out common/toy/models/toy-sd \\
         --clip common/toy/models/toy-clip
+
+(``python -m common.toy train sd --device cuda --out ...`` runs both stages in one process.)
 
 Both stages stop at their step count or their time budget, whichever comes first; the learning-rate schedule
 follows the larger of the two progress fractions, so it always anneals to the end.
@@ -24,15 +26,23 @@ import math
 import time
 from pathlib import Path
 
+import click
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
 from tqdm import tqdm
 
-from common.cli import check_finite
+from common.cli import check_finite, user_errors
 from common.gpu import autocast, get_device, seed_everything
 from common.runs import write_config, write_json_atomic
 from common.toy import sd_model, shapes
+from common.toy.measure_sd import (
+    caption_correctness,
+    eval_captions,  # noqa: F401  (re-exported for train_pixel)
+    folder_size_mb,
+    print_table,
+    vae_psnr,
+)
 
 VAE_DEFAULTS = {"steps": 20000, "batch_size": 128, "lr": 5e-4, "warmup": 300, "kl_weight": 1e-5,
                 "time_budget_s": 400.0, "log_every": 50, "scale_images": 2048}
@@ -87,12 +97,6 @@ class LossLog:
             self.history.append(mean)
             self.bar.set_postfix(loss=f"{mean:.4f}")
         self.total, self.count = 0.0, 0
-
-
-def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR in dB of [-1, 1] images measured on the [0, 1] scale: [B]."""
-    mse = ((x.float().clamp(-1, 1) - y.float().clamp(-1, 1)) / 2).pow(2).flatten(1).mean(1)
-    return 10 * torch.log10(1.0 / mse.clamp_min(1e-10))
 
 
 def caption_lut(device: torch.device | str) -> torch.Tensor:
@@ -159,18 +163,6 @@ def latent_scaling_factor(vae: AutoencoderKL, device: torch.device, seed: int, n
     latents = torch.cat([vae.encode(shapes.sample_batch(min(256, n - i), gen, device=device)[0]).latent_dist.sample()
                          for i in range(0, n, 256)])
     return float(f"{1.0 / latents.float().std().item():.5g}")
-
-
-@torch.no_grad()
-def vae_psnr(vae: AutoencoderKL, device: torch.device | str, n: int = 1000, batch_size: int = 250) -> float:
-    """Mean PSNR (dB) of ``decode(mode of encode(x))`` over ``n`` test-split images."""
-    gen = torch.Generator().manual_seed(shapes.split_seed("test"))
-    values = []
-    for start in range(0, n, batch_size):
-        images, _ = shapes.sample_batch(min(batch_size, n - start), gen, device=device)
-        recon = vae.decode(vae.encode(images.to(vae.dtype)).latent_dist.mode()).sample
-        values.append(psnr(recon, images))
-    return torch.cat(values).mean().item()
 
 
 def save_vae(vae: AutoencoderKL, folder: Path) -> Path:
@@ -287,51 +279,6 @@ def train_unet(vae: AutoencoderKL, text_states: torch.Tensor, device: torch.devi
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Evaluation
-
-
-def eval_captions(n: int = 200) -> list[str]:
-    """The first ``n`` test-split captions (fixed, so every run is judged on the same prompts)."""
-    return [shapes.caption(s) for s in shapes.sample_specs(n, shapes.split_seed("test", 1))]
-
-
-@torch.no_grad()
-def sample_images(pipe, prompts: list[str], num_inference_steps: int = 50, guidance_scale: float = 7.5,
-                  seed: int = 0, batch_size: int = 200) -> torch.Tensor:
-    """Pipeline samples for ``prompts`` as [B, 3, 64, 64] in [-1, 1]; prompt i uses generator seed ``seed + i``."""
-    device = pipe.unet.device
-    out = []
-    for start in range(0, len(prompts), batch_size):
-        chunk = prompts[start:start + batch_size]
-        gens = [torch.Generator(device).manual_seed(seed + start + i) for i in range(len(chunk))]
-        images = pipe(chunk, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                      generator=gens, output_type="pt").images
-        out.append(images.float().cpu() * 2 - 1)
-    return torch.cat(out)
-
-
-def caption_correctness(pipe, clip_folder: str | Path | None, n: int = 200, device: torch.device | str = "cpu",
-                        **sample_kwargs) -> tuple[float, torch.Tensor, list[str]]:
-    """Fraction of samples judged fully correct by toy-clip, plus the images and their prompts."""
-    from common.toy.judge import fully_correct
-
-    prompts = eval_captions(n)
-    images = sample_images(pipe, prompts, **sample_kwargs)
-    correct = fully_correct(images, prompts, folder=clip_folder, device=device)
-    return correct.float().mean().item(), images, prompts
-
-
-def folder_size_mb(folder: Path) -> float:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6
-
-
-def print_table(rows: list[tuple[str, str, str]]) -> None:
-    print("\n| metric | value | bar |\n|---|---|---|")
-    for name, value, bar in rows:
-        print(f"| {name} | {value} | {bar} |")
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # Entry point
 
 
@@ -423,3 +370,28 @@ def _write_records(out: Path, stage: str, seed: int, cfgs: dict, metrics: dict) 
             value = metrics[key]
             rows.append((key, f"{value:.4g}" if isinstance(value, float) else str(value), ""))
     print_table(rows)
+
+
+@click.command()
+@click.option("--stage", type=click.Choice(["all", "vae", "unet"]), default="all", show_default=True,
+              help="vae: stage 1 only; unet: stage 2 only (needs OUT/vae and the toy-clip folder); all: both.")
+@click.option("--device", type=click.Choice(["auto", "cuda", "cpu", "mps"]), default="auto", show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), default=str(sd_model.DEFAULT_FOLDER), show_default=True)
+@click.option("--clip", type=click.Path(file_okay=False), default=None,
+              help="toy-clip folder for the frozen text encoder [default: common/toy/models/toy-clip].")
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="Steps per stage [default: the stage's own].")
+@click.option("--seed", type=int, default=0, show_default=True)
+@user_errors
+def main(stage: str, device: str, out: str, clip: str | None, steps: int | None, seed: int) -> None:
+    """Train toy-sd (same as ``python -m common.toy train sd``, plus ``--stage`` and ``--clip``).
+
+    \b
+    Examples:
+      python -m common.toy.train_sd --stage vae --device cuda --out common/toy/models/toy-sd
+      python -m common.toy.train_sd --stage unet --device cuda --out common/toy/models/toy-sd
+    """
+    train(out=out, device=device, steps=steps, seed=seed, stage=stage, clip=clip)
+
+
+if __name__ == "__main__":
+    main()

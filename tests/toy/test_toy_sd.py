@@ -161,7 +161,7 @@ def size_mb(folder) -> float:
 @pytest.mark.slow
 def test_shipped_quality_small_sample():
     """Bars on a small sample: VAE PSNR >= 28 dB on 64 test images; >= 80% of 24 samples judged fully correct."""
-    from common.toy.train_sd import caption_correctness, vae_psnr
+    from common.toy.measure_sd import caption_correctness, vae_psnr
 
     pipe = sd_model.load_sd_pipeline()
     assert vae_psnr(pipe.vae, "cpu", n=64, batch_size=64) >= 28.0
