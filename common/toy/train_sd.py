@@ -131,7 +131,10 @@ def vae_loss(vae: AutoencoderKL, images: torch.Tensor, kl_weight: float) -> torc
 def train_vae(device: torch.device, steps: int, seed: int, cfg: dict,
               dtype: torch.dtype) -> tuple[AutoencoderKL, int, list[float]]:
     """Stage 1 from scratch on fresh training-split batches; returns (VAE with scaling factor, steps, losses)."""
-    vae = sd_model.build_vae().to(device, memory_format=torch.channels_last).train()
+    vae = sd_model.build_vae()
+    with torch.no_grad():  # start near a deterministic autoencoder: posterior std ~0.05 instead of 1
+        vae.quant_conv.bias[vae.config.latent_channels:] -= 6.0  # quant_conv outputs [mean; logvar]
+    vae = vae.to(device, memory_format=torch.channels_last).train()
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg["lr"], weight_decay=0.0, betas=(0.9, 0.99))
     data_gen = torch.Generator().manual_seed(shapes.split_seed("train", seed % 10**6))
     budget, warm = Budget(steps, cfg["time_budget_s"]), cfg["warmup"] / steps
@@ -376,13 +379,14 @@ def _write_records(out: Path, stage: str, seed: int, cfgs: dict, metrics: dict) 
 @click.option("--stage", type=click.Choice(["all", "vae", "unet"]), default="all", show_default=True,
               help="vae: stage 1 only; unet: stage 2 only (needs OUT/vae and the toy-clip folder); all: both.")
 @click.option("--device", type=click.Choice(["auto", "cuda", "cpu", "mps"]), default="auto", show_default=True)
-@click.option("--out", type=click.Path(file_okay=False), default=str(sd_model.DEFAULT_FOLDER), show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="SD folder to write [default: the shipped common/toy/models/toy-sd].")
 @click.option("--clip", type=click.Path(file_okay=False), default=None,
               help="toy-clip folder for the frozen text encoder [default: common/toy/models/toy-clip].")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Steps per stage [default: the stage's own].")
 @click.option("--seed", type=int, default=0, show_default=True)
 @user_errors
-def main(stage: str, device: str, out: str, clip: str | None, steps: int | None, seed: int) -> None:
+def main(stage: str, device: str, out: str | None, clip: str | None, steps: int | None, seed: int) -> None:
     """Train toy-sd (same as ``python -m common.toy train sd``, plus ``--stage`` and ``--clip``).
 
     \b
@@ -390,7 +394,7 @@ def main(stage: str, device: str, out: str, clip: str | None, steps: int | None,
       python -m common.toy.train_sd --stage vae --device cuda --out common/toy/models/toy-sd
       python -m common.toy.train_sd --stage unet --device cuda --out common/toy/models/toy-sd
     """
-    train(out=out, device=device, steps=steps, seed=seed, stage=stage, clip=clip)
+    train(out=out or sd_model.DEFAULT_FOLDER, device=device, steps=steps, seed=seed, stage=stage, clip=clip)
 
 
 if __name__ == "__main__":

@@ -99,6 +99,18 @@ def test_registry_loads_random_folder(random_folder):
     assert pipe.text_encoder.config.hidden_size == pipe.unet.config.cross_attention_dim == 64
 
 
+def test_sample_cli_writes_image_from_folder(random_folder, tmp_path):
+    from common.images import load_image
+    from common.toy.__main__ import main
+
+    _, folder = random_folder
+    out = tmp_path / "img.png"
+    result = CliRunner().invoke(main, ["sample", "--prompt", PROMPTS[0], "--out", str(out), "--steps", "2",
+                                       "--model", str(folder), "--device", "cpu"])
+    assert result.exit_code == 0 and not result.exception, result.output
+    assert load_image(out).shape == (3, 64, 64)
+
+
 def test_caption_lut_matches_captions():
     from common.toy.train_sd import caption_lut
 
