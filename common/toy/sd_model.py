@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import tempfile
 from pathlib import Path
 
 import open_clip
@@ -114,6 +115,12 @@ def write_tokenizer(folder: str | Path) -> Path:
 def load_tokenizer(folder: str | Path) -> CLIPTokenizer:
     """``CLIPTokenizer.from_pretrained`` on a folder written by :func:`write_tokenizer`."""
     return CLIPTokenizer.from_pretrained(str(folder))
+
+
+def build_tokenizer() -> CLIPTokenizer:
+    """The toy-sd tokenizer, built in memory (through a temporary folder of the shipped files)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        return load_tokenizer(write_tokenizer(tmp))
 
 
 def tokenize(tokenizer: CLIPTokenizer, prompts: list[str]) -> torch.Tensor:
@@ -286,12 +293,4 @@ def random_pipeline(seed: int = 0, clip_model=None) -> StableDiffusionPipeline:
 
     torch.manual_seed(seed)
     clip_model = clip_model if clip_model is not None else create_toy_clip()
-    with _tmp_dir() as tmp:
-        tokenizer = load_tokenizer(write_tokenizer(tmp))
-    return assemble_pipeline(build_vae(), convert_text_tower(clip_model), tokenizer, build_unet())
-
-
-def _tmp_dir():
-    import tempfile
-
-    return tempfile.TemporaryDirectory()
+    return assemble_pipeline(build_vae(), convert_text_tower(clip_model), build_tokenizer(), build_unet())

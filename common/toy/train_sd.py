@@ -291,9 +291,7 @@ def load_text_encoder(clip_folder: str | Path | None):
 
     clip_model, _, _ = load_toy_clip(clip_folder)
     text_encoder = sd_model.convert_text_tower(clip_model.float()).to(torch.float16).to(torch.float32)
-    with sd_model._tmp_dir() as tmp:
-        tokenizer = sd_model.load_tokenizer(sd_model.write_tokenizer(tmp))
-    return text_encoder, tokenizer
+    return text_encoder, sd_model.build_tokenizer()
 
 
 def train(out: str | Path = sd_model.DEFAULT_FOLDER, device: str = "auto", steps: int | None = None, seed: int = 0,
