@@ -131,10 +131,7 @@ def vae_loss(vae: AutoencoderKL, images: torch.Tensor, kl_weight: float) -> torc
 def train_vae(device: torch.device, steps: int, seed: int, cfg: dict,
               dtype: torch.dtype) -> tuple[AutoencoderKL, int, list[float]]:
     """Stage 1 from scratch on fresh training-split batches; returns (VAE with scaling factor, steps, losses)."""
-    vae = sd_model.build_vae()
-    with torch.no_grad():  # start near a deterministic autoencoder: posterior std ~0.05 instead of 1
-        vae.quant_conv.bias[vae.config.latent_channels:] -= 6.0  # quant_conv outputs [mean; logvar]
-    vae = vae.to(device, memory_format=torch.channels_last).train()
+    vae = sd_model.build_vae().to(device, memory_format=torch.channels_last).train()
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg["lr"], weight_decay=0.0, betas=(0.9, 0.99))
     data_gen = torch.Generator().manual_seed(shapes.split_seed("train", seed % 10**6))
     budget, warm = Budget(steps, cfg["time_budget_s"]), cfg["warmup"] / steps
