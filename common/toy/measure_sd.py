@@ -92,7 +92,7 @@ def save_captioned_grid(images: torch.Tensor, prompts: list[str], path: str | Pa
 
     n = images.shape[0]
     nrow = (n + ncol - 1) // ncol
-    fig, axes = plt.subplots(nrow, ncol, figsize=(1.3 * ncol, 1.55 * nrow), squeeze=False)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(1.3 * ncol, 1.75 * nrow), squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i >= n:
@@ -119,6 +119,7 @@ def measure(model: str | Path | None = None, clip: str | Path | None = None, dev
     dev = get_device(device)
     seed_everything(0)
     pipe = sd_model.load_sd_pipeline(model, dev)
+    pipe.set_progress_bar_config(disable=False, desc="DDIM sampling")
     t0 = time.perf_counter()
     psnr_db = vae_psnr(pipe.vae, dev, psnr_images)
     t1 = time.perf_counter()
