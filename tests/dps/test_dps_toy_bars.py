@@ -2,7 +2,8 @@
 
 The full bar (20 faces, 1000 steps: +6 dB over the masked input, +2 dB over DDIM + paste) is measured by
 ``python -m dps.measure``; this is a cheaper proxy (4 faces, 100 steps). Calibration: an under-trained CPU model
-(946 steps at batch 8, samples still noise) already gave +6.3 dB over the masked input at 100 steps (+3.5 dB at 50 steps).
+(946 steps at batch 8, samples still noise) already gave +6.3 dB over the masked input at 100 steps
+(+3.5 dB at 50 steps).
 """
 
 import pytest
