@@ -40,5 +40,7 @@ def test_ddim_samples_are_close_to_data_and_far_from_noise(model):
     unet, config = model
     samples = sample_images(unet, DDIMScheduler.from_config(config), 32, 20, seed=0, batch_size=32, progress=False)
     fds, _ = face_fd_report({"ddim": samples}, n=32)
-    assert fds["ddim"] < 0.5 * fds["noise-vs-data"], fds
-    assert fds["ddim"] < 3.0 * fds["data-vs-data"], fds
+    # at n=32 FD is bias-dominated (toy-clip: data-vs-data ~19, noise ~60; fresh data 16-26, an under-trained
+    # model whose samples are noise 79), so these are coarse sanity bounds, not the bar
+    assert fds["ddim"] < 0.75 * fds["noise-vs-data"], fds
+    assert fds["ddim"] < 2.5 * fds["data-vs-data"], fds
