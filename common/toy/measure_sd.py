@@ -42,7 +42,7 @@ def vae_psnr(vae, device: torch.device | str, n: int = 1000, batch_size: int = 2
 
 
 def eval_captions(n: int = 200) -> list[str]:
-    """The first ``n`` test-split captions (fixed, so every run is judged on the same prompts)."""
+    """``n`` test-split captions, fixed for a given ``n`` (a smaller ``n`` is not a prefix of a larger one)."""
     return [shapes.caption(s) for s in shapes.sample_specs(n, shapes.split_seed("test", 1))]
 
 
