@@ -24,13 +24,13 @@ CONFIGS = (("plain", False, False), ("+R1", True, False), ("+R1+DiffAugment", Tr
 
 
 def run_toy_bar(checkpoint: Path, outdir: Path, kimg: float, batch: int, device: str, seed: int, fid_n: int,
-                precision: str = "fp32", resolution: int = 64) -> list[dict]:
+                precision: str = "fp32", resolution: int = 64, fid_every: int = 0) -> list[dict]:
     rows = []
     for name, use_r1, use_diffaug in CONFIGS:
         cfg = TrainConfig(data="toy", use_r1=use_r1, use_diffaug=use_diffaug, checkpoint_path=str(checkpoint),
                           kimg=kimg, batch=batch, ema_kimg=kimg / 5, resolution=resolution, seed=seed,
                           device=device, precision=precision)
-        result = run_training(cfg, outdir, snap=cfg.total_steps, fid_n=fid_n)
+        result = run_training(cfg, outdir, snap=cfg.total_steps, fid_n=fid_n, fid_every=fid_every)
         grid = sorted(Path(result["run_dir"]).glob("fakes*.png"))[-1]
         rows.append({"config": name, "fid": result["fid"], "features": result["fid_label"], "grid": str(grid),
                      "run_dir": result["run_dir"], "steps": cfg.total_steps})
@@ -48,8 +48,9 @@ def run_toy_bar(checkpoint: Path, outdir: Path, kimg: float, batch: int, device:
 @click.option("--device", default="auto", help="auto, cpu, cuda, ...")
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", help="Autocast on CUDA.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, help="Seed shared by the three runs.")
+@click.option("--fid_every", type=click.IntRange(min=0), default=0, help="Also log FID every N steps (0: end only).")
 @user_errors
-def main(checkpoint, outdir, kimg, batch, fid_n, resolution, device, precision, seed):
+def main(checkpoint, outdir, kimg, batch, fid_n, resolution, device, precision, seed, fid_every):
     """Reproduce the handout's three runs on the toy few-shot set and print their FIDs.
 
     \b
@@ -62,7 +63,7 @@ def main(checkpoint, outdir, kimg, batch, fid_n, resolution, device, precision, 
         raise UserError(f"start checkpoint {checkpoint} not found; create it with: python -m gan.make_toy_checkpoint")
     set_default_impl("auto")
     outdir = Path(outdir)
-    rows = run_toy_bar(checkpoint, outdir, kimg, batch, device, seed, fid_n, precision, resolution)
+    rows = run_toy_bar(checkpoint, outdir, kimg, batch, device, seed, fid_n, precision, resolution, fid_every)
     click.echo(f"\n{'configuration':<18}{'FID[' + rows[0]['features'] + ']':>40}  grid")
     for row in rows:
         click.echo(f"{row['config']:<18}{row['fid']:>40.3f}  {row['grid']}")
