@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from common.gpu import get_device, seed_everything
-from common.toy.faces import train_batch
+from common.toy.faces import render_faces, split_seed
 
 SCHEDULER_CONFIG: dict[str, Any] = {
     "num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02, "beta_schedule": "linear",
@@ -80,14 +80,26 @@ def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> N
     torch._foreach_lerp_(list(ema.parameters()), [p.detach() for p in model.parameters()], 1 - decay)
 
 
+def _face_batches(batch_size: int, device: torch.device, chunk: int = 32):
+    """Endless training batches [B, 3, 64, 64]. Faces are rendered ``chunk`` batches at a time (one host-to-device
+    copy of parameters per chunk), so the CPU does not wait for the GPU at every step. Chunk k uses seed train + k."""
+    k = 0
+    while True:
+        faces = render_faces(chunk * batch_size, split_seed("train", k % 1_000_000), 64, device)
+        yield from faces.split(batch_size)
+        k += 1
+
+
 def _train_loop(unet, ema, device, total_steps, batch_size, lr, ema_decay, budget_s, alphas_cumprod, gen):
     """Returns (steps done, mean loss of the last 10%, seconds). Shrinks ``total_steps`` to fit ``budget_s``."""
-    opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.99))
+    opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.99),
+                            fused=device.type == "cuda")
+    batches = _face_batches(batch_size, device)
     use_bf16 = device.type == "cuda"
     warmup, losses, t0, step = min(200, total_steps // 10 + 1), [], time.perf_counter(), 0
     bar = tqdm(total=total_steps, desc="train faces", unit="step")
     while step < total_steps:
-        x0 = train_batch(step, batch_size, 64, device)  # [B, 3, 64, 64]
+        x0 = next(batches)  # [B, 3, 64, 64]
         t = torch.randint(0, len(alphas_cumprod), (batch_size,), generator=gen, device=device)
         eps = torch.randn(x0.shape, generator=gen, device=device)
         a = alphas_cumprod[t].view(-1, 1, 1, 1)
@@ -119,7 +131,7 @@ def _train_loop(unet, ema, device, total_steps, batch_size, lr, ema_decay, budge
 
 
 def train(out: str | Path = "common/toy/models/toy-faces", device: str | torch.device = "auto",
-          steps: int | None = None, seed: int = 0, batch_size: int = 128, lr: float = 5e-4, ema_decay: float = 0.999,
+          steps: int | None = None, seed: int = 0, batch_size: int = 128, lr: float = 1e-3, ema_decay: float = 0.999,
           time_budget_s: float | None = 380.0, eval_samples: int = 512, **unet_overrides: Any) -> dict[str, Any]:
     """Train toy-faces and save it to ``out``; prints a progress bar and a final metrics table; returns metrics.
 
@@ -138,7 +150,8 @@ def train(out: str | Path = "common/toy/models/toy-faces", device: str | torch.d
     train_budget = None if time_budget_s is None else max(10.0, time_budget_s - 40.0)
     done, loss, seconds = _train_loop(unet, ema, device, steps or 20000, batch_size, lr, ema_decay, train_budget,
                                       alphas_cumprod, gen)
-    metrics: dict[str, Any] = {"steps": done, "batch_size": batch_size, "final_loss": round(loss, 5),
+    metrics: dict[str, Any] = {"steps": done, "batch_size": batch_size, "lr": lr, "ema_decay": ema_decay,
+                               "final_loss": round(loss, 5),
                                "train_seconds": round(seconds, 1), "device": str(device),
                                "parameters": sum(p.numel() for p in ema.parameters()), "seed": seed}
     if eval_samples > 0:
