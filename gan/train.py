@@ -29,9 +29,14 @@ def next_run_dir(outdir: Path, desc: str) -> Path:
     """outdir/<NNNNN>-<desc> with NNNNN one more than the largest existing number."""
     outdir.mkdir(parents=True, exist_ok=True)
     ids = [int(m.group(1)) for p in outdir.iterdir() if (m := re.match(r"^(\d+)-", p.name))]
-    run_dir = outdir / f"{max(ids, default=-1) + 1:05d}-{desc}"
-    run_dir.mkdir()
-    return run_dir
+    run_id = max(ids, default=-1) + 1
+    while True:  # another run may take the same number concurrently: try the next one
+        run_dir = outdir / f"{run_id:05d}-{desc}"
+        try:
+            run_dir.mkdir()
+            return run_dir
+        except FileExistsError:
+            run_id += 1
 
 
 class RunLog:
