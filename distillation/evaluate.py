@@ -47,13 +47,20 @@ def toy_specs(n: int, split: str = "test") -> tuple[list, list]:
 
     from common.toy import shapes
 
-    specs = shapes.sample_specs(n, shapes.split_seed(split))
+    candidates = shapes.sample_specs(20 * n, shapes.split_seed(split))
     g = torch.Generator().manual_seed(shapes.split_seed(split, 1))
-    edits = []
-    for spec in specs:
+    specs, edits, seen = [], [], set()
+    for spec in candidates:  # distinct captions: each final image is named after its (edit) prompt
         choices = [c for c in shapes.COLORS if c not in (spec.color, spec.background)]
-        edits.append(replace(spec, color=choices[int(torch.randint(len(choices), (1,), generator=g))]))
-    return specs, edits
+        edit = replace(spec, color=choices[int(torch.randint(len(choices), (1,), generator=g))])
+        if shapes.caption(spec) in seen or shapes.caption(edit) in seen:
+            continue
+        seen.update((shapes.caption(spec), shapes.caption(edit)))
+        specs.append(spec)
+        edits.append(edit)
+        if len(specs) == n:
+            return specs, edits
+    raise ValueError(f"cannot draw {n} distinct toy captions; use --n {len(specs)} or fewer")
 
 
 def toy_items(loss_type: str, n: int) -> tuple[list[Item], list[str]]:
