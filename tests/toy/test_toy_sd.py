@@ -172,11 +172,12 @@ def size_mb(folder) -> float:
 @needs_weights
 @pytest.mark.slow
 def test_shipped_quality_small_sample():
-    """Bars on a small sample: VAE PSNR >= 28 dB on 64 test images; >= 14 of 16 samples judged fully correct."""
+    """Bars on a small sample (CPU budget): VAE PSNR >= 28 dB on 64 test images; >= 7 of 8 samples (25 DDIM steps,
+    guidance 7.5) judged fully correct. ``python -m common.toy.measure_sd`` measures the full-size bars."""
     from common.toy.measure_sd import caption_correctness, vae_psnr
 
     pipe = sd_model.load_sd_pipeline()
     assert vae_psnr(pipe.vae, "cpu", n=64, batch_size=64) >= 28.0
-    frac, images, _ = caption_correctness(pipe, None, n=16, device="cpu", num_inference_steps=50, guidance_scale=7.5)
-    assert images.shape == (16, 3, 64, 64)
-    assert frac >= 14 / 16
+    frac, images, _ = caption_correctness(pipe, None, n=8, device="cpu", num_inference_steps=25, guidance_scale=7.5)
+    assert images.shape == (8, 3, 64, 64)
+    assert frac >= 7 / 8
