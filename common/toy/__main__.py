@@ -35,14 +35,20 @@ def main() -> None:
               help="Output folder [default: outputs/toy-<model>]. The shipped weights live in common/toy/models/.")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Training steps [default: the model's own].")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--stage", type=click.Choice(["all", "vae", "unet"]), default="all", show_default=True,
+              help="toy-sd only: train the VAE, the UNet (needs OUT/vae and toy-clip), or both.")
+@click.option("--clip", "clip_folder", type=click.Path(file_okay=False), default=None,
+              help="toy-sd only: toy-clip folder for the frozen text encoder [default: the shipped toy-clip].")
 @user_errors
-def train(model: str, device: str, out: str | None, steps: int | None, seed: int) -> None:
+def train(model: str, device: str, out: str | None, steps: int | None, seed: int, stage: str,
+          clip_folder: str | None) -> None:
     """Retrain a toy model from scratch (seeded), with a progress bar and a final metrics table.
 
     \b
     Examples:
       python -m common.toy train clip --device cuda --out common/toy/models/toy-clip
-      python -m common.toy train sd --device cuda --out common/toy/models/toy-sd
+      python -m common.toy train sd --stage vae --device cuda --out common/toy/models/toy-sd
+      python -m common.toy train sd --stage unet --device cuda --out common/toy/models/toy-sd
       python -m common.toy train clip --device cpu --steps 300 --out outputs/toy-clip-cpu
     """
     try:
@@ -51,7 +57,12 @@ def train(model: str, device: str, out: str | None, steps: int | None, seed: int
         if err.name != f"common.toy.train_{model}":
             raise
         raise UserError(f"training for toy-{model} is not available in this checkout (no {err.name})") from err
-    module.train(out=Path(out or f"outputs/toy-{model}"), device=device, steps=steps, seed=seed)
+    extra = {}
+    if model == "sd":
+        extra = {"stage": stage, "clip": clip_folder}
+    elif stage != "all" or clip_folder is not None:
+        raise UserError("--stage and --clip apply to `train sd` only")
+    module.train(out=Path(out or f"outputs/toy-{model}"), device=device, steps=steps, seed=seed, **extra)
 
 
 @main.command()

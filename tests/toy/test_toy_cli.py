@@ -105,3 +105,12 @@ def test_judge_prints_accuracy_tables(tmp_path):
     assert result.exit_code == 2 and "not a shapes caption" in result.output
     result = runner.invoke(main, ["judge", "--clip_folder", str(tmp_path / "none"), "--n", "2"])
     assert result.exit_code == 2 and "python -m common.toy train clip" in result.output
+
+
+def test_train_stage_option_is_for_sd_only():
+    from click.testing import CliRunner
+
+    from common.toy.__main__ import main
+
+    result = CliRunner().invoke(main, ["train", "clip", "--stage", "vae"])
+    assert result.exit_code == 2 and "apply to `train sd` only" in result.output
