@@ -19,7 +19,10 @@ pytestmark = pytest.mark.skipif(not WEIGHTS.is_file(), reason="toy-faces weights
 
 @pytest.fixture(scope="module")
 def model():
-    return load_model("toy-faces", "cpu")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny UNets on a busy 2-core CPU are much slower with two intra-op threads
+    yield load_model("toy-faces", "cpu")
+    torch.set_num_threads(threads)
 
 
 def test_toy_faces_size_and_eps_prediction(model):
