@@ -112,8 +112,9 @@ def settings_from_context(ctx: click.Context, params: dict, loss_type: str, pres
               help="SDI: DDIM inversion steps from x0 to t.")
 @click.option("--inversion_guidance_scale", type=float, default=-7.5, show_default=True,
               help="SDI: CFG scale during inversion (diffusers form eps_u + s (eps_c - eps_u)).")
-@click.option("--inversion_eta", type=click.FloatRange(min=0), default=0.3, show_default=True,
-              help="SDI: inversion stochasticity (0 = deterministic DDIM).")
+@click.option("--inversion_eta", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="SDI: inversion stochasticity (0 = deterministic DDIM; 1 = DDPM variance, needed by toy-sd; "
+                   "the nycu-lab3 preset uses the handout's 0.3).")
 @click.option("--sdi_update_interval", type=click.IntRange(min=1), default=25, show_default=True,
               help="SDI: refresh the target every N steps.")
 @click.option("--ism_delta_t", type=click.IntRange(min=1), default=80, show_default=True, help="ISM: t - s.")
