@@ -16,16 +16,15 @@ prints ``Error: <line>`` with exit code 2 whether or not it is wrapped in :func:
 
 from __future__ import annotations
 
-import functools
 import json
 import os
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 
+from common import hub
 from common.cli import UserError
 
 TOY_MODELS_DIR = Path(__file__).resolve().parent / "toy" / "models"
@@ -174,73 +173,13 @@ def _check_folder(spec: ModelSpec) -> Path:
     raise ModelLoadError(_missing_toy_message(spec))
 
 
-def _env_offline() -> bool:
-    from huggingface_hub import constants
-
-    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-
-
-@functools.lru_cache(maxsize=1)
-def _hub_unreachable() -> bool:
-    """True when the Hub endpoint cannot be reached (checked once, 3 s at most): loads then use the local cache
-    only (``local_files_only=True``) instead of waiting for the Hub client's retries to time out."""
-    from urllib.parse import urlparse
-
-    from huggingface_hub import constants
-
-    url = urlparse(constants.ENDPOINT)
-    try:
-        socket.create_connection((url.hostname, url.port or 443), timeout=3).close()
-        return False
-    except OSError:
-        return True
-
-
-def _is_network_error(err: BaseException | None) -> bool:
-    """Whether ``err`` or anything in its cause/context chain is a connection or offline-cache error."""
-    seen = set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        names = {cls.__name__ for cls in type(err).__mro__}
-        if isinstance(err, (ConnectionError, TimeoutError, socket.gaierror)) or names & {
-                "ConnectError", "ConnectTimeout", "ConnectionError", "OfflineModeIsEnabled", "LocalEntryNotFoundError",
-                "URLError"}:
-            return True
-        err = err.__cause__ or err.__context__
-    return False
-
-
 def _offline_error(spec: ModelSpec, err: BaseException, offline: bool) -> ModelLoadError:
     """One line: which model failed, why (offline or other), and what to use instead."""
-    if offline or _is_network_error(err):
+    if offline or hub.is_network_error(err):
         why = "no network access to the Hugging Face Hub (and not in the local cache)"
     else:
         why = " ".join(str(err).split())[:200] or type(err).__name__
     return ModelLoadError(f"could not load {spec.name!r} ({spec.source}): {why}; {_OFFLINE_ALTERNATIVE[spec.kind]}")
-
-
-def _dtype_kw(dtype: torch.dtype, library: str = "diffusers") -> dict[str, torch.dtype]:
-    """``dtype=`` for newer diffusers/transformers (where ``torch_dtype`` is deprecated), else ``torch_dtype=``."""
-    if library == "diffusers":
-        from diffusers.utils import deprecation_utils
-
-        new = hasattr(deprecation_utils, "_resolve_dtype")
-    else:
-        from importlib import metadata
-
-        new = tuple(int(p) for p in metadata.version(library).split(".")[:2]) >= (4, 56)
-    return {"dtype" if new else "torch_dtype": dtype}
-
-
-def _hub_errors() -> tuple[type[BaseException], ...]:
-    errors: list[type[BaseException]] = [OSError, RuntimeError, ValueError]
-    try:
-        from huggingface_hub import errors as hub_errors
-
-        errors.append(hub_errors.HfHubHTTPError)
-    except ImportError:  # pragma: no cover - huggingface_hub always ships with diffusers
-        pass
-    return tuple(errors)
 
 
 def _from_source(spec: ModelSpec, load: Any, *args: Any, **kwargs: Any) -> Any:
@@ -249,7 +188,7 @@ def _from_source(spec: ModelSpec, load: Any, *args: Any, **kwargs: Any) -> Any:
         return load(*args, **kwargs)
     except ModelLoadError:
         raise
-    except _hub_errors() as err:
+    except hub.hub_errors() as err:
         if spec.is_real:
             raise _offline_error(spec, err, offline=False) from err
         raise ModelLoadError(f"could not load {spec.name!r} from {spec.source}: "
@@ -262,14 +201,14 @@ def _from_hub(spec: ModelSpec, load: Any, *args: Any, **kwargs: Any) -> Any:
     models (toy or folder) go straight to :func:`_from_source`."""
     if not spec.is_real:
         return _from_source(spec, load, *args, **kwargs)
-    offline = _env_offline() or _hub_unreachable()
+    offline = hub.env_offline() or hub.hub_unreachable()
     if offline:
         kwargs["local_files_only"] = True
     try:
         return load(*args, **kwargs)
     except ModelLoadError:
         raise
-    except _hub_errors() as err:
+    except hub.hub_errors() as err:
         raise _offline_error(spec, err, offline) from err
 
 
@@ -285,7 +224,7 @@ def load_sd(name: str | os.PathLike = "toy-sd", device: torch.device | str = "cp
 
     spec = resolve(name, "sd")
     source = spec.hub_id if spec.is_real else str(_check_folder(spec))
-    pipe = _from_hub(spec, StableDiffusionPipeline.from_pretrained, source, **_dtype_kw(dtype),
+    pipe = _from_hub(spec, StableDiffusionPipeline.from_pretrained, source, **hub.dtype_kw(dtype),
                         use_safetensors=True)
     return pipe.to(device)
 
@@ -394,11 +333,11 @@ def load_ddpm(name: str | os.PathLike = "toy-faces", device: torch.device | str 
 
     spec = resolve(name, "ddpm")
     if spec.is_real:
-        unet = _from_hub(spec, UNet2DModel.from_pretrained, spec.hub_id, **_dtype_kw(dtype), use_safetensors=True)
+        unet = _from_hub(spec, UNet2DModel.from_pretrained, spec.hub_id, **hub.dtype_kw(dtype), use_safetensors=True)
         config = _from_hub(spec, DDPMScheduler.load_config, spec.hub_id)
     else:
         unet_dir, sched_file = _ddpm_layout(_check_folder(spec))
-        unet = _from_source(spec, UNet2DModel.from_pretrained, str(unet_dir), **_dtype_kw(dtype),
+        unet = _from_source(spec, UNet2DModel.from_pretrained, str(unet_dir), **hub.dtype_kw(dtype),
                             use_safetensors=True)
         config = _read_json(sched_file)
     return unet.to(device).eval(), dict(config)
@@ -435,7 +374,7 @@ def load_pixel(name: str | os.PathLike = "toy-pixel", device: torch.device | str
     spec = resolve(name, "pixel")
     source = spec.hub_id if spec.is_real else str(_check_folder(spec))
     variant = _fp16_variant(spec, dtype)
-    unet = _from_hub(spec, UNet2DConditionModel.from_pretrained, source, subfolder="unet", **_dtype_kw(dtype),
+    unet = _from_hub(spec, UNet2DConditionModel.from_pretrained, source, subfolder="unet", **hub.dtype_kw(dtype),
                         use_safetensors=True, **variant)
     scheduler = _load_scheduler(spec, source)
     if spec.text_from is not None:
@@ -468,7 +407,7 @@ def _load_text(spec: ModelSpec, source: str, dtype: torch.dtype,
         classes.append(cls)
     tokenizer = _from_hub(spec, classes[0].from_pretrained, source, subfolder="tokenizer")
     text_encoder = _from_hub(spec, classes[1].from_pretrained, source, subfolder="text_encoder",
-                                **_dtype_kw(dtype, "transformers"), use_safetensors=True, **variant)
+                                **hub.dtype_kw(dtype, "transformers"), use_safetensors=True, **variant)
     return tokenizer, text_encoder
 
 
@@ -484,5 +423,5 @@ def load_pixel_upscaler(name: str = "deepfloyd-if", device: torch.device | str =
     if spec.stage2_hub_id is None:
         raise ModelLoadError(f"model {spec.name!r} has no super-resolution stage")
     pipe = _from_hub(spec, IFSuperResolutionPipeline.from_pretrained, spec.stage2_hub_id, text_encoder=None,
-                        **_dtype_kw(dtype), use_safetensors=True, **_fp16_variant(spec, dtype))
+                        **hub.dtype_kw(dtype), use_safetensors=True, **_fp16_variant(spec, dtype))
     return pipe.to(device)

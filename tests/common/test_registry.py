@@ -9,7 +9,7 @@ import open_clip
 import pytest
 import torch
 
-from common import registry
+from common import hub, registry
 from common.registry import ModelLoadError, load_clip, load_ddpm, load_sd, resolve, save_clip_folder
 
 TINY_CLIP_CFG = {
@@ -184,7 +184,7 @@ def test_real_models_fail_offline_with_one_line(monkeypatch, tmp_path, how):
     else:  # no env var, but the Hub cannot be reached: the cache is used and nothing waits for retries
         monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
         monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
-        monkeypatch.setattr(registry, "_hub_unreachable", lambda: True)
+        monkeypatch.setattr(hub, "hub_unreachable", lambda: True)
 
     def no_download(*args, **kwargs):
         assert kwargs.get("local_files_only") is True
@@ -224,7 +224,7 @@ def test_clip_vit_b_32_uses_quick_gelu_safetensors_and_openai_preprocessing(monk
             open_clip.factory._MODEL_CONFIGS.pop("test-tiny-clip")
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
-    monkeypatch.setattr(registry, "_hub_unreachable", lambda: False)
+    monkeypatch.setattr(hub, "hub_unreachable", lambda: False)
     monkeypatch.setattr(open_clip, "create_model_and_transforms", create)
     bundle = load_clip("clip-vit-b-32")
     assert asked == {"repo_id": "timm/vit_base_patch32_clip_224.openai", "filename": "open_clip_model.safetensors",
