@@ -58,7 +58,10 @@ def test_train_dispatches_lazily(monkeypatch, tmp_path, model):
     args = ["train", model, "--device", "cpu", "--out", str(tmp_path / model), "--steps", "7", "--seed", "3"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0 and not result.exception, result.output
-    assert calls == [{"out": tmp_path / model, "device": "cpu", "steps": 7, "seed": 3}]
+    expected = {"out": tmp_path / model, "device": "cpu", "steps": 7, "seed": 3}
+    if model == "sd":  # toy-sd also takes its stage and the toy-clip folder
+        expected.update(stage="all", clip=None)
+    assert calls == [expected]
 
 
 def test_train_reports_a_missing_trainer(monkeypatch):
