@@ -12,15 +12,16 @@ Builds the ``google/ddpm-celebahq-256`` ``UNet2DModel`` architecture from its kn
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
+import click
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common.cli import user_errors  # noqa: E402
 from common.gpu import CudaTimer, get_device, make_generators, peak_memory_mb, reset_peak_memory  # noqa: E402
 from common.toy.train_faces import UNET_CONFIG, build_tiny_unet  # noqa: E402
 from ddpm_ddim.sampling import sample_batch  # noqa: E402
@@ -78,40 +79,50 @@ def time_row(unet, sampler, steps, batched, num_images, device) -> tuple[float, 
     return timer.ms / 1000, peak_memory_mb(device)
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", choices=["celebahq", "toy-faces", "tiny"], default="celebahq")
-    parser.add_argument("--quick", action="store_true", help="20 DDPM/DPS steps; times extrapolated to 1000")
-    parser.add_argument("--samplers", default="DDPM,DDIM,DPS")
-    parser.add_argument("--precisions", default="fp32,fp16")
-    parser.add_argument("--modes", default="batched,single")
-    parser.add_argument("--num_images", type=int, default=10)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--json", default=None)
-    args = parser.parse_args(argv)
-    device = get_device(args.device)
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--arch", type=click.Choice(["celebahq", "toy-faces", "tiny"]), default="celebahq", show_default=True,
+              help="UNet architecture (random weights).")
+@click.option("--quick", is_flag=True, help="20 DDPM/DPS steps; times extrapolated to 1000.")
+@click.option("--samplers", default="DDPM,DDIM,DPS", show_default=True, help="Comma-separated samplers.")
+@click.option("--precisions", default="fp32,fp16", show_default=True, help="Comma-separated: fp32, fp16, bf16.")
+@click.option("--modes", default="batched,single", show_default=True, help="Comma-separated: batched, single.")
+@click.option("--num_images", type=click.IntRange(min=1), default=10, show_default=True, help="Images per row.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, ...")
+@click.option("--json", "json_path", default=None, help="Also write the rows to this JSON file.")
+@user_errors
+def main(arch: str, quick: bool, samplers: str, precisions: str, modes: str, num_images: int, device: str,
+         json_path: str | None) -> list[dict]:
+    """GPU benchmark of DDPM / DDIM sampling and DPS at google/ddpm-celebahq-256 size: time for 10 images.
+
+    \b
+    Examples:
+      python benchmarks/bench_ddpm_dps.py --quick        # 20 DDPM/DPS steps, times extrapolated to 1000: ~1-2 min
+      python benchmarks/bench_ddpm_dps.py --samplers DDIM  # full step counts (all samplers: ~25 min, split the run)
+      python benchmarks/bench_ddpm_dps.py --arch toy-faces --quick    # the embedded toy model's architecture
+    """
+    device = get_device(device)
     torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32
     rows = []
     unet_params = None
-    for precision in args.precisions.split(","):
+    for precision in precisions.split(","):
         dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
         if device.type == "cpu" and dtype != torch.float32:
             continue
-        unet = build(args.arch, device, dtype)
+        unet = build(arch, device, dtype)
         unet_params = sum(p.numel() for p in unet.parameters())
-        for sampler in args.samplers.split(","):
+        for sampler in samplers.split(","):
             full = FULL_STEPS[sampler]
-            steps = min(full, 20) if args.quick and sampler != "DDIM" else full
-            for mode in args.modes.split(","):
-                seconds, mem = time_row(unet, sampler, steps, mode == "batched", args.num_images, device)
+            steps = min(full, 20) if quick and sampler != "DDIM" else full
+            for mode in modes.split(","):
+                seconds, mem = time_row(unet, sampler, steps, mode == "batched", num_images, device)
                 rows.append({"sampler": sampler, "steps_run": steps, "full_steps": full, "precision": precision,
                              "mode": mode, "seconds": seconds, "seconds_full": seconds * full / steps,
-                             "per_image_full": seconds * full / steps / args.num_images, "peak_mib": mem})
-                print_row(rows[-1], header=len(rows) == 1, device=device, arch=args.arch, params=unet_params,
-                          num_images=args.num_images)
+                             "per_image_full": seconds * full / steps / num_images, "peak_mib": mem})
+                print_row(rows[-1], header=len(rows) == 1, device=device, arch=arch, params=unet_params,
+                          num_images=num_images)
         del unet
-    if args.json:
-        Path(args.json).write_text(json.dumps({"device": str(device), "arch": args.arch, "rows": rows}, indent=2))
+    if json_path:
+        Path(json_path).write_text(json.dumps({"device": str(device), "arch": arch, "rows": rows}, indent=2))
     return rows
 
 

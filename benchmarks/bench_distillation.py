@@ -12,15 +12,16 @@ one refresh interval, and prints a table.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
+import click
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common.cli import user_errors  # noqa: E402
 from common.gpu import CudaTimer, peak_memory_mb, reset_peak_memory  # noqa: E402
 from common.schedules import make_alphas_cumprod  # noqa: E402
 from distillation.guidance import METHODS, Guidance  # noqa: E402
@@ -88,30 +89,40 @@ def bench_one(guidance: Guidance, method: str, batch: int, steps: int, warmup: i
     return timer.ms / steps, peak_memory_mb(device)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", default=",".join(METHODS))
-    parser.add_argument("--batches", default="1,10")
-    parser.add_argument("--precisions", default="fp32,fp16")
-    parser.add_argument("--steps", type=int, default=25, help="timed steps (25 = one SDI refresh interval)")
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--pixel", action="store_true", help="also time SDS on 512 px pixels through the VAE")
-    parser.add_argument("--device", default="cuda")
-    parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
-    parser.add_argument("--tiny", action="store_true", help="smoke test: shrink the models (timings meaningless)")
-    args = parser.parse_args()
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--methods", default=",".join(METHODS), show_default=True, help="Comma-separated methods.")
+@click.option("--batches", default="1,10", show_default=True, help="Comma-separated batch sizes.")
+@click.option("--precisions", default="fp32,fp16", show_default=True, help="Comma-separated: fp32, fp16.")
+@click.option("--steps", type=click.IntRange(min=1), default=25, show_default=True,
+              help="Timed steps (25 = one SDI refresh interval).")
+@click.option("--warmup", type=click.IntRange(min=0), default=2, show_default=True, help="Untimed warm-up steps.")
+@click.option("--pixel", "show_pixel", is_flag=True, help="Also time SDS on 512 px pixels through the VAE.")
+@click.option("--device", default="cuda", show_default=True, help="torch device.")
+@click.option("--json", "json_path", default=None, help="Also write the rows to this JSON file.")
+@click.option("--tiny", is_flag=True, help="Smoke test: shrink the models (timings meaningless).")
+@user_errors
+def main(methods: str, batches: str, precisions: str, steps: int, warmup: int, show_pixel: bool, device: str,
+         json_path: str | None, tiny: bool) -> None:
+    """GPU benchmark of the distillation losses at SD 2.1 base size: ms/step and peak memory.
+
+    \b
+    Examples:
+      python benchmarks/bench_distillation.py                 # all rows, ~3-5 min on one H100
+      python benchmarks/bench_distillation.py --methods sds,vsd --batches 1 --json bench.json
+      python benchmarks/bench_distillation.py --tiny --device cpu --methods sds --batches 1 --steps 1
+    """
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
-    device = torch.device(args.device)
-    methods = [m for m in args.methods.split(",") if m]
+    device = torch.device(device)
+    methods = [m for m in methods.split(",") if m]
     methods = [m for m in methods if m != "vsd"] + (["vsd"] if "vsd" in methods else [])  # LoRA stays on: last
     alphas_cumprod = make_alphas_cumprod("scaled_linear", 1000, 0.00085, 0.012)
     rows = []
-    for precision in args.precisions.split(","):
+    for precision in precisions.split(","):
         dtype = {"fp32": torch.float32, "fp16": torch.float16}[precision]
         torch.manual_seed(0)
         unet_cfg, vae_cfg = dict(SD21_BASE_UNET), dict(SD_VAE)
-        if args.tiny:
+        if tiny:
             unet_cfg.update(block_out_channels=(32, 32, 64, 64), attention_head_dim=(1, 1, 2, 2), layers_per_block=1)
             vae_cfg.update(block_out_channels=(32, 32, 32, 32), layers_per_block=1)
         unet = UNet2DConditionModel(**unet_cfg).to(device, dtype)
@@ -121,9 +132,9 @@ def main() -> None:
             guidance = Guidance(unet, vae, alphas_cumprod, w_schedule=w_sched)
             if method == "vsd":
                 guidance.init_vsd(4)
-            for batch in (int(b) for b in args.batches.split(",")):
-                for pixel in (False, True) if (args.pixel and method == "sds") else (False,):
-                    ms, mem = bench_one(guidance, method, batch, args.steps, args.warmup, pixel)
+            for batch in (int(b) for b in batches.split(",")):
+                for pixel in (False, True) if (show_pixel and method == "sds") else (False,):
+                    ms, mem = bench_one(guidance, method, batch, steps, warmup, pixel)
                     rows.append({"method": method + ("-pixel" if pixel else ""), "batch": batch,
                                  "precision": precision, "ms_per_step": ms, "ms_per_prompt": ms / batch,
                                  "peak_mib": mem})
@@ -138,8 +149,8 @@ def main() -> None:
     for r in rows:
         print(f"| {r['method']} | {r['batch']} | {r['precision']} | {r['ms_per_step']:.1f} | "
               f"{r['ms_per_prompt']:.1f} | {r['peak_mib']:.0f} |")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"device": name, "rows": rows}, indent=2))
+    if json_path:
+        Path(json_path).write_text(json.dumps({"device": name, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

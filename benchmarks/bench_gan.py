@@ -9,14 +9,15 @@ after ``--warmup`` steps, so lazy regularisation (R1 every 16, path length every
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
+import click
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common.cli import user_errors  # noqa: E402
 from common.gpu import CudaTimer, peak_memory_mb, reset_peak_memory  # noqa: E402
 from gan.ops import _plugin, set_default_impl  # noqa: E402
 from gan.training import TrainConfig, Trainer  # noqa: E402
@@ -35,24 +36,31 @@ def time_config(resolution: int, batch: int, impl: str, precision: str, device: 
     return timer.ms / steps, peak_memory_mb(trainer.device)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda")
-    parser.add_argument("--warmup", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=32)
-    parser.add_argument("--resolutions", default="64,256")
-    args = parser.parse_args()
-    if args.device.startswith("cuda"):
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--device", default="cuda", show_default=True, help="torch device.")
+@click.option("--warmup", type=click.IntRange(min=0), default=16, show_default=True, help="Untimed warm-up steps.")
+@click.option("--steps", type=click.IntRange(min=1), default=32, show_default=True, help="Timed steps.")
+@click.option("--resolutions", default="64,256", show_default=True, help="Comma-separated resolutions.")
+@user_errors
+def main(device: str, warmup: int, steps: int, resolutions: str) -> None:
+    """GPU benchmark: ms per StyleGAN2 training step (Gmain + lazy Greg + Dmain + lazy R1, DiffAugment on).
+
+    \b
+    Examples:
+      python benchmarks/bench_gan.py --device cuda
+      python benchmarks/bench_gan.py --device cuda --resolutions 64 --warmup 4 --steps 8
+    """
+    if device.startswith("cuda"):
         torch.backends.cudnn.benchmark = True
         cuda_ok = all(_plugin.get_plugin(name) is not None for name in ("bias_act", "upfirdn2d"))
         print(f"device {torch.cuda.get_device_name()}, torch {torch.__version__}, custom ops built: {cuda_ok}")
-    impls = ("cuda", "ref") if args.device.startswith("cuda") else ("ref",)
+    impls = ("cuda", "ref") if device.startswith("cuda") else ("ref",)
     print(f"{'res':>4} {'batch':>5} {'ops':>5} {'precision':>9} {'ms/step':>9} {'peak MiB':>9}")
-    for res in (int(r) for r in args.resolutions.split(",")):
+    for res in (int(r) for r in resolutions.split(",")):
         batch = 16 if res <= 64 else 8
         for impl in impls:
             for precision in ("fp32", "bf16"):
-                ms, mem = time_config(res, batch, impl, precision, args.device, args.warmup, args.steps)
+                ms, mem = time_config(res, batch, impl, precision, device, warmup, steps)
                 print(f"{res:>4} {batch:>5} {impl:>5} {precision:>9} {ms:>9.1f} {mem:>9.0f}", flush=True)
 
 

@@ -13,15 +13,16 @@ and diffusers' default ``view_batch_size=1``); then the decode of the final late
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import click
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common.cli import user_errors  # noqa: E402
 from common.gpu import CudaTimer, peak_memory_mb, reset_peak_memory  # noqa: E402
 from synchronization.core import initial_noise, sample, schedule_from_config  # noqa: E402
 from synchronization.denoisers import TextDenoiser  # noqa: E402
@@ -56,17 +57,24 @@ def run_panorama(unet, mapping: WindowMapping, steps: int, max_batch: int | None
     return timer.ms / 1e3, eps_fn.calls, peak_memory_mb(device), z
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="5 DDIM steps instead of 50")
-    parser.add_argument("--steps", type=int, default=50)
-    args = parser.parse_args()
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--quick", is_flag=True, help="5 DDIM steps instead of 50.")
+@click.option("--steps", type=click.IntRange(min=1), default=50, show_default=True, help="DDIM steps.")
+@user_errors
+def main(quick: bool, steps: int) -> None:
+    """GPU benchmark of wide-image synchronization at SD 2 base size: views batched vs one at a time.
+
+    \b
+    Examples:
+      python benchmarks/bench_sync.py            # ~1-2 min on one H100
+      python benchmarks/bench_sync.py --quick    # 5 steps
+    """
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type != "cuda":
         print("warning: no CUDA device; this benchmark is meant for a GPU (numbers below are CPU)")
-    steps = 5 if args.quick else args.steps
+    steps = 5 if quick else steps
     torch.manual_seed(0)
     unet = UNet2DConditionModel(**SD2_BASE_UNET).to(device, torch.float16).eval()
     vae = AutoencoderKL(**SD_VAE).to(device, torch.float16).eval()
