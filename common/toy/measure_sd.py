@@ -7,7 +7,7 @@
 Optionally writes a captioned sample grid (the image committed under ``docs/``).
 
 \b
-    python -m common.toy.measure_sd --device cuda --grid docs/toy_sd_samples.png
+    python -m common.toy.measure_sd --device cuda --grid docs/toy_sd_samples_captioned.png
 """
 
 from __future__ import annotations
@@ -155,7 +155,7 @@ def main(model, clip, device, psnr_images, captions, steps, guidance_scale, grid
     \b
     Examples:
       python -m common.toy.measure_sd --device cuda
-      python -m common.toy.measure_sd --device cpu --captions 40 --grid docs/toy_sd_samples.png
+      python -m common.toy.measure_sd --device cpu --captions 40 --grid docs/toy_sd_samples_captioned.png
     """
     measure(model, clip, device, psnr_images, captions, steps, guidance_scale, grid)
 
