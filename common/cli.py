@@ -36,8 +36,8 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except click.ClickException:
             raise
         except FileNotFoundError as err:
-            name = err.filename if err.filename else err
-            raise UserError(f"file not found: {name}") from err
+            message = f"file not found: {err.filename}" if err.filename else str(err) or "file not found"
+            raise UserError(message) from err
         except (ValueError, OSError) as err:
             raise UserError(str(err) or type(err).__name__) from err
 
