@@ -39,9 +39,11 @@ def main() -> None:
               help="toy-sd only: train the VAE, the UNet (needs OUT/vae and toy-clip), or both.")
 @click.option("--clip", "clip_folder", type=click.Path(file_okay=False), default=None,
               help="toy-sd only: toy-clip folder for the frozen text encoder [default: the shipped toy-clip].")
+@click.option("--init_from", type=click.Path(file_okay=False, exists=True), default=None,
+              help="toy-faces only: continue training from this toy-faces folder.")
 @user_errors
 def train(model: str, device: str, out: str | None, steps: int | None, seed: int, stage: str,
-          clip_folder: str | None) -> None:
+          clip_folder: str | None, init_from: str | None) -> None:
     """Retrain a toy model from scratch (seeded), with a progress bar and a final metrics table.
 
     \b
@@ -50,6 +52,7 @@ def train(model: str, device: str, out: str | None, steps: int | None, seed: int
       python -m common.toy train sd --stage vae --device cuda --out common/toy/models/toy-sd
       python -m common.toy train sd --stage unet --device cuda --out common/toy/models/toy-sd
       python -m common.toy train clip --device cpu --steps 300 --out outputs/toy-clip-cpu
+      python -m common.toy train faces --device cuda --init_from common/toy/models/toy-faces --out outputs/faces2
     """
     try:
         module = importlib.import_module(f"common.toy.train_{model}")
@@ -62,6 +65,10 @@ def train(model: str, device: str, out: str | None, steps: int | None, seed: int
         extra = {"stage": stage, "clip": clip_folder}
     elif stage != "all" or clip_folder is not None:
         raise UserError("--stage and --clip apply to `train sd` only")
+    if model == "faces":
+        extra = {"init_from": init_from}
+    elif init_from is not None:
+        raise UserError("--init_from applies to `train faces` only")
     module.train(out=Path(out or f"outputs/toy-{model}"), device=device, steps=steps, seed=seed, **extra)
 
 

@@ -7,7 +7,7 @@ Faces are rendered on the fly on the training device (no dataset on disk). bf16 
 cosine learning rate; the EMA weights are shipped (fp16).
 
 The run is time-boxed: after a short warm-up it measures its speed and trains ``min(steps, budget)`` steps so the
-whole command (training + evaluation + saving) fits in ``time_budget_s`` (default 380 s, for one H100).
+whole command (training + evaluation + saving) fits in ``time_budget_s`` (default 500 s, for one H100).
 """
 
 from __future__ import annotations
@@ -68,6 +68,16 @@ def save_pipeline(unet: torch.nn.Module, out: str | Path, metrics: dict[str, Any
     return out
 
 
+def _load_unet(folder: str | Path) -> torch.nn.Module:
+    """The fp32 UNet of a toy-faces folder (``folder/unet``), for continued training."""
+    from diffusers import UNet2DModel
+
+    unet_dir = Path(folder) / "unet"
+    if not (unet_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{folder} is not a toy-faces folder (no unet/config.json)")
+    return UNet2DModel.from_pretrained(unet_dir, torch_dtype=torch.float32, use_safetensors=True)
+
+
 def _lr_at(step: int, total: int, peak: float, warmup: int) -> float:
     if step < warmup:
         return peak * (step + 1) / warmup
@@ -80,10 +90,11 @@ def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> N
     torch._foreach_lerp_(list(ema.parameters()), [p.detach() for p in model.parameters()], 1 - decay)
 
 
-def _face_batches(batch_size: int, device: torch.device, chunk: int = 32):
-    """Endless training batches [B, 3, 64, 64]. Faces are rendered ``chunk`` batches at a time (one host-to-device
-    copy of parameters per chunk), so the CPU does not wait for the GPU at every step. Chunk k uses seed train + k."""
-    k = 0
+def _face_batches(batch_size: int, device: torch.device, faces_per_chunk: int = 4096):
+    """Endless training batches [B, 3, 64, 64]. Faces are rendered about ``faces_per_chunk`` at a time (one
+    host-to-device copy of parameters per chunk), so the CPU does not wait for the GPU at every step.
+    Chunk k uses seed train + k."""
+    chunk, k = max(1, faces_per_chunk // batch_size), 0
     while True:
         faces = render_faces(chunk * batch_size, split_seed("train", k % 1_000_000), 64, device)
         yield from faces.split(batch_size)
@@ -113,7 +124,9 @@ def _train_loop(unet, ema, device, total_steps, batch_size, lr, ema_decay, budge
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
         opt.step()
         _ema_update(ema, unet, min(ema_decay, (1 + step) / (10 + step)))
-        losses.append(loss.detach())
+        # clone: in torch 2.11-2.14 mse_loss's scalar shares the storage of its [B, 3, 64, 64] elementwise buffer,
+        # so keeping loss.detach() leaked one batch per step (an 80 GB GPU ran out after about 2,800 steps)
+        losses.append(loss.detach().clone())
         step += 1
         bar.update(1)
         if step == 20:
@@ -124,19 +137,23 @@ def _train_loop(unet, ema, device, total_steps, batch_size, lr, ema_decay, budge
             total_steps = max(step + 1, min(total_steps, step + int((budget_s - (now - t0)) / per_step)))
             bar.total = total_steps
         if step % 100 == 0:
-            bar.set_postfix(loss=f"{torch.stack(losses[-100:]).mean().item():.4f}")
+            mem = torch.cuda.memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
+            bar.set_postfix(loss=f"{torch.stack(losses[-100:]).mean().item():.4f}", gpu_gib=f"{mem:.1f}")
     bar.close()
     tail = torch.stack(losses[-max(1, len(losses) // 10):]).mean().item()
     return step, tail, time.perf_counter() - t0
 
 
 def train(out: str | Path = "common/toy/models/toy-faces", device: str | torch.device = "auto",
-          steps: int | None = None, seed: int = 0, batch_size: int = 128, lr: float = 1e-3, ema_decay: float = 0.999,
-          time_budget_s: float | None = 380.0, eval_samples: int = 512, **unet_overrides: Any) -> dict[str, Any]:
+          steps: int | None = None, seed: int = 0, batch_size: int = 256, lr: float = 1e-3, ema_decay: float = 0.999,
+          time_budget_s: float | None = 500.0, eval_samples: int = 512, init_from: str | Path | None = None,
+          **unet_overrides: Any) -> dict[str, Any]:
     """Train toy-faces and save it to ``out``; prints a progress bar and a final metrics table; returns metrics.
 
     ``steps`` is an upper bound (default 20000); ``time_budget_s`` bounds the wall time of training (evaluation
     adds about 30 s on a GPU). ``eval_samples`` = 0 skips the DDIM-50 Fréchet-distance evaluation.
+    ``init_from`` (a toy-faces folder) continues training from its weights instead of a fresh initialisation.
+    A step at batch 256 costs about as much as one at 128 on an H100 (launch-bound), hence the large batch.
     """
     device = get_device(str(device))
     seed_everything(seed)
@@ -144,13 +161,16 @@ def train(out: str | Path = "common/toy/models/toy-faces", device: str | torch.d
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    unet = build_unet(**unet_overrides).to(device).train()
+    unet = build_unet(**unet_overrides)
+    if init_from is not None:
+        unet = _load_unet(init_from)
+    unet = unet.to(device).train()
     ema = copy.deepcopy(unet).eval().requires_grad_(False)
     alphas_cumprod = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000), 0).to(device)  # alpha_bar_t
     train_budget = None if time_budget_s is None else max(10.0, time_budget_s - 40.0)
     done, loss, seconds = _train_loop(unet, ema, device, steps or 20000, batch_size, lr, ema_decay, train_budget,
                                       alphas_cumprod, gen)
-    metrics: dict[str, Any] = {"steps": done, "batch_size": batch_size, "lr": lr, "ema_decay": ema_decay,
+    metrics: dict[str, Any] = {"steps": done, "init_from": None if init_from is None else str(init_from), "batch_size": batch_size, "lr": lr, "ema_decay": ema_decay,
                                "final_loss": round(loss, 5),
                                "train_seconds": round(seconds, 1), "device": str(device),
                                "parameters": sum(p.numel() for p in ema.parameters()), "seed": seed}
