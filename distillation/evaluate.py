@@ -23,7 +23,7 @@ from distillation.presets import PRESETS, resolve_settings
 from distillation.runner import EDIT_METHODS, Item, RunConfig, run
 
 PROMPTS_FILE = Path(__file__).with_name("eval_prompts.json")
-PER_METHOD_KEYS = ("guidance_scale", "lr", "t_schedule", "w_schedule")
+PER_METHOD_KEYS = ("guidance_scale", "lr", "t_schedule", "w_schedule", "lora_lr")
 
 
 def handout_items(loss_type: str, data_dir: str | None) -> list[Item]:

@@ -104,7 +104,8 @@ def settings_from_context(ctx: click.Context, params: dict, loss_type: str, pres
               help="Optimise SD latents or RGB pixels (encoded through the VAE every step).")
 @click.option("--grad_clip", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="Clip each prompt's gradient norm (0: off; nycu-lab3 uses 1).")
-@click.option("--lora_lr", type=click.FloatRange(min=0), default=1e-4, show_default=True, help="VSD LoRA LR.")
+@click.option("--lora_lr", type=click.FloatRange(min=0), default=None,
+              help="VSD LoRA learning rate [default: 1e-3 on toy models, 1e-4 (the handouts') on real SD].")
 @click.option("--lora_rank", type=click.IntRange(min=1), default=4, show_default=True, help="VSD LoRA rank.")
 @click.option("--lora_loss_weight", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help="Weight of the VSD LoRA loss.")

@@ -62,7 +62,7 @@ def parse_overrides(pairs: tuple[str, ...]) -> dict:
 @click.option("--timing/--no-timing", default=True, show_default=True,
               help="Also time the default single-prompt command on the CPU (the 60 s bar).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override a run setting for every method, e.g. --set lora_lr=1e-3 --set lr=0.05.")
+              help="Override a run setting for every method, e.g. --set lora_lr=1e-4 --set lr=0.05.")
 @user_errors
 def main(n: int, steps: int, methods: str, model: str, device: str, out: str | None, seed: int,
          timing: bool, overrides: tuple[str, ...]) -> None:
@@ -72,7 +72,7 @@ def main(n: int, steps: int, methods: str, model: str, device: str, out: str | N
     Examples:
       python -m distillation.measure_toy
       python -m distillation.measure_toy --methods sds,pds --n 10 --steps 200
-      python -m distillation.measure_toy --methods vsd --set lora_lr=1e-3 --device cuda
+      python -m distillation.measure_toy --methods vsd --set lora_lr=1e-4 --device cuda   # the handouts' LoRA LR
     """
     extra = parse_overrides(overrides)
     root = Path(out or tempfile.mkdtemp(prefix="measure-toy-"))

@@ -1,7 +1,7 @@
 """Assignment presets and per-method defaults for ``python -m distillation.main``.
 
 Precedence of a setting: explicit command-line flag > preset (its per-method entry, then its common entry) >
-per-method / per-representation default below > the option's own default.
+per-method / per-representation / toy-model default below > the option's own default.
 """
 
 from __future__ import annotations
@@ -21,6 +21,12 @@ REPRESENTATION_DEFAULTS: dict[str, dict[str, Any]] = {
     "latent": {"lr": 0.1},  # KAIST main.py: AdamW lr 0.1 on SD latents
     "pixel": {"lr": 0.02},
 }
+
+# Defaults for the embedded toy models (``--model toy-*``), where they differ from the handouts' values for SD.
+# The toy UNet is ~500x smaller than SD's: its LoRA must track the rendered image faster, and at the handouts'
+# 1e-4 VSD reached 76.7% fully correct on the toy bar versus 83.3% at 1e-3 (H100, 30 captions, 500 steps).
+TOY_MODEL_DEFAULTS: dict[str, Any] = {"lora_lr": 1e-3}
+REAL_MODEL_DEFAULTS: dict[str, Any] = {"lora_lr": 1e-4}  # KAIST A4 / NYCU Lab 3
 
 PRESETS: dict[str, dict[str, Any]] = {
     # KAIST CS492D Fall 2024, Assignment 4: SD 2.1 base, AdamW lr 0.1 (hard-coded in its main.py), cosine
@@ -66,4 +72,6 @@ def resolve_settings(loss_type: str, representation: str, preset: str | None, ex
         settings.update(spec["common"])
         settings.update(spec.get(loss_type, {}))
     settings.update(explicit)
+    model_defaults = TOY_MODEL_DEFAULTS if str(settings.get("model", "")).startswith("toy-") else REAL_MODEL_DEFAULTS
+    settings.update({k: v for k, v in model_defaults.items() if settings.get(k) is None})
     return settings

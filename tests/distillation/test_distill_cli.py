@@ -120,3 +120,16 @@ def test_schedules_plot_cli(tmp_path):
     res = CliRunner().invoke(schedules_main, ["--plot", str(tmp_path / "s.png"), "--steps", "50"])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "s.png").stat().st_size > 1000
+
+
+def test_lora_lr_default_depends_on_model_and_yields_to_presets_and_flags():
+    from distillation.presets import resolve_settings
+
+    def lora_lr(model, preset=None, explicit=None):
+        defaults = {"model": model, "lora_lr": None}
+        return resolve_settings("vsd", "latent", preset, explicit or {}, defaults)["lora_lr"]
+
+    assert lora_lr("toy-sd") == 1e-3
+    assert lora_lr("sd-2.1-base") == 1e-4
+    assert lora_lr("toy-sd", preset="nycu-lab3") == 1e-4  # the preset's handout value (and its SD model)
+    assert lora_lr("toy-sd", explicit={"lora_lr": 5e-4}) == 5e-4
