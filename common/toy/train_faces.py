@@ -170,7 +170,8 @@ def train(out: str | Path = "common/toy/models/toy-faces", device: str | torch.d
     train_budget = None if time_budget_s is None else max(10.0, time_budget_s - 40.0)
     done, loss, seconds = _train_loop(unet, ema, device, steps or 20000, batch_size, lr, ema_decay, train_budget,
                                       alphas_cumprod, gen)
-    metrics: dict[str, Any] = {"steps": done, "init_from": None if init_from is None else str(init_from), "batch_size": batch_size, "lr": lr, "ema_decay": ema_decay,
+    metrics: dict[str, Any] = {"steps": done, "init_from": None if init_from is None else str(init_from),
+                               "batch_size": batch_size, "lr": lr, "ema_decay": ema_decay,
                                "final_loss": round(loss, 5),
                                "train_seconds": round(seconds, 1), "device": str(device),
                                "parameters": sum(p.numel() for p in ema.parameters()), "seed": seed}
