@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import click
 import torch
+from tqdm.auto import tqdm
 
 from common.cli import user_errors
 from common.gpu import CudaTimer, get_device, make_generators, seed_everything
@@ -41,18 +42,21 @@ def measure_dps(model: str, num_images: int, steps: int, batch_size: int, device
     size = model_shape(unet)[1]
     truth = heldout_faces(num_images, size, device)
     results = {}
+    runs = len(tasks) + ("inpainting" in tasks)  # DPS per task, plus the plain DDIM run of the paste baseline
+    bar = tqdm(total=runs * steps * -(-num_images // batch_size), desc="dps measure", unit="step")
     for task in tasks:
         op = build_operator(task, num_images, size, seed).to(device)
         y = add_measurement_noise(op.forward(truth), 0.05, torch.Generator().manual_seed(seed))
         with CudaTimer(device) as timer:
-            recon = _reconstruct(unet, config, y, op, steps, scales[task], seed, batch_size, None)
+            recon = _reconstruct(unet, config, y, op, steps, scales[task], seed, batch_size, bar)
         row = {"dps": psnr(recon, truth).mean().item(), "naive": psnr(op.naive(y), truth).mean().item(),
                "scale": scales[task], "seconds": timer.ms / 1000}
         if task == "inpainting":
-            plain = _reconstruct(unet, config, y, op, steps, 0.0, seed, batch_size, None)
+            plain = _reconstruct(unet, config, y, op, steps, 0.0, seed, batch_size, bar)
             pasted = op.mask * y + (1 - op.mask) * plain  # DDIM sample with the observed pixels pasted in
             row["ddim_paste"] = psnr(pasted.clamp(-1, 1), truth).mean().item()
         results[task] = row
+    bar.close()
     return {"tasks": results, "num_images": num_images, "num_inference_steps": steps}
 
 
