@@ -2,11 +2,19 @@
 
 Wide (toy-sd): for each prompt and seed, a 64 x 384 panorama (41 windows of 16 latent px, stride 2, x0 sync);
 its 8 eval crops (the handout's eval_pos of the same-index handout prompt, scaled by 64/512) are judged by
-toy-clip (``common.toy.judge.fully_correct``): bar >= 80% of crops fully correct. Seams: the horizontal gradient
-energy on window-border columns relative to all columns, G(b) = mean |I[:, :, b] - I[:, :, b-1]|^2,
-seam = mean_b G(b) / mean_c G(c) (1 = no seams). Measured on the same prompts and seeds at stride 8 (borders
-every 32 px) for x0 sync and for unsynchronized windows (``sync none``, the windows averaged), plus independent
-non-overlapping tiles stitched side by side (borders every 64 px): bar = synchronized seam < both.
+toy-clip (``common.toy.judge.fully_correct``): bar >= 80% of crops fully correct.
+
+Seams (``seam_score``), on the decoded RGB panorama. The toy world's backgrounds are flat, so any horizontal
+gradient in the background is an artefact, while object edges (large, anywhere) would swamp a faint seam: only
+background pixel pairs count (both pixels within 0.25 of the median colour and 2 px from anything else).
+A(c) = mean |I[:, y, c] - I[:, y, c-1]| over the background rows y (channel mean), d(c) = distance to the nearest
+window border (pixel columns where a window starts or ends, on multiples of 32 px, at least 16 px from the
+panorama's edges). seam = mean A over d <= 4 (one latent px) / mean A over 4 < d <= 16 (the rest, halfway to the
+next border): 1 = the borders look like their surroundings, > 1 = a seam. ``control`` is the same score at the
+midpoints between borders (content alone). Runs, same prompts and seeds: x0 sync at the default stride 2 (the
+crop-bar image; borders every 8 px, scored on the ones every 32 px) and at stride 8; unsynchronized generation
+(SyncTweedies case 0: each window from its own noise, the final windows averaged) at stride 8; independent
+windows tiled side by side (borders every 64 px). Bar, per synchronized run: score < both unsynchronized.
 
 Ambiguous (toy-pixel): for each prompt pair and seed, S_ij = toy-clip cosine of view i's image with prompt j;
 a seed succeeds when S_00 > S_01 and S_11 > S_10: bar >= 70% of seeds per pair.
@@ -30,11 +38,40 @@ AMBIGUOUS_PAIRS = (  # (views, prompt of view 0, prompt of view 1)
 )
 
 
-def seam_score(image: torch.Tensor, borders: list[int]) -> float:
-    """mean G(b) over border columns / mean G(c) over all columns, G(c) = mean |I[..., c] - I[..., c-1]|^2."""
-    grad = (image[..., 1:] - image[..., :-1]).pow(2).mean(dim=(0, 1))  # [W-1]; grad[c-1] is G(c)
-    inner = [b for b in borders if 0 < b < image.shape[-1]]
-    return float(grad[[b - 1 for b in inner]].mean() / grad.mean().clamp_min(1e-12))
+SEAM_RUNS = (  # (name, sync, stride in latent px (None = the default, "window" = tiles), init)
+    ("x0 sync, stride 2 (default)", "x0", None, "canonical"),
+    ("x0 sync, stride 8", "x0", 8, "canonical"),
+    ("no sync, stride 8, windows averaged", "none", 8, "independent"),
+    ("no sync, tiles side by side", "none", "window", "independent"),
+)
+
+
+def background_pairs(image: torch.Tensor, tau: float = 0.25, grow: int = 2) -> torch.Tensor:
+    """[H, W-1] bool: both pixels of each horizontal pair are flat background (within ``tau`` of the median
+    colour in every channel) and at least ``grow`` px from any other pixel."""
+    bg = image.flatten(1).median(dim=1).values.view(-1, 1, 1)
+    fg = ((image - bg).abs().amax(0) > tau).float()[None, None]  # [1, 1, H, W]
+    fg = torch.nn.functional.max_pool2d(fg, 2 * grow + 1, stride=1, padding=grow)[0, 0] > 0
+    return ~fg[:, 1:] & ~fg[:, :-1]
+
+
+def seam_score(image: torch.Tensor, borders: list[int], halfwidth: int = 4, reach: int = 16) -> float:
+    """Background |horizontal gradient| within ``halfwidth`` px of the borders / the same at
+    ``halfwidth`` < d <= ``reach`` px (see the module docstring). image [C, H, W] in [-1, 1]; 1 = no seam."""
+    width = image.shape[-1]
+    inner = [b for b in borders if reach <= b <= width - reach]
+    if not inner:
+        raise ValueError(f"no window border at least {reach} px inside a {width}-px image")
+    grad = (image[..., 1:] - image[..., :-1]).abs().mean(0)  # [H, W-1]; grad[:, c-1] is between columns c-1, c
+    pairs = background_pairs(image).float()
+    cols = torch.arange(1, width)
+    dist = (cols[:, None] - torch.tensor(inner)[None, :]).abs().min(dim=1).values  # [W-1] d(c)
+
+    def mean_on(columns: torch.Tensor) -> torch.Tensor:
+        return (grad * pairs)[:, columns].sum() / pairs[:, columns].sum().clamp_min(1)
+
+    band, ring = mean_on(dist <= halfwidth), mean_on((dist > halfwidth) & (dist <= reach))
+    return float(band / ring.clamp_min(1e-12))
 
 
 def window_borders(mapping, factor: int) -> list[int]:
@@ -43,29 +80,47 @@ def window_borders(mapping, factor: int) -> list[int]:
     return sorted(edges)
 
 
-def measure_wide(pipe, seeds: list[int], steps: int, prompts=WIDE_PROMPTS) -> dict:
-    from common.toy.judge import fully_correct
-    from synchronization.prompts import wide_prompts
-    from synchronization.wide_image import crop_positions, generate_wide
+def midpoints(borders: list[int]) -> list[int]:
+    """Columns halfway between consecutive borders (the off-border control positions)."""
+    return [(a + b) // 2 for a, b in zip(borders, borders[1:])]
 
-    handout = list(wide_prompts().values())
-    correct, total, seams = 0, 0, {"x0 sync (stride 8)": [], "no sync (stride 8)": [], "independent tiles": []}
+
+def seam_and_control(run: dict, spacing: int = 32) -> tuple[float, float]:
+    """(seam, off-border control) of a run, at its window borders on multiples of ``spacing`` px."""
+    borders = [b for b in window_borders(run["mapping"], run["geometry"].factor) if b % spacing == 0]
+    return seam_score(run["image"], borders), seam_score(run["image"], midpoints(borders))
+
+
+def crops_hits(out: dict, positions: list[int], prompt: str) -> tuple[int, int]:
+    from common.toy.judge import fully_correct
+
+    crop = out["geometry"].window * out["geometry"].factor
+    crops = torch.stack([out["image"][:, :, p : p + crop] for p in positions])
+    return int(fully_correct(crops, [prompt] * len(crops)).sum()), len(crops)
+
+
+def measure_wide(pipe, seeds: list[int], steps: int, prompts=WIDE_PROMPTS) -> dict:
+    from synchronization.prompts import wide_prompts
+    from synchronization.wide_image import crop_positions, generate_wide, geometry
+
+    handout, window = list(wide_prompts().values()), geometry(pipe).window
+    correct, total = 0, 0
+    scores = {name: ([], []) for name, *_ in SEAM_RUNS}  # name -> (seam scores, control scores)
     for k, prompt in enumerate(prompts):
         for seed in seeds:
-            out = generate_wide(pipe, prompt, num_inference_steps=steps, seed=seed, progress=False)
-            geo, image = out["geometry"], out["image"]
-            crop = geo.window * geo.factor
-            crops = torch.stack([image[:, :, p : p + crop] for p in crop_positions(handout[k], geo)])
-            hits = fully_correct(crops, [prompt] * len(crops))
-            correct, total = correct + int(hits.sum()), total + len(crops)
-            for name, sync, stride in (("x0 sync (stride 8)", "x0", 8), ("no sync (stride 8)", "none", 8),
-                                       ("independent tiles", "none", geo.window)):
+            for name, sync, stride, init in SEAM_RUNS:
                 run = generate_wide(pipe, prompt, num_inference_steps=steps, seed=seed, progress=False,
-                                    stride=stride, sync=sync, init="canonical" if sync != "none" else "independent")
-                seams[name].append(seam_score(run["image"], window_borders(run["mapping"], geo.factor)))
-    mean = {k: sum(v) / len(v) for k, v in seams.items()}
-    return {"crops_correct": correct / total, "crops": total, "seam": mean,
-            "seam_bar": mean["x0 sync (stride 8)"] < min(mean["no sync (stride 8)"], mean["independent tiles"])}
+                                    stride=window if stride == "window" else stride, sync=sync, init=init)
+                if stride is None:  # the default run is also the crop-bar image
+                    hits, n = crops_hits(run, crop_positions(handout[k], run["geometry"]), prompt)
+                    correct, total = correct + hits, total + n
+                for values, value in zip(scores[name], seam_and_control(run)):
+                    values.append(value)
+    seam = {name: sum(s) / len(s) for name, (s, _) in scores.items()}
+    control = {name: sum(c) / len(c) for name, (_, c) in scores.items()}
+    worst_unsynced = min(v for name, v in seam.items() if name.startswith("no sync"))
+    return {"crops_correct": correct / total, "crops": total, "seam": seam, "control": control,
+            "seam_bar": {name: v < worst_unsynced for name, v in seam.items() if not name.startswith("no sync")}}
 
 
 def measure_ambiguous(model, clip, seeds: list[int], steps: int, guidance_scale: float, pairs=AMBIGUOUS_PAIRS):
@@ -112,8 +167,10 @@ def main(app: str, seeds: int, steps: int, guidance_scale: float, device: str) -
         click.echo(f"wide: {100 * wide['crops_correct']:.1f}% of {wide['crops']} eval crops fully correct "
                    f"(bar >= 80%: {'PASS' if wide['crops_correct'] >= 0.8 else 'FAIL'})")
         for name, value in wide["seam"].items():
-            click.echo(f"  seam energy ratio, {name}: {value:.3f}")
-        click.echo(f"  seams: synchronized < unsynchronized: {'PASS' if wide['seam_bar'] else 'FAIL'}")
+            click.echo(f"  seam score (1 = none), {name}: {value:.3f} "
+                       f"(off-border control {wide['control'][name]:.3f})")
+        for name, ok in wide["seam_bar"].items():
+            click.echo(f"  seams: {name} < both unsynchronized: {'PASS' if ok else 'FAIL'}")
     if app in ("both", "ambiguous_image"):
         model, clip = load_pixel("toy-pixel", dev), load_clip("toy-clip", dev)
         for row in measure_ambiguous(model, clip, seed_list, steps, guidance_scale):
