@@ -61,7 +61,14 @@ def test_train_dispatches_lazily(monkeypatch, tmp_path, model):
     expected = {"out": tmp_path / model, "device": "cpu", "steps": 7, "seed": 3}
     if model == "sd":  # toy-sd also takes its stage and the toy-clip folder
         expected.update(stage="all", clip=None)
+    if model == "faces":  # toy-faces can continue from a folder
+        expected.update(init_from=None)
     assert calls == [expected]
+
+
+def test_init_from_is_for_faces_only(tmp_path):
+    result = CliRunner().invoke(main, ["train", "clip", "--init_from", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "--init_from applies to `train faces` only" in result.output
 
 
 def test_train_reports_a_missing_trainer(monkeypatch):
