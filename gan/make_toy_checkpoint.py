@@ -21,17 +21,27 @@ from gan.training import TrainConfig
 DEFAULT_OUT = Path(__file__).parent / "checkpoints" / "toy_faces64_start.safetensors"
 
 
+def toy_run_options(fn):
+    """The options shared by the toy-set scripts: --resolution, --device, --precision, --fid_n, --seed."""
+    for option in reversed((
+        click.option("--resolution", type=click.IntRange(min=8), default=64,
+                     help="Image size (power of two; must match a checkpoint)."),
+        click.option("--device", default="auto", help="auto, cpu, cuda, ..."),
+        click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", help="Autocast on CUDA."),
+        click.option("--fid_n", type=click.IntRange(min=10), default=500, help="Generated images for FID."),
+        click.option("--seed", type=click.IntRange(min=0), default=0, help="Random seed (shared by all runs)."),
+    )):
+        fn = option(fn)
+    return fn
+
+
 @click.command(context_settings={"show_default": True})
 @click.option("--steps", type=click.IntRange(min=1), default=4000, help="Training steps (iterations).")
 @click.option("--batch", type=click.IntRange(min=4), default=32, help="Batch size.")
 @click.option("--out", type=click.Path(dir_okay=False), default=str(DEFAULT_OUT), help="Slim checkpoint to write.")
 @click.option("--workdir", type=click.Path(file_okay=False), default="runs/toy_start", help="Run folder parent.")
 @click.option("--use_diffaug", type=bool, default=True, help="Train the start with DiffAugment too.")
-@click.option("--resolution", type=click.IntRange(min=8), default=64, help="Image size (power of two).")
-@click.option("--device", default="auto", help="auto, cpu, cuda, ...")
-@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", help="Autocast on CUDA.")
-@click.option("--fid_n", type=click.IntRange(min=10), default=500, help="Generated images for the final FID.")
-@click.option("--seed", type=click.IntRange(min=0), default=0, help="Random seed.")
+@toy_run_options
 @user_errors
 def main(steps, batch, out, workdir, use_diffaug, resolution, device, precision, fid_n, seed):
     """Train and export the toy starting checkpoint.

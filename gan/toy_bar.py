@@ -15,7 +15,7 @@ import torch
 
 from common.cli import UserError, user_errors
 from common.images import load_image, save_grid
-from gan.make_toy_checkpoint import DEFAULT_OUT
+from gan.make_toy_checkpoint import DEFAULT_OUT, toy_run_options
 from gan.ops import set_default_impl
 from gan.train import run_training
 from gan.training import TrainConfig
@@ -43,11 +43,7 @@ def run_toy_bar(checkpoint: Path, outdir: Path, kimg: float, batch: int, device:
 @click.option("--outdir", type=click.Path(file_okay=False), default="runs/toy_bar", help="Output folder.")
 @click.option("--kimg", type=click.FloatRange(min=0, min_open=True), default=2.4, help="Budget per configuration.")
 @click.option("--batch", type=click.IntRange(min=4), default=8, help="Batch size.")
-@click.option("--fid_n", type=click.IntRange(min=10), default=500, help="Generated images for FID.")
-@click.option("--resolution", type=click.IntRange(min=8), default=64, help="Must match the checkpoint.")
-@click.option("--device", default="auto", help="auto, cpu, cuda, ...")
-@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", help="Autocast on CUDA.")
-@click.option("--seed", type=click.IntRange(min=0), default=0, help="Seed shared by the three runs.")
+@toy_run_options
 @click.option("--fid_every", type=click.IntRange(min=0), default=0, help="Also log FID every N steps (0: end only).")
 @user_errors
 def main(checkpoint, outdir, kimg, batch, fid_n, resolution, device, precision, seed, fid_every):

@@ -44,7 +44,7 @@ def main() -> None:
 @user_errors
 def train(model: str, device: str, out: str | None, steps: int | None, seed: int, stage: str,
           clip_folder: str | None, init_from: str | None) -> None:
-    """Retrain a toy model from scratch (seeded), with a progress bar and a final metrics table.
+    """Retrain a toy model (seeded; toy-faces can continue from a folder), with a progress bar and a metrics table.
 
     \b
     Examples:

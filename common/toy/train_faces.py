@@ -161,10 +161,7 @@ def train(out: str | Path = "common/toy/models/toy-faces", device: str | torch.d
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    unet = build_unet(**unet_overrides)
-    if init_from is not None:
-        unet = _load_unet(init_from)
-    unet = unet.to(device).train()
+    unet = (build_unet(**unet_overrides) if init_from is None else _load_unet(init_from)).to(device).train()
     ema = copy.deepcopy(unet).eval().requires_grad_(False)
     alphas_cumprod = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000), 0).to(device)  # alpha_bar_t
     train_budget = None if time_budget_s is None else max(10.0, time_budget_s - 40.0)

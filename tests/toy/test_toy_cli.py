@@ -124,3 +124,10 @@ def test_train_stage_option_is_for_sd_only():
 
     result = CliRunner().invoke(main, ["train", "clip", "--stage", "vae"])
     assert result.exit_code == 2 and "apply to `train sd` only" in result.output
+
+
+def test_init_from_a_folder_without_a_unet_is_a_one_line_error(tmp_path):
+    result = CliRunner().invoke(main, ["train", "faces", "--device", "cpu", "--init_from", str(tmp_path),
+                                       "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "is not a toy-faces folder" in result.output
+    assert not (tmp_path / "o").exists()
