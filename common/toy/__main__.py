@@ -41,9 +41,15 @@ def main() -> None:
               help="toy-sd only: toy-clip folder for the frozen text encoder [default: the shipped toy-clip].")
 @click.option("--init_from", type=click.Path(file_okay=False, exists=True), default=None,
               help="toy-faces only: continue training from this toy-faces folder.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="toy-faces only: peak learning rate [default: 1e-3].")
+@click.option("--batch_size", type=click.IntRange(min=1), default=None, help="toy-faces only [default: 256].")
+@click.option("--dc_weight", type=click.FloatRange(min=0), default=None,
+              help="toy-faces only: extra weight on the per-channel mean of the eps error [default: 20].")
 @user_errors
 def train(model: str, device: str, out: str | None, steps: int | None, seed: int, stage: str,
-          clip_folder: str | None, init_from: str | None) -> None:
+          clip_folder: str | None, init_from: str | None, lr: float | None, batch_size: int | None,
+          dc_weight: float | None) -> None:
     """Retrain a toy model (seeded; toy-faces can continue from a folder), with a progress bar and a metrics table.
 
     \b
@@ -53,6 +59,7 @@ def train(model: str, device: str, out: str | None, steps: int | None, seed: int
       python -m common.toy train sd --stage unet --device cuda --out common/toy/models/toy-sd
       python -m common.toy train clip --device cpu --steps 300 --out outputs/toy-clip-cpu
       python -m common.toy train faces --device cuda --init_from common/toy/models/toy-faces --out outputs/faces2
+      python -m common.toy train faces --device cuda --init_from outputs/faces2 --lr 1.5e-4 --batch_size 1024
     """
     try:
         module = importlib.import_module(f"common.toy.train_{model}")
@@ -65,10 +72,11 @@ def train(model: str, device: str, out: str | None, steps: int | None, seed: int
         extra = {"stage": stage, "clip": clip_folder}
     elif stage != "all" or clip_folder is not None:
         raise UserError("--stage and --clip apply to `train sd` only")
+    faces_only = {"lr": lr, "batch_size": batch_size, "dc_weight": dc_weight}
     if model == "faces":
-        extra = {"init_from": init_from}
-    elif init_from is not None:
-        raise UserError("--init_from applies to `train faces` only")
+        extra = {"init_from": init_from, **{k: v for k, v in faces_only.items() if v is not None}}
+    elif init_from is not None or any(v is not None for v in faces_only.values()):
+        raise UserError("--init_from, --lr, --batch_size and --dc_weight apply to `train faces` only")
     module.train(out=Path(out or f"outputs/toy-{model}"), device=device, steps=steps, seed=seed, **extra)
 
 

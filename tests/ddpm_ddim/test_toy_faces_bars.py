@@ -47,3 +47,17 @@ def test_ddim_samples_are_close_to_data_and_far_from_noise(model):
     # model whose samples are noise 79), so these are coarse sanity bounds, not the issue's bar
     assert fds["ddim"] < 0.75 * fds["noise-vs-data"], fds
     assert fds["ddim"] < 2.5 * fds["data-vs-data"], fds
+
+
+def test_eps_hat_predicts_the_mean_colour_of_the_noise_at_high_t(model):
+    """At t = 999, x_t is 0.6% signal, so the per-channel mean of eps is readable from x_t. A model that leaves
+    it unpredicted (DC error ~ the 1/64 std of that mean) drifts to single-colour images over 1000 DDPM steps."""
+    unet, config = model
+    x0 = heldout_faces(16)
+    a = DDIMScheduler.from_config(config).alphas_cumprod[999]
+    eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        eps_hat = unet_eps(unet, a.sqrt() * x0 + (1 - a).sqrt() * eps, 999)
+    dc_error = (eps_hat - eps).mean(dim=(2, 3)).pow(2).mean().sqrt().item()
+    no_prediction = eps.mean(dim=(2, 3)).pow(2).mean().sqrt().item()  # about 1/64
+    assert dc_error < 0.6 * no_prediction, (dc_error, no_prediction)

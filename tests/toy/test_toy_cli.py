@@ -66,9 +66,22 @@ def test_train_dispatches_lazily(monkeypatch, tmp_path, model):
     assert calls == [expected]
 
 
-def test_init_from_is_for_faces_only(tmp_path):
-    result = CliRunner().invoke(main, ["train", "clip", "--init_from", str(tmp_path), "--out", str(tmp_path / "o")])
-    assert result.exit_code == 2 and "--init_from applies to `train faces` only" in result.output
+@pytest.mark.parametrize("option", [["--init_from", "."], ["--lr", "1e-4"], ["--batch_size", "8"], ["--dc_weight", "1"]])
+def test_faces_options_are_for_faces_only(tmp_path, option):
+    result = CliRunner().invoke(main, ["train", "clip", *option, "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "apply to `train faces` only" in result.output
+
+
+def test_faces_options_reach_the_trainer(monkeypatch, tmp_path):
+    calls = []
+    fake = types.ModuleType("common.toy.train_faces")
+    fake.train = lambda **kwargs: calls.append(kwargs)
+    monkeypatch.setitem(sys.modules, "common.toy.train_faces", fake)
+    args = ["train", "faces", "--out", str(tmp_path), "--lr", "1.5e-4", "--batch_size", "1024", "--dc_weight", "20"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0 and not result.exception, result.output
+    assert {k: calls[0][k] for k in ("lr", "batch_size", "dc_weight")} == {"lr": 1.5e-4, "batch_size": 1024,
+                                                                          "dc_weight": 20.0}
 
 
 def test_train_reports_a_missing_trainer(monkeypatch):

@@ -1,0 +1,52 @@
+"""toy-faces training loss (eps MSE + weighted DC error) and the saved folder's config."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from common.toy.train_faces import _load_unet, build_tiny_unet, eps_loss, save_pipeline
+
+
+def test_without_dc_weight_it_is_the_plain_mse():
+    g = torch.Generator().manual_seed(0)
+    eps_hat, eps = torch.randn(3, 3, 8, 8, generator=g), torch.randn(3, 3, 8, 8, generator=g)
+    torch.testing.assert_close(eps_loss(eps_hat, eps, 0.0), F.mse_loss(eps_hat, eps))
+
+
+@pytest.mark.parametrize("weight", [0.0, 1.0, 20.0])
+def test_constant_offsets_count_1_plus_w_times_zero_mean_errors_once(weight):
+    g = torch.Generator().manual_seed(1)
+    eps = torch.randn(2, 3, 8, 8, generator=g)
+    delta = torch.tensor([0.1, -0.2, 0.3]).view(1, 3, 1, 1)
+    pattern = torch.randn(2, 3, 8, 8, generator=g)
+    pattern = pattern - pattern.mean(dim=(2, 3), keepdim=True)  # zero spatial mean per channel
+    # a per-channel constant error is all DC: counted (1 + w) times
+    torch.testing.assert_close(eps_loss(eps + delta, eps, weight), (1 + weight) * delta.pow(2).mean())
+    # an error with zero spatial mean has no DC part: the weight does not change it
+    torch.testing.assert_close(eps_loss(eps + pattern, eps, weight), pattern.pow(2).mean())
+
+
+def test_gradient_matches_the_closed_form():
+    g = torch.Generator().manual_seed(2)
+    eps_hat = torch.randn(2, 3, 4, 4, generator=g, requires_grad=True)
+    eps = torch.randn(2, 3, 4, 4, generator=g)
+    w, n, hw = 5.0, eps.numel(), 16
+    (grad,) = torch.autograd.grad(eps_loss(eps_hat, eps, w), eps_hat)
+    err = eps_hat.detach() - eps
+    # d/de [mean(e^2) + w mean_bc(mean_hw(e)^2)] = 2 e / N + w * 2 mean_hw(e) / (B C) / (H W)
+    expected = 2 * err / n + w * 2 * err.mean(dim=(2, 3), keepdim=True) / (2 * 3) / hw
+    torch.testing.assert_close(grad, expected)
+
+
+def test_continued_model_saves_without_its_source_path(tmp_path):
+    torch.manual_seed(0)
+    first = save_pipeline(build_tiny_unet(16), tmp_path / "first")
+    unet = _load_unet(first)
+    assert unet.config.get("_name_or_path")  # from_pretrained remembers where it came from ...
+    second = save_pipeline(unet, tmp_path / "second")
+    config = json.loads((second / "unet" / "config.json").read_text())
+    assert "_name_or_path" not in config and config["sample_size"] == 16  # ... the saved folder does not
+    for a, b in zip(unet.parameters(), _load_unet(second).parameters()):
+        torch.testing.assert_close(a.half().float(), b)
