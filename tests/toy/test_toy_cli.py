@@ -66,7 +66,8 @@ def test_train_dispatches_lazily(monkeypatch, tmp_path, model):
     assert calls == [expected]
 
 
-@pytest.mark.parametrize("option", [["--init_from", "."], ["--lr", "1e-4"], ["--batch_size", "8"], ["--dc_weight", "1"]])
+@pytest.mark.parametrize("option", [["--init_from", "."], ["--lr", "1e-4"], ["--batch_size", "8"],
+                                    ["--dc_weight", "1"]])
 def test_faces_options_are_for_faces_only(tmp_path, option):
     result = CliRunner().invoke(main, ["train", "clip", *option, "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "apply to `train faces` only" in result.output
