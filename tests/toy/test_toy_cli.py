@@ -44,17 +44,25 @@ def test_data_split_changes_the_images(tmp_path):
 
 def test_bad_arguments_exit_with_code_2(tmp_path):
     runner = CliRunner()
-    for args in (["train", "vae"], ["data", "--n", "0", "--out", str(tmp_path)], ["train", "clip", "--steps", "0"]):
+    for args in (["train", "vae"], ["data", "--n", "0", "--out", str(tmp_path)], ["train", "clip", "--steps", "0"],
+                 ["train", "faces", "--lr", "0"], ["train", "faces", "--batch_size", "0"],
+                 ["train", "faces", "--dc_weight", "-1"]):
         result = runner.invoke(main, args)
         assert result.exit_code == 2, (args, result.output)
 
 
+def fake_module(monkeypatch, name: str, function: str) -> list[dict]:
+    """Install a fake module ``name`` whose ``function`` records its keyword arguments; returns the record."""
+    calls = []
+    fake = types.ModuleType(name)
+    setattr(fake, function, lambda **kwargs: calls.append(kwargs))
+    monkeypatch.setitem(sys.modules, name, fake)
+    return calls
+
+
 @pytest.mark.parametrize("model", ["clip", "sd", "faces", "pixel"])
 def test_train_dispatches_lazily(monkeypatch, tmp_path, model):
-    calls = []
-    fake = types.ModuleType(f"common.toy.train_{model}")
-    fake.train = lambda **kwargs: calls.append(kwargs)
-    monkeypatch.setitem(sys.modules, f"common.toy.train_{model}", fake)
+    calls = fake_module(monkeypatch, f"common.toy.train_{model}", "train")
     args = ["train", model, "--device", "cpu", "--out", str(tmp_path / model), "--steps", "7", "--seed", "3"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0 and not result.exception, result.output
@@ -74,10 +82,7 @@ def test_faces_options_are_for_faces_only(tmp_path, option):
 
 
 def test_faces_options_reach_the_trainer(monkeypatch, tmp_path):
-    calls = []
-    fake = types.ModuleType("common.toy.train_faces")
-    fake.train = lambda **kwargs: calls.append(kwargs)
-    monkeypatch.setitem(sys.modules, "common.toy.train_faces", fake)
+    calls = fake_module(monkeypatch, "common.toy.train_faces", "train")
     args = ["train", "faces", "--out", str(tmp_path), "--lr", "1.5e-4", "--batch_size", "1024", "--dc_weight", "20"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0 and not result.exception, result.output
@@ -99,10 +104,7 @@ def test_train_reports_a_missing_trainer(monkeypatch):
 
 
 def test_sample_delegates_to_sample_module(monkeypatch, tmp_path):
-    calls = []
-    fake = types.ModuleType("common.toy.sample")
-    fake.sample_cli_impl = lambda **kwargs: calls.append(kwargs)
-    monkeypatch.setitem(sys.modules, "common.toy.sample", fake)
+    calls = fake_module(monkeypatch, "common.toy.sample", "sample_cli_impl")
     out = str(tmp_path / "x.png")
     args = ["sample", "--prompt", "a red circle on a blue background", "--out", out, "--guidance_scale", "3"]
     result = CliRunner().invoke(main, args)
