@@ -81,3 +81,19 @@ def alpha_bar_at(alphas_cumprod: torch.Tensor, t: int | torch.Tensor,
     t = torch.as_tensor(t, device=alphas_cumprod.device)
     values = alphas_cumprod[t.clamp(min=0)].float()
     return torch.where(t < 0, torch.full_like(values, final_alpha_cumprod), values)
+
+
+def snr(alpha_bar_t: torch.Tensor) -> torch.Tensor:
+    """Signal-to-noise ratio of x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps: alpha_bar_t / (1 - alpha_bar_t)
+    (Kingma et al. 2021, Eq. 1-2)."""
+    return alpha_bar_t / (1 - alpha_bar_t)
+
+
+def min_snr_weight(alpha_bar_t: torch.Tensor, gamma: float = 5.0) -> torch.Tensor:
+    """Min-SNR-gamma loss weight for epsilon prediction, min(SNR_t, gamma) / SNR_t (Hang et al. 2023, Eq. 11-12).
+
+    The eps-MSE equals the x0-MSE weighted by SNR_t, so it spends most of its gradient on nearly clean x_t; this
+    weight caps the x0 weight at gamma: 1 where SNR_t <= gamma (noisy x_t), gamma / SNR_t on the clean end.
+    """
+    ratio = snr(alpha_bar_t)
+    return ratio.clamp(max=gamma) / ratio

@@ -9,7 +9,9 @@ from common.schedules import (
     inference_timesteps,
     make_alphas_cumprod,
     make_betas,
+    min_snr_weight,
     previous_timesteps,
+    snr,
 )
 
 CONFIGS = {
@@ -69,3 +71,18 @@ def test_bad_names():
         inference_timesteps(10, 1000, "middle")
     with pytest.raises(ValueError, match="num_inference_steps"):
         inference_timesteps(0, 1000)
+
+
+def test_snr_and_min_snr_weight_closed_forms():
+    alphas_cumprod = make_alphas_cumprod("linear")
+    alpha_bar_t = alphas_cumprod[torch.tensor([0, 100, 400, 999])]
+    ratio = snr(alpha_bar_t)
+    torch.testing.assert_close(ratio * (1 - alpha_bar_t), alpha_bar_t)  # SNR (1 - abar) = abar
+    assert torch.all(ratio[:-1] > ratio[1:])  # SNR falls with t
+    weight = min_snr_weight(alpha_bar_t, gamma=5.0)
+    # t = 0, 100 have SNR > 5 (weight 5 / SNR < 1); t = 400, 999 have SNR < 5 (weight exactly 1)
+    assert ratio[1] > 5 > ratio[2]
+    torch.testing.assert_close(weight[:2], 5.0 / ratio[:2])
+    torch.testing.assert_close(weight[2:], torch.ones(2))
+    # as an x0 weight (eps weight x SNR) it is min(SNR, gamma): capped at gamma on the clean end
+    torch.testing.assert_close(weight * ratio, ratio.clamp(max=5.0))

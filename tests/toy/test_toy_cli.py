@@ -75,7 +75,7 @@ def test_train_dispatches_lazily(monkeypatch, tmp_path, model):
 
 
 @pytest.mark.parametrize("option", [["--init_from", "."], ["--lr", "1e-4"], ["--batch_size", "8"],
-                                    ["--dc_weight", "1"]])
+                                    ["--dc_weight", "1"], ["--compile"]])
 def test_faces_options_are_for_faces_only(tmp_path, option):
     result = CliRunner().invoke(main, ["train", "clip", *option, "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "apply to `train faces` only" in result.output
@@ -83,11 +83,13 @@ def test_faces_options_are_for_faces_only(tmp_path, option):
 
 def test_faces_options_reach_the_trainer(monkeypatch, tmp_path):
     calls = fake_module(monkeypatch, "common.toy.train_faces", "train")
-    args = ["train", "faces", "--out", str(tmp_path), "--lr", "1.5e-4", "--batch_size", "1024", "--dc_weight", "20"]
+    args = ["train", "faces", "--out", str(tmp_path), "--lr", "1.5e-4", "--batch_size", "1024", "--dc_weight", "20",
+            "--compile"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0 and not result.exception, result.output
-    assert {k: calls[0][k] for k in ("lr", "batch_size", "dc_weight")} == {"lr": 1.5e-4, "batch_size": 1024,
-                                                                          "dc_weight": 20.0}
+    keys = ("lr", "batch_size", "dc_weight", "compile_model")
+    expected = {"lr": 1.5e-4, "batch_size": 1024, "dc_weight": 20.0, "compile_model": True}
+    assert {k: calls[0][k] for k in keys} == expected
 
 
 def test_train_reports_a_missing_trainer(monkeypatch):

@@ -1,6 +1,7 @@
 """toy-faces training loss (eps MSE + weighted DC error) and the saved folder's config."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -50,3 +51,31 @@ def test_continued_model_saves_without_its_source_path(tmp_path):
     assert "_name_or_path" not in config and config["sample_size"] == 16  # ... the saved folder does not
     for a, b in zip(unet.parameters(), _load_unet(second).parameters()):
         torch.testing.assert_close(a.half().float(), b)
+
+
+def test_sample_weights_scale_each_sample_term():
+    g = torch.Generator().manual_seed(3)
+    eps_hat, eps = torch.randn(3, 3, 8, 8, generator=g), torch.randn(3, 3, 8, 8, generator=g)
+    weight = torch.tensor([0.0, 1.0, 2.5])
+    per_sample = torch.stack([eps_loss(eps_hat[i:i + 1], eps[i:i + 1], 20.0) for i in range(3)])
+    torch.testing.assert_close(eps_loss(eps_hat, eps, 20.0, weight), (weight * per_sample).mean())
+    torch.testing.assert_close(eps_loss(eps_hat, eps, 20.0, torch.ones(3)), eps_loss(eps_hat, eps, 20.0))
+
+
+TINY = dict(block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4, attention_head_dim=4,
+            down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"))
+
+
+def test_a_short_cpu_run_saves_a_loadable_folder_and_repeats_bit_for_bit(tmp_path):
+    from safetensors.torch import load_file
+
+    from common.toy.train_faces import train
+
+    runs = [train(tmp_path / name, "cpu", steps=3, batch_size=2, time_budget_s=None, eval_samples=0, snr_gamma=5.0,
+                  **TINY) for name in ("a", "b")]
+    assert runs[0]["steps"] == 3 and runs[0]["snr_gamma"] == 5.0 and math.isfinite(runs[0]["final_loss"])
+    weights = [load_file(tmp_path / name / "unet" / "diffusion_pytorch_model.safetensors") for name in ("a", "b")]
+    assert weights[0].keys() == weights[1].keys()
+    for key in weights[0]:
+        torch.testing.assert_close(weights[0][key], weights[1][key], rtol=0, atol=0)
+    assert tuple(_load_unet(tmp_path / "a").config.block_out_channels) == (8, 16)
