@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from common.gpu import get_device, seed_everything
 from common.schedules import min_snr_weight
 from common.toy.faces import render_faces, split_seed
+from common.tweedie import add_noise
 
 SCHEDULER_CONFIG: dict[str, Any] = {
     "num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02, "beta_schedule": "linear",
@@ -49,11 +50,15 @@ def build_unet(**overrides: Any) -> torch.nn.Module:
     return UNet2DModel(**{**UNET_CONFIG, **overrides})
 
 
+TINY_UNET_OVERRIDES: dict[str, Any] = {  # two levels, attention at the lower one
+    "block_out_channels": (8, 16), "layers_per_block": 1, "norm_num_groups": 4, "attention_head_dim": 4,
+    "down_block_types": ("DownBlock2D", "AttnDownBlock2D"), "up_block_types": ("AttnUpBlock2D", "UpBlock2D"),
+}
+
+
 def build_tiny_unet(sample_size: int = 16) -> torch.nn.Module:
-    """A very small ``UNet2DModel`` (two levels, attention at the lower one) for tests and CPU smoke runs."""
-    return build_unet(sample_size=sample_size, block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4,
-                      attention_head_dim=4, down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-                      up_block_types=("AttnUpBlock2D", "UpBlock2D"))
+    """A very small ``UNet2DModel`` (:data:`TINY_UNET_OVERRIDES`) for tests and CPU smoke runs."""
+    return build_unet(sample_size=sample_size, **TINY_UNET_OVERRIDES)
 
 
 def save_pipeline(unet: torch.nn.Module, out: str | Path, metrics: dict[str, Any] | None = None) -> Path:
@@ -139,12 +144,12 @@ def _train_loop(unet, ema, device, total_steps, batch_size, lr, ema_decay, budge
         x0 = next(batches)  # [B, 3, 64, 64]
         t = torch.randint(0, len(alphas_cumprod), (batch_size,), generator=gen, device=device)
         eps = torch.randn(x0.shape, generator=gen, device=device)
-        a = alphas_cumprod[t].view(-1, 1, 1, 1)
-        x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
+        alpha_bar_t = alphas_cumprod[t]  # [B]
+        x_t = add_noise(x0, eps, alpha_bar_t)
+        weight = None if snr_gamma is None else min_snr_weight(alpha_bar_t, snr_gamma)  # [B]
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, total_steps, lr, warmup)
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_bf16):
-            weight = None if snr_gamma is None else min_snr_weight(a.view(-1), snr_gamma)
             loss = eps_loss(model(x_t, t).sample.float(), eps, dc_weight, weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -10,6 +10,7 @@ import torch
 from common.registry import TOY_MODELS_DIR
 from common.toy.faces import heldout_faces
 from common.toy.fid import face_fd_report
+from common.tweedie import add_noise
 from ddpm_ddim.sampling import load_model, sample_images, unet_eps
 from ddpm_ddim.schedulers import DDIMScheduler
 
@@ -35,7 +36,7 @@ def test_toy_faces_size_and_eps_prediction(model):
         for t in (50, 300, 700):
             eps = torch.randn(x0.shape, generator=g)
             a = sched.alphas_cumprod[t]
-            mse = ((unet_eps(unet, a.sqrt() * x0 + (1 - a).sqrt() * eps, t) - eps) ** 2).mean().item()
+            mse = ((unet_eps(unet, add_noise(x0, eps, a), t) - eps) ** 2).mean().item()
             assert mse < 0.5, (t, mse)  # predicting 0 gives 1.0
 
 
@@ -57,7 +58,7 @@ def test_eps_hat_predicts_the_mean_colour_of_the_noise_at_high_t(model):
     a = DDIMScheduler.from_config(config).alphas_cumprod[999]
     eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        eps_hat = unet_eps(unet, a.sqrt() * x0 + (1 - a).sqrt() * eps, 999)
+        eps_hat = unet_eps(unet, add_noise(x0, eps, a), 999)
     dc_error = (eps_hat - eps).mean(dim=(2, 3)).pow(2).mean().sqrt().item()
     no_prediction = eps.mean(dim=(2, 3)).pow(2).mean().sqrt().item()  # about 1/64
     assert dc_error < 0.6 * no_prediction, (dc_error, no_prediction)

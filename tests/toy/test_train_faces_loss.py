@@ -62,17 +62,13 @@ def test_sample_weights_scale_each_sample_term():
     torch.testing.assert_close(eps_loss(eps_hat, eps, 20.0, torch.ones(3)), eps_loss(eps_hat, eps, 20.0))
 
 
-TINY = dict(block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4, attention_head_dim=4,
-            down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"))
-
-
 def test_a_short_cpu_run_saves_a_loadable_folder_and_repeats_bit_for_bit(tmp_path):
     from safetensors.torch import load_file
 
-    from common.toy.train_faces import train
+    from common.toy.train_faces import TINY_UNET_OVERRIDES, train
 
     runs = [train(tmp_path / name, "cpu", steps=3, batch_size=2, time_budget_s=None, eval_samples=0, snr_gamma=5.0,
-                  **TINY) for name in ("a", "b")]
+                  **TINY_UNET_OVERRIDES) for name in ("a", "b")]
     assert runs[0]["steps"] == 3 and runs[0]["snr_gamma"] == 5.0 and math.isfinite(runs[0]["final_loss"])
     weights = [load_file(tmp_path / name / "unet" / "diffusion_pytorch_model.safetensors") for name in ("a", "b")]
     assert weights[0].keys() == weights[1].keys()
