@@ -97,3 +97,14 @@ def min_snr_weight(alpha_bar_t: torch.Tensor, gamma: float = 5.0) -> torch.Tenso
     """
     ratio = snr(alpha_bar_t)
     return ratio.clamp(max=gamma) / ratio
+
+
+def low_snr_weight(alpha_bar_t: torch.Tensor, cap: float = 30.0, scale: float = 100.0) -> torch.Tensor:
+    """Loss weight clamp(1 / (scale * SNR_t), 1, cap) for epsilon prediction: up to ``cap`` on the noisiest steps.
+
+    x0_hat = (x_t - sqrt(1 - alpha_bar_t) eps_hat) / sqrt(alpha_bar_t) multiplies an eps error by 1 / sqrt(SNR_t)
+    (156x at t = 999 of the linear schedule), so with ``clip_sample`` a small eps error there becomes a clipped,
+    mostly-garbage x0_hat that the sampler mixes into x_t. The plain eps-MSE spends about 1% of its gradient on
+    these steps; this weight (1 where SNR_t >= 1 / scale) shifts more of it there.
+    """
+    return (1 / (scale * snr(alpha_bar_t))).clamp(min=1.0, max=cap)

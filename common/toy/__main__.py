@@ -48,10 +48,13 @@ def main() -> None:
               help="toy-faces only: extra weight on the per-channel mean of the eps error [default: 20].")
 @click.option("--compile", "compile_model", is_flag=True, default=False,
               help="toy-faces only: train through torch.compile (faster on a GPU after ~90 s of compiling).")
+@click.option("--low_snr_cap", type=click.FloatRange(min=1), default=None,
+              help="toy-faces only: weight the noisiest steps' eps loss up to this factor "
+                   "(common.schedules.low_snr_weight) [default: off].")
 @user_errors
 def train(model: str, device: str, out: str | None, steps: int | None, seed: int, stage: str,
           clip_folder: str | None, init_from: str | None, lr: float | None, batch_size: int | None,
-          dc_weight: float | None, compile_model: bool) -> None:
+          dc_weight: float | None, compile_model: bool, low_snr_cap: float | None) -> None:
     """Retrain a toy model (seeded; toy-faces can continue from a folder), with a progress bar and a metrics table.
 
     \b
@@ -62,6 +65,7 @@ def train(model: str, device: str, out: str | None, steps: int | None, seed: int
       python -m common.toy train clip --device cpu --steps 300 --out outputs/toy-clip-cpu
       python -m common.toy train faces --device cuda --init_from common/toy/models/toy-faces --out outputs/faces2
       python -m common.toy train faces --device cuda --init_from outputs/faces2 --lr 1.5e-4 --batch_size 1024 --compile
+      python -m common.toy train faces --device cuda --init_from outputs/faces2 --seed 6 --low_snr_cap 30 --compile
     """
     try:
         module = importlib.import_module(f"common.toy.train_{model}")
@@ -74,11 +78,13 @@ def train(model: str, device: str, out: str | None, steps: int | None, seed: int
         extra = {"stage": stage, "clip": clip_folder}
     elif stage != "all" or clip_folder is not None:
         raise UserError("--stage and --clip apply to `train sd` only")
-    faces_only = {"lr": lr, "batch_size": batch_size, "dc_weight": dc_weight, "compile_model": compile_model or None}
+    faces_only = {"lr": lr, "batch_size": batch_size, "dc_weight": dc_weight, "compile_model": compile_model or None,
+                  "low_snr_cap": low_snr_cap}
     if model == "faces":
         extra = {"init_from": init_from, **{k: v for k, v in faces_only.items() if v is not None}}
     elif init_from is not None or any(v is not None for v in faces_only.values()):
-        raise UserError("--init_from, --lr, --batch_size, --dc_weight and --compile apply to `train faces` only")
+        raise UserError("--init_from, --lr, --batch_size, --dc_weight, --compile and --low_snr_cap apply to "
+                        "`train faces` only")
     module.train(out=Path(out or f"outputs/toy-{model}"), device=device, steps=steps, seed=seed, **extra)
 
 

@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from common.gpu import get_device, seed_everything
-from common.schedules import min_snr_weight
+from common.schedules import low_snr_weight, min_snr_weight
 from common.toy.faces import render_faces, split_seed
 from common.tweedie import add_noise
 
@@ -101,11 +101,13 @@ def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> N
     torch._foreach_lerp_(list(ema.parameters()), [p.detach() for p in model.parameters()], 1 - decay)
 
 
-def _face_batches(batch_size: int, device: torch.device, faces_per_chunk: int = 4096, max_steps: int | None = None):
+def _face_batches(batch_size: int, device: torch.device, faces_per_chunk: int = 4096, max_steps: int | None = None,
+                  first_chunk: int = 0):
     """Endless training batches [B, 3, 64, 64]. Faces are rendered about ``faces_per_chunk`` at a time (one
     host-to-device copy of parameters per chunk), so the CPU does not wait for the GPU at every step; never more
-    than ``max_steps`` batches per chunk (short runs render only what they use). Chunk k uses seed train + k."""
-    chunk, k = max(1, min(faces_per_chunk // batch_size, max_steps or faces_per_chunk)), 0
+    than ``max_steps`` batches per chunk (short runs render only what they use). Chunk k uses seed train + k,
+    counting from ``first_chunk`` (continued runs with another seed see other faces)."""
+    chunk, k = max(1, min(faces_per_chunk // batch_size, max_steps or faces_per_chunk)), first_chunk
     while True:
         faces = render_faces(chunk * batch_size, split_seed("train", k % 1_000_000), 64, device)
         yield from faces.split(batch_size)
@@ -131,12 +133,12 @@ def eps_loss(eps_hat: torch.Tensor, eps: torch.Tensor, dc_weight: float = 0.0,
 
 
 def _train_loop(unet, ema, device, total_steps, batch_size, lr, ema_decay, budget_s, alphas_cumprod, gen,
-                dc_weight=0.0, compile_model=False, snr_gamma=None):
+                dc_weight=0.0, compile_model=False, snr_gamma=None, first_chunk=0, low_snr_cap=None):
     """Returns (steps done, mean loss of the last 10%, seconds). Shrinks ``total_steps`` to fit ``budget_s``."""
     model = torch.compile(unet) if compile_model else unet  # shares unet's parameters (optimizer, EMA see them)
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.99),
                             fused=device.type == "cuda")
-    batches = _face_batches(batch_size, device, max_steps=total_steps)
+    batches = _face_batches(batch_size, device, max_steps=total_steps, first_chunk=first_chunk)
     use_bf16 = device.type == "cuda"
     warmup, losses, t0, step = min(200, total_steps // 10 + 1), [], time.perf_counter(), 0
     bar = tqdm(total=total_steps, desc="train faces", unit="step")
@@ -147,6 +149,9 @@ def _train_loop(unet, ema, device, total_steps, batch_size, lr, ema_decay, budge
         alpha_bar_t = alphas_cumprod[t]  # [B]
         x_t = add_noise(x0, eps, alpha_bar_t)
         weight = None if snr_gamma is None else min_snr_weight(alpha_bar_t, snr_gamma)  # [B]
+        if low_snr_cap is not None:
+            extra = low_snr_weight(alpha_bar_t, low_snr_cap)  # [B]
+            weight = extra if weight is None else weight * extra
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, total_steps, lr, warmup)
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_bf16):
@@ -180,14 +185,16 @@ def train(out: str | Path = "common/toy/models/toy-faces", device: str | torch.d
           steps: int | None = None, seed: int = 0, batch_size: int = 256, lr: float = 1e-3, ema_decay: float = 0.999,
           time_budget_s: float | None = 500.0, eval_samples: int = 512, init_from: str | Path | None = None,
           dc_weight: float = 20.0, compile_model: bool = False, snr_gamma: float | None = None,
-          **unet_overrides: Any) -> dict[str, Any]:
+          low_snr_cap: float | None = None, **unet_overrides: Any) -> dict[str, Any]:
     """Train toy-faces and save it to ``out``; prints a progress bar and a final metrics table; returns metrics.
 
     ``steps`` is an upper bound (default 20000); ``time_budget_s`` bounds the wall time of training (evaluation
     adds about 30 s on a GPU). ``eval_samples`` = 0 skips the DDIM-50 Fréchet-distance evaluation.
     ``init_from`` (a toy-faces folder) continues training from its weights instead of a fresh initialisation.
     ``dc_weight`` is the extra weight on the per-channel mean of the eps error (see :func:`eps_loss`);
-    ``snr_gamma`` turns on Min-SNR-gamma loss weighting (:func:`common.schedules.min_snr_weight`), None = uniform.
+    ``snr_gamma`` turns on Min-SNR-gamma loss weighting (:func:`common.schedules.min_snr_weight`), None = uniform;
+    ``low_snr_cap`` weights the noisiest steps up to that factor (:func:`common.schedules.low_snr_weight`).
+    ``seed`` also picks the stream of training faces, so a continued run with a new seed sees new faces.
     A step at batch 256 costs about as much as one at 128 on an H100 (launch-bound), hence the large batch.
     ``compile_model`` trains through ``torch.compile``: on an H100 at batch 1024, 10,060 instead of 5,939 images/s,
     after about 90 s of compilation (worth it for runs of several minutes).
@@ -203,10 +210,12 @@ def train(out: str | Path = "common/toy/models/toy-faces", device: str | torch.d
     alphas_cumprod = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000), 0).to(device)  # alpha_bar_t
     train_budget = None if time_budget_s is None else max(10.0, time_budget_s - 40.0)
     done, loss, seconds = _train_loop(unet, ema, device, steps or 20000, batch_size, lr, ema_decay, train_budget,
-                                      alphas_cumprod, gen, dc_weight, compile_model, snr_gamma)
+                                      alphas_cumprod, gen, dc_weight, compile_model, snr_gamma,
+                                      first_chunk=50_000 * seed,  # each seed its own stream of faces
+                                      low_snr_cap=low_snr_cap)
     metrics: dict[str, Any] = {"steps": done, "init_from": None if init_from is None else str(init_from),
                                "batch_size": batch_size, "lr": lr, "ema_decay": ema_decay, "dc_weight": dc_weight,
-                               "compiled": compile_model, "snr_gamma": snr_gamma,
+                               "compiled": compile_model, "snr_gamma": snr_gamma, "low_snr_cap": low_snr_cap,
                                "final_loss": round(loss, 5),
                                "train_seconds": round(seconds, 1), "device": str(device),
                                "parameters": sum(p.numel() for p in ema.parameters()), "seed": seed}

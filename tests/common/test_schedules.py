@@ -7,6 +7,7 @@ from diffusers import DDIMScheduler, DDPMScheduler
 from common.schedules import (
     alpha_bar_at,
     inference_timesteps,
+    low_snr_weight,
     make_alphas_cumprod,
     make_betas,
     min_snr_weight,
@@ -86,3 +87,15 @@ def test_snr_and_min_snr_weight_closed_forms():
     torch.testing.assert_close(weight[2:], torch.ones(2))
     # as an x0 weight (eps weight x SNR) it is min(SNR, gamma): capped at gamma on the clean end
     torch.testing.assert_close(weight * ratio, ratio.clamp(max=5.0))
+
+
+def test_low_snr_weight_closed_form():
+    alphas_cumprod = make_alphas_cumprod("linear")
+    alpha_bar_t = alphas_cumprod[torch.tensor([0, 300, 750, 999])]
+    weight = low_snr_weight(alpha_bar_t, cap=30.0, scale=100.0)
+    inverse = (1 - alpha_bar_t) / alpha_bar_t  # 1 / SNR_t
+    # t = 0, 300: 1 / SNR < 100 -> 1; t = 750: between -> 1 / (100 SNR); t = 999: 1 / SNR = 24,700 -> capped at 30
+    assert inverse[1] < 100 < inverse[2] < 3000 < inverse[3]
+    torch.testing.assert_close(weight, torch.stack([torch.tensor(1.0), torch.tensor(1.0), inverse[2] / 100,
+                                                    torch.tensor(30.0)]).to(weight.dtype))
+    assert torch.all(low_snr_weight(alphas_cumprod, cap=30.0).diff() >= 0)  # never falls as t grows

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from common.toy.train_faces import _load_unet, build_tiny_unet, eps_loss, save_pipeline
+from common.toy.train_faces import _face_batches, _load_unet, build_tiny_unet, eps_loss, save_pipeline
 
 
 def test_without_dc_weight_it_is_the_plain_mse():
@@ -68,10 +68,20 @@ def test_a_short_cpu_run_saves_a_loadable_folder_and_repeats_bit_for_bit(tmp_pat
     from common.toy.train_faces import TINY_UNET_OVERRIDES, train
 
     runs = [train(tmp_path / name, "cpu", steps=3, batch_size=2, time_budget_s=None, eval_samples=0, snr_gamma=5.0,
-                  **TINY_UNET_OVERRIDES) for name in ("a", "b")]
-    assert runs[0]["steps"] == 3 and runs[0]["snr_gamma"] == 5.0 and math.isfinite(runs[0]["final_loss"])
+                  low_snr_cap=30.0, **TINY_UNET_OVERRIDES) for name in ("a", "b")]
+    assert runs[0]["steps"] == 3 and runs[0]["snr_gamma"] == 5.0 and runs[0]["low_snr_cap"] == 30.0
+    assert math.isfinite(runs[0]["final_loss"])
     weights = [load_file(tmp_path / name / "unet" / "diffusion_pytorch_model.safetensors") for name in ("a", "b")]
     assert weights[0].keys() == weights[1].keys()
     for key in weights[0]:
         torch.testing.assert_close(weights[0][key], weights[1][key], rtol=0, atol=0)
     assert tuple(_load_unet(tmp_path / "a").config.block_out_channels) == (8, 16)
+
+
+def test_face_stream_starts_at_first_chunk():
+    """Continued runs with another seed start another stream of faces; the same start repeats exactly."""
+    def first(start):
+        return next(_face_batches(2, torch.device("cpu"), faces_per_chunk=4, max_steps=1, first_chunk=start))
+
+    torch.testing.assert_close(first(7), first(7), rtol=0, atol=0)
+    assert (first(0) - first(7)).abs().mean() > 0.05
