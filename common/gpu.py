@@ -26,7 +26,10 @@ def get_device(name: str = "auto") -> torch.device:
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as err:  # torch's message lists two dozen backends
+        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from err
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} requested but CUDA is not available here; use --device cpu")
     if device.type == "mps" and not torch.backends.mps.is_available():

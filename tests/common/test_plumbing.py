@@ -88,6 +88,8 @@ def test_device_and_precision():
     assert precision_dtype("fp16", "cpu") == torch.float32
     with pytest.raises(ValueError):
         precision_dtype("fp8")
+    with pytest.raises(ValueError, match="unknown device 'nope'"):
+        get_device("nope")
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             get_device("cuda")
