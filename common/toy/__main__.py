@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 import torch
 
-from common.cli import UserError, user_errors
+from common.cli import IntListType, UserError, user_errors
 from common.images import save_image
 from common.toy import shapes
 
@@ -51,10 +51,13 @@ def main() -> None:
 @click.option("--low_snr_cap", type=click.FloatRange(min=1), default=None,
               help="toy-faces only: weight the noisiest steps' eps loss up to this factor "
                    "(common.schedules.low_snr_weight) [default: off].")
+@click.option("--widths", type=IntListType(), default=None,
+              help="toy-faces only, from scratch: the UNet's four block widths, multiples of 8, the last two of 32 "
+                   "[default: 16,32,64,96].")
 @user_errors
 def train(model: str, device: str, out: str | None, steps: int | None, seed: int, stage: str,
           clip_folder: str | None, init_from: str | None, lr: float | None, batch_size: int | None,
-          dc_weight: float | None, compile_model: bool, low_snr_cap: float | None) -> None:
+          dc_weight: float | None, compile_model: bool, low_snr_cap: float | None, widths: list[int] | None) -> None:
     """Retrain a toy model (seeded; toy-faces can continue from a folder), with a progress bar and a metrics table.
 
     \b
@@ -66,6 +69,7 @@ def train(model: str, device: str, out: str | None, steps: int | None, seed: int
       python -m common.toy train faces --device cuda --init_from common/toy/models/toy-faces --out outputs/faces2
       python -m common.toy train faces --device cuda --init_from outputs/faces2 --lr 1.5e-4 --batch_size 1024 --compile
       python -m common.toy train faces --device cuda --init_from outputs/faces2 --seed 6 --low_snr_cap 30 --compile
+      python -m common.toy train faces --device cuda --widths 32,32,64,96 --batch_size 1024 --compile --out outputs/w32
     """
     try:
         module = importlib.import_module(f"common.toy.train_{model}")
@@ -79,13 +83,24 @@ def train(model: str, device: str, out: str | None, steps: int | None, seed: int
     elif stage != "all" or clip_folder is not None:
         raise UserError("--stage and --clip apply to `train sd` only")
     faces_only = {"lr": lr, "batch_size": batch_size, "dc_weight": dc_weight, "compile_model": compile_model or None,
-                  "low_snr_cap": low_snr_cap}
+                  "low_snr_cap": low_snr_cap, "block_out_channels": _check_widths(widths, init_from)}
     if model == "faces":
         extra = {"init_from": init_from, **{k: v for k, v in faces_only.items() if v is not None}}
     elif init_from is not None or any(v is not None for v in faces_only.values()):
-        raise UserError("--init_from, --lr, --batch_size, --dc_weight, --compile and --low_snr_cap apply to "
-                        "`train faces` only")
+        raise UserError("--init_from, --lr, --batch_size, --dc_weight, --compile, --low_snr_cap and --widths apply "
+                        "to `train faces` only")
     module.train(out=Path(out or f"outputs/toy-{model}"), device=device, steps=steps, seed=seed, **extra)
+
+
+def _check_widths(widths: list[int] | None, init_from: str | None) -> tuple[int, ...] | None:
+    """``--widths`` as toy-faces ``block_out_channels`` (GroupNorm of 8 groups; 32-wide heads on the last two)."""
+    if widths is None:
+        return None
+    if init_from is not None:
+        raise UserError("--widths builds a new UNet; a run with --init_from keeps that folder's widths")
+    if len(widths) != 4 or any(w < 8 or w % 8 for w in widths) or any(w % 32 for w in widths[2:]):
+        raise UserError(f"--widths needs four multiples of 8, the last two multiples of 32; got {widths}")
+    return tuple(widths)
 
 
 @main.command()
