@@ -36,7 +36,7 @@ def measure_fd(model: str, num_samples: int, ddpm_steps: int, ddim_steps: int, b
     fds, label = face_fd_report(samples, num_samples, device, features)
     base = fds["data-vs-data"]
     rows = {k: {"fd": v, "ratio": v / base, "seconds": seconds.get(k)} for k, v in fds.items()}
-    draws = data_vs_data_spread(num_samples, baseline_draws, device, features) if baseline_draws > 1 else [base]
+    draws = [base, *data_vs_data_spread(num_samples, baseline_draws, device, features, first=1)]
     return {"rows": rows, "features": label, "num_samples": num_samples, "data_vs_data_draws": draws}
 
 

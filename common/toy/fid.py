@@ -116,15 +116,18 @@ def face_fd_report(samples: dict[str, torch.Tensor], n: int | None = None, devic
 
 
 def data_vs_data_spread(n: int, draws: int, device: torch.device | str = "cpu",
-                        features: tuple[FeatureFn, str] | None = None) -> list[float]:
-    """FD of ``draws`` independent sets of n val faces (val seed offsets 0, 1, ...) against the n test faces.
+                        features: tuple[FeatureFn, str] | None = None, first: int = 0) -> list[float]:
+    """FD against the n test faces of n val faces for each val seed offset in ``first .. draws - 1``.
 
-    Draw 0 is :func:`face_fd_report`'s ``data-vs-data``; the others show how much that baseline moves at this n
-    (at n = 512 with toy-clip features: 0.97-1.54 over eleven draws), which a ratio bar should be read against.
+    Offset 0 is :func:`face_fd_report`'s ``data-vs-data`` (pass ``first=1`` when that is already known); the others
+    show how much that baseline moves at this n (at n = 512 with toy-clip features: 0.97-1.54 over eleven draws),
+    which a ratio bar should be read against.
     """
     if draws < 1:
         raise ValueError(f"draws must be >= 1, got {draws}")
+    if first >= draws:
+        return []
     features_fn, _ = features or load_feature_extractor(device)
     reference = compute_features(heldout_faces(n, device=device), features_fn)
     return [frechet_distance(compute_features(render_faces(n, split_seed("val", k), device=device), features_fn),
-                             reference) for k in range(draws)]
+                             reference) for k in range(first, draws)]

@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from common.gpu import get_device, seed_everything
-from common.schedules import low_snr_weight, min_snr_weight
+from common.schedules import low_snr_weight, make_alphas_cumprod, min_snr_weight
 from common.toy.faces import render_faces, split_seed
 from common.tweedie import add_noise
 
@@ -132,6 +132,16 @@ def eps_loss(eps_hat: torch.Tensor, eps: torch.Tensor, dc_weight: float = 0.0,
     return per_sample.mean()
 
 
+def loss_weight(alpha_bar_t: torch.Tensor, snr_gamma: float | None = None,
+                low_snr_cap: float | None = None) -> torch.Tensor | None:
+    """Per-sample eps-loss weight [B]: Min-SNR-gamma times the low-SNR boost, each only when set; None = uniform."""
+    weight = None if snr_gamma is None else min_snr_weight(alpha_bar_t, snr_gamma)
+    if low_snr_cap is not None:
+        boost = low_snr_weight(alpha_bar_t, low_snr_cap)
+        weight = boost if weight is None else weight * boost
+    return weight
+
+
 def _train_loop(unet, ema, device, total_steps, batch_size, lr, ema_decay, budget_s, alphas_cumprod, gen,
                 dc_weight=0.0, compile_model=False, snr_gamma=None, first_chunk=0, low_snr_cap=None):
     """Returns (steps done, mean loss of the last 10%, seconds). Shrinks ``total_steps`` to fit ``budget_s``."""
@@ -148,10 +158,7 @@ def _train_loop(unet, ema, device, total_steps, batch_size, lr, ema_decay, budge
         eps = torch.randn(x0.shape, generator=gen, device=device)
         alpha_bar_t = alphas_cumprod[t]  # [B]
         x_t = add_noise(x0, eps, alpha_bar_t)
-        weight = None if snr_gamma is None else min_snr_weight(alpha_bar_t, snr_gamma)  # [B]
-        if low_snr_cap is not None:
-            extra = low_snr_weight(alpha_bar_t, low_snr_cap)  # [B]
-            weight = extra if weight is None else weight * extra
+        weight = loss_weight(alpha_bar_t, snr_gamma, low_snr_cap)  # [B] or None
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, total_steps, lr, warmup)
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_bf16):
@@ -207,7 +214,7 @@ def train(out: str | Path = "common/toy/models/toy-faces", device: str | torch.d
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     unet = (build_unet(**unet_overrides) if init_from is None else _load_unet(init_from)).to(device).train()
     ema = copy.deepcopy(unet).eval().requires_grad_(False)
-    alphas_cumprod = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000), 0).to(device)  # alpha_bar_t
+    alphas_cumprod = make_alphas_cumprod("linear", 1000, 1e-4, 0.02).to(device)  # SCHEDULER_CONFIG's schedule
     train_budget = None if time_budget_s is None else max(10.0, time_budget_s - 40.0)
     done, loss, seconds = _train_loop(unet, ema, device, steps or 20000, batch_size, lr, ema_decay, train_budget,
                                       alphas_cumprod, gen, dc_weight, compile_model, snr_gamma,

@@ -29,3 +29,13 @@ def test_bad_input_exits_with_code_2(args):
     result = CliRunner().invoke(main, ["--device", "cpu", *args])  # a later --device wins
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output
+
+
+def test_spread_offset_0_is_the_reports_data_vs_data_and_first_skips_it():
+    from common.toy.fid import data_vs_data_spread, face_fd_report, noise_images
+
+    fds, _ = face_fd_report({"noise": noise_images(4)}, n=4)
+    spread = data_vs_data_spread(4, 3)
+    assert spread[0] == pytest.approx(fds["data-vs-data"])
+    assert data_vs_data_spread(4, 3, first=1) == pytest.approx(spread[1:])
+    assert data_vs_data_spread(4, 1, first=1) == []
