@@ -53,11 +53,16 @@ def main() -> None:
                    "(common.schedules.low_snr_weight) [default: off].")
 @click.option("--widths", type=IntListType(), default=None,
               help="toy-faces only, from scratch: the UNet's four block widths, multiples of 8, the last two of 32 "
-                   "[default: 16,32,64,96].")
+                   "[default: 32,32,64,96].")
+@click.option("--time_budget", type=click.FloatRange(min=60), default=None,
+              help="toy-faces only: wall-time budget in seconds; training, compilation included, gets 40 s less "
+                   "(the rest is for the FD evaluation), and fewer steps are run if they would not fit "
+                   "[default: 500].")
 @user_errors
 def train(model: str, device: str, out: str | None, steps: int | None, seed: int, stage: str,
           clip_folder: str | None, init_from: str | None, lr: float | None, batch_size: int | None,
-          dc_weight: float | None, compile_model: bool, low_snr_cap: float | None, widths: list[int] | None) -> None:
+          dc_weight: float | None, compile_model: bool, low_snr_cap: float | None, widths: list[int] | None,
+          time_budget: float | None) -> None:
     """Retrain a toy model (seeded; toy-faces can continue from a folder), with a progress bar and a metrics table.
 
     \b
@@ -66,10 +71,13 @@ def train(model: str, device: str, out: str | None, steps: int | None, seed: int
       python -m common.toy train sd --stage vae --device cuda --out common/toy/models/toy-sd
       python -m common.toy train sd --stage unet --device cuda --out common/toy/models/toy-sd
       python -m common.toy train clip --device cpu --steps 300 --out outputs/toy-clip-cpu
-      python -m common.toy train faces --device cuda --init_from common/toy/models/toy-faces --out outputs/faces2
-      python -m common.toy train faces --device cuda --init_from outputs/faces2 --lr 1.5e-4 --batch_size 1024 --compile
-      python -m common.toy train faces --device cuda --init_from outputs/faces2 --seed 6 --low_snr_cap 30 --compile
-      python -m common.toy train faces --device cuda --widths 32,32,64,96 --batch_size 1024 --compile --out outputs/w32
+      python -m common.toy train faces --device cuda --init_from common/toy/models/toy-faces --seed 2 \\
+          --lr 1e-4 --batch_size 1024 --low_snr_cap 30 --compile --out outputs/faces-c
+      python -m common.toy train faces --device cuda --batch_size 1024 --low_snr_cap 30 --compile \\
+          --time_budget 1450 --out outputs/faces-a
+      python -m common.toy train faces --device cuda --init_from outputs/faces-a --lr 3e-4 --seed 1 \\
+          --batch_size 1024 --low_snr_cap 30 --compile --time_budget 1250 --out outputs/faces-b
+      python -m common.toy train faces --device cuda --widths 16,32,64,96 --batch_size 1024 --compile --out outputs/w16
     """
     try:
         module = importlib.import_module(f"common.toy.train_{model}")
@@ -83,12 +91,13 @@ def train(model: str, device: str, out: str | None, steps: int | None, seed: int
     elif stage != "all" or clip_folder is not None:
         raise UserError("--stage and --clip apply to `train sd` only")
     faces_only = {"lr": lr, "batch_size": batch_size, "dc_weight": dc_weight, "compile_model": compile_model or None,
-                  "low_snr_cap": low_snr_cap, "block_out_channels": _check_widths(widths, init_from)}
+                  "low_snr_cap": low_snr_cap, "block_out_channels": _check_widths(widths, init_from),
+                  "time_budget_s": time_budget}
     if model == "faces":
         extra = {"init_from": init_from, **{k: v for k, v in faces_only.items() if v is not None}}
     elif init_from is not None or any(v is not None for v in faces_only.values()):
-        raise UserError("--init_from, --lr, --batch_size, --dc_weight, --compile, --low_snr_cap and --widths apply "
-                        "to `train faces` only")
+        raise UserError("--init_from, --lr, --batch_size, --dc_weight, --compile, --low_snr_cap, --widths and "
+                        "--time_budget apply to `train faces` only")
     module.train(out=Path(out or f"outputs/toy-{model}"), device=device, steps=steps, seed=seed, **extra)
 
 

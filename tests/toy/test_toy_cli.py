@@ -49,6 +49,7 @@ def test_bad_arguments_exit_with_code_2(tmp_path):
                  ["train", "faces", "--dc_weight", "-1"], ["train", "faces", "--low_snr_cap", "0.5"],
                  ["train", "faces", "--widths", "30,32,64,96"], ["train", "faces", "--widths", "32,32,64"],
                  ["train", "faces", "--widths", "16,32,48,96"], ["train", "faces", "--widths", "a,b"],
+                 ["train", "faces", "--time_budget", "5"],
                  ["train", "faces", "--widths", "32,32,64,96", "--init_from", str(tmp_path)]):
         result = runner.invoke(main, args)
         assert result.exit_code == 2, (args, result.output)
@@ -79,7 +80,7 @@ def test_train_dispatches_lazily(monkeypatch, tmp_path, model):
 
 @pytest.mark.parametrize("option", [["--init_from", "."], ["--lr", "1e-4"], ["--batch_size", "8"],
                                     ["--dc_weight", "1"], ["--compile"], ["--low_snr_cap", "30"],
-                                    ["--widths", "32,32,64,96"]])
+                                    ["--widths", "32,32,64,96"], ["--time_budget", "600"]])
 def test_faces_options_are_for_faces_only(tmp_path, option):
     result = CliRunner().invoke(main, ["train", "clip", *option, "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "apply to `train faces` only" in result.output
@@ -88,12 +89,12 @@ def test_faces_options_are_for_faces_only(tmp_path, option):
 def test_faces_options_reach_the_trainer(monkeypatch, tmp_path):
     calls = fake_module(monkeypatch, "common.toy.train_faces", "train")
     args = ["train", "faces", "--out", str(tmp_path), "--lr", "1.5e-4", "--batch_size", "1024", "--dc_weight", "20",
-            "--compile", "--low_snr_cap", "30", "--widths", "32,32,64,96"]
+            "--compile", "--low_snr_cap", "30", "--widths", "16,32,64,96", "--time_budget", "1450"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0 and not result.exception, result.output
-    keys = ("lr", "batch_size", "dc_weight", "compile_model", "low_snr_cap", "block_out_channels")
+    keys = ("lr", "batch_size", "dc_weight", "compile_model", "low_snr_cap", "block_out_channels", "time_budget_s")
     expected = {"lr": 1.5e-4, "batch_size": 1024, "dc_weight": 20.0, "compile_model": True, "low_snr_cap": 30.0,
-                "block_out_channels": (32, 32, 64, 96)}
+                "block_out_channels": (16, 32, 64, 96), "time_budget_s": 1450.0}
     assert {k: calls[0][k] for k in keys} == expected
 
 
