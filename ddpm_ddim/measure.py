@@ -65,7 +65,9 @@ def format_fd_table(result: dict) -> str:
               help="0 skips DDPM.")
 @click.option("--ddim_steps", type=click.IntRange(min=0, max=1000), default=50, show_default=True,
               help="0 skips DDIM.")
-@click.option("--batch_size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--batch_size", type=click.IntRange(min=1), default=None,
+              help="Images per UNet call [default: 256 on a GPU, 16 on a CPU, where small batches stay in cache "
+                   "(1.5x faster on 2 cores)].")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--baseline_draws", type=click.IntRange(min=1), default=5, show_default=True,
@@ -82,7 +84,9 @@ def main(model, num_samples, ddpm_steps, ddim_steps, batch_size, device, seed, b
       python -m ddpm_ddim.measure --device cpu --num_samples 64 --ddpm_steps 0
     """
     seed_everything(seed)
-    result = measure_fd(model, num_samples, ddpm_steps, ddim_steps, batch_size, get_device(device), seed,
+    device = get_device(device)
+    batch_size = batch_size or (16 if device.type == "cpu" else 256)
+    result = measure_fd(model, num_samples, ddpm_steps, ddim_steps, batch_size, device, seed,
                         baseline_draws=baseline_draws)
     click.echo(format_fd_table(result))
     if json_path:

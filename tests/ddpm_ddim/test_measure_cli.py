@@ -39,3 +39,15 @@ def test_spread_offset_0_is_the_reports_data_vs_data_and_first_skips_it():
     assert spread[0] == pytest.approx(fds["data-vs-data"])
     assert data_vs_data_spread(4, 3, first=1) == pytest.approx(spread[1:])
     assert data_vs_data_spread(4, 1, first=1) == []
+
+
+@pytest.mark.parametrize(("args", "expected"), [([], 16), (["--batch_size", "3"], 3)])
+def test_cpu_default_batch_is_small(monkeypatch, args, expected):
+    import ddpm_ddim.measure as measure
+
+    calls = []
+    monkeypatch.setattr(measure, "measure_fd", lambda *a, **k: calls.append(a[4]) or {})
+    monkeypatch.setattr(measure, "format_fd_table", lambda result: "table")
+    result = CliRunner().invoke(main, ["--device", "cpu", *args])
+    assert result.exit_code == 0, result.output
+    assert calls == [expected]
