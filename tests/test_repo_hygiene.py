@@ -1,5 +1,6 @@
 """Repository-wide rules: lint clean, small modules, no pickle loading, balanced solution markers."""
 
+import ast
 import re
 import shutil
 import subprocess
@@ -7,6 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from grading import markers
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ["common", "gan", "ddpm_ddim", "dps", "distillation", "synchronization", "grading"]
@@ -35,6 +38,73 @@ def test_module_is_small_and_safe(path):
     text = path.read_text()
     assert text.count("\n") <= 500, "modules stay under ~400 lines"
     assert not re.search(r"\bpickle\.load|\btorch\.load\(", text), "load safetensors/JSON only, never pickle"
-    lines = [line.strip() for line in text.splitlines()]
-    begins, ends = lines.count("# BEGIN SOLUTION"), lines.count("# END SOLUTION")
-    assert begins == ends, "unbalanced solution markers"
+
+
+ASSIGNMENTS = ["gan", "ddpm_ddim", "dps", "distillation", "synchronization"]
+
+
+def _regions_by_file() -> dict[Path, list[markers.Region]]:
+    """Every solution region of the tree, validated by the grading package's own parser."""
+    out = {}
+    for path in SOURCES:
+        regions = markers.find_regions(path.read_text(), str(path.relative_to(ROOT)))
+        if regions:
+            out[path] = regions
+    return out
+
+
+def test_solution_regions_have_unique_ids_and_live_in_assignment_packages():
+    found = _regions_by_file()
+    ids = [r.id for regions in found.values() for r in regions]
+    assert len(ids) == len(set(ids)), f"duplicate region ids: {sorted({i for i in ids if ids.count(i) > 1})}"
+    outside = [str(p.relative_to(ROOT)) for p in found if p.relative_to(ROOT).parts[0] not in ASSIGNMENTS]
+    assert not outside, f"solution regions outside the assignment packages: {outside}"
+    for regions in found.values():
+        for r in regions:
+            assert "nan_to_num" not in r.body, f"{r.path}:{r.begin}: nan_to_num in region {r.id} hides a NaN"
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _solution_names() -> dict[str, set[str]]:
+    """module -> top-level functions and classes that contain a solution region."""
+    out: dict[str, set[str]] = {}
+    for path, regions in _regions_by_file().items():
+        tree = ast.parse(path.read_text())
+        for node in tree.body:
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and any(
+                    node.lineno < r.begin <= node.end_lineno for r in regions):
+                out.setdefault(_module_name(path), set()).add(node.name)
+    return out
+
+
+def test_no_module_outside_a_package_uses_its_solution_marked_code():
+    """Stubbing one homework's regions must break only that homework: nothing else imports region code."""
+    marked = _solution_names()
+    files = SOURCES + sorted((ROOT / "benchmarks").rglob("*.py"))
+    bad = []
+    for path in files:
+        rel = path.relative_to(ROOT)
+        if rel.parts[0] == "grading":
+            continue  # the grader runs region code on purpose (in its sandbox)
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module in marked and node.level == 0:
+                if node.module.split(".")[0] == rel.parts[0]:
+                    continue  # a package may call its own exercises
+                hits = {a.name for a in node.names} & marked[node.module]
+                bad += [f"{rel}:{node.lineno} imports {node.module}.{name}" for name in sorted(hits)]
+    assert not bad, "\n".join(bad)
+
+
+def test_common_imports_no_assignment_package():
+    bad = []
+    for path in (p for p in SOURCES if p.relative_to(ROOT).parts[0] == "common"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else [])
+            bad += [f"{path.relative_to(ROOT)}:{node.lineno} imports {n}" for n in names
+                    if n.split(".")[0] in ASSIGNMENTS + ["grading"]]
+    assert not bad, "\n".join(bad)
