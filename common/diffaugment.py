@@ -19,6 +19,7 @@ sampler that draws those parameters from a ``torch.Generator`` (``draw_*``), so 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -163,10 +164,11 @@ def parse_policy(policy: str) -> list[str]:
 
 
 def diff_augment(x: torch.Tensor, policy: str = "color,translation,cutout", generator: torch.Generator | None = None,
-                 cutout_mode: str = "fixed") -> torch.Tensor:
+                 cutout_mode: str = "fixed", random_cutout: Callable[..., torch.Tensor] = rand_cutout) -> torch.Tensor:
     """Apply the DiffAugment policies left to right to a batch [B, C, H, W] in [-1, 1].
 
-    ``cutout_mode``: "fixed" (original 50% box) or "random" (25-50% box, :func:`rand_cutout`).
+    ``cutout_mode``: "fixed" (original 50% box) or "random" (25-50% box, ``random_cutout(x, generator=...)``,
+    by default :func:`rand_cutout`; ``gan`` passes its own exercise here).
     """
     if cutout_mode not in CUTOUT_MODES:
         raise ValueError(f"unknown cutout_mode {cutout_mode!r}; choose from {', '.join(CUTOUT_MODES)}")
@@ -178,5 +180,5 @@ def diff_augment(x: torch.Tensor, policy: str = "color,translation,cutout", gene
         elif cutout_mode == "fixed":
             x = rand_cutout_fixed(x, generator=generator)
         else:
-            x = rand_cutout(x, generator=generator)
+            x = random_cutout(x, generator=generator)
     return x.contiguous()

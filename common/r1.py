@@ -1,7 +1,8 @@
 """R1 gradient penalty on real data (Mescheder et al. 2018, "Which Training Methods for GANs do actually
 Converge?", Eq. 9): R1(psi) = gamma/2 * E_{x ~ p_data} ||grad_x D_psi(x)||^2.
 
-Used by ``gan.loss`` (StyleGAN2's lazy ``Dreg`` phase) with the squared norm summed over C, H, W.
+The reference that ``tests/gan`` and the grader compare ``gan.loss``'s inline R1 (StyleGAN2's lazy ``Dreg``
+phase, the student's exercise) to; the squared norm is summed over C, H, W.
 """
 
 from __future__ import annotations

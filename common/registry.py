@@ -26,6 +26,8 @@ import torch
 
 from common import hub
 from common.cli import UserError
+from common.clip_folder import CONFIG_FILE, WEIGHTS_FILE, load_clip_folder
+from common.clip_folder import save_clip_folder as save_clip_folder  # re-exported: registry.save_clip_folder
 
 TOY_MODELS_DIR = Path(__file__).resolve().parent / "toy" / "models"
 KINDS = ("sd", "clip", "ddpm", "pixel")
@@ -239,40 +241,13 @@ class ClipBundle(NamedTuple):
 
 
 def _load_clip_folder(spec: ModelSpec, folder: Path, device: torch.device | str) -> ClipBundle:
-    import open_clip
-
-    if not (folder / "open_clip_model.safetensors").is_file():
-        raise ModelLoadError(f"{folder} has no open_clip_model.safetensors (only safetensors weights are loaded)")
-    if "model_cfg" not in _read_json(folder / "open_clip_config.json"):
-        raise ModelLoadError(f"{folder / 'open_clip_config.json'} has no 'model_cfg' (expected open_clip's Hub "
+    if not (folder / WEIGHTS_FILE).is_file():
+        raise ModelLoadError(f"{folder} has no {WEIGHTS_FILE} (only safetensors weights are loaded)")
+    if "model_cfg" not in _read_json(folder / CONFIG_FILE):
+        raise ModelLoadError(f"{folder / CONFIG_FILE} has no 'model_cfg' (expected open_clip's Hub "
                              "format {'model_cfg': ..., 'preprocess_cfg': ...}, as written by save_clip_folder)")
-    ident = f"local-dir:{folder}"
-    model, _, preprocess = _from_source(spec, open_clip.create_model_and_transforms, ident, device=device)
-    tokenizer = open_clip.get_tokenizer(ident)
-    return ClipBundle(model.eval(), preprocess, tokenizer, spec.name)
-
-
-def save_clip_folder(model: torch.nn.Module, model_cfg: dict[str, Any], folder: str | os.PathLike,
-                     preprocess_cfg: dict[str, Any] | None = None, dtype: torch.dtype | None = None) -> Path:
-    """Write an open_clip model in the format :func:`load_clip` reads (open_clip's Hub folder format):
-    ``open_clip_config.json`` (``{"model_cfg", "preprocess_cfg"}``) + ``open_clip_model.safetensors``.
-
-    ``preprocess_cfg`` defaults to OpenAI's CLIP mean/std, bicubic, shortest-side resize to the model's size.
-    """
-    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
-    from safetensors.torch import save_file
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    preprocess = {"mean": list(OPENAI_DATASET_MEAN), "std": list(OPENAI_DATASET_STD),
-                  "interpolation": "bicubic", "resize_mode": "shortest"}
-    preprocess.update(preprocess_cfg or {})
-    config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess}
-    (folder / "open_clip_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().contiguous()
-             for k, v in model.state_dict().items()}
-    save_file(state, str(folder / "open_clip_model.safetensors"))
-    return folder
+    model, preprocess, tokenizer = _from_source(spec, load_clip_folder, folder, device=device)
+    return ClipBundle(model, preprocess, tokenizer, spec.name)
 
 
 def _load_clip_hub(spec: ModelSpec, device: torch.device | str) -> ClipBundle:
@@ -305,13 +280,7 @@ def load_clip(name: str | os.PathLike = "clip-vit-b-32", device: torch.device | 
     spec = resolve(name, "clip")
     if spec.is_real:
         return _load_clip_hub(spec, device)
-    folder = _check_folder(spec)
-    if spec.name == "toy-clip":
-        from common.toy.clip_model import load_toy_clip  # same open_clip local-dir format, owned by common.toy
-
-        model, preprocess, tokenizer = _from_source(spec, load_toy_clip, folder, device=device)
-        return ClipBundle(model.eval(), preprocess, tokenizer, spec.name)
-    return _load_clip_folder(spec, folder, device)
+    return _load_clip_folder(spec, _check_folder(spec), device)  # toy-clip too: the same open_clip folder format
 
 
 def _ddpm_layout(folder: Path) -> tuple[Path, Path]:

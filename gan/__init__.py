@@ -4,8 +4,11 @@ Modules:
 - ``networks`` / ``layers``: mapping network, modulated/demodulated convolutions, noise inputs, skip generator,
   residual discriminator with minibatch stddev, EMA (Karras et al. 2020).
 - ``ops``: fused bias+activation and upfirdn2d with CUDA kernels (JIT-built with ninja) and a reference path.
-- ``loss``: generator/discriminator losses, lazy R1 (``common.r1``), path length, DiffAugment
-  (``common.diffaugment``) on every D input. Student parts sit between ``# BEGIN SOLUTION`` markers.
+- ``loss``: generator/discriminator losses, lazy R1 (written inline; ``common.r1`` is the reference the tests
+  compare it to), path length, DiffAugment on every D input.
+- ``augment``: DiffAugment = ``common.diffaugment``'s ops with the handout's random-size cutout exercise.
+  Exercises (regions ``gan-g-loss``, ``gan-d-loss``, ``gan-d-real``, ``gan-r1``, ``diffaugment-cutout``) sit
+  between ``# BEGIN SOLUTION <id>`` / ``# END SOLUTION`` lines (docs/gan.md lists them).
 - ``training`` / ``train``: the loop and ``python -m gan.train`` (numbered run folders, log.txt, fakes grids,
   FID, atomic safetensors checkpoints with exact resume). ``checkpoint``: the file format (no pickle).
 - ``dataset`` / ``dataset_tool``: folder or zip of images; ``toy``: the 100-image toy-faces few-shot set.

@@ -12,8 +12,8 @@ import click
 import torch
 
 from common.cli import user_errors
-from common.diffaugment import diff_augment
 from common.images import save_grid
+from gan.augment import diff_augment
 from gan.dataset import load_dataset, to_float
 
 ROWS = ("", "color", "translation", "cutout", "color,translation,cutout")

@@ -19,20 +19,21 @@ import math
 import torch
 import torch.nn.functional as F
 
-from common.diffaugment import diff_augment
-from common.r1 import r1_penalty
+from gan.augment import diff_augment
 
 
 def generator_loss(gen_logits: torch.Tensor) -> torch.Tensor:
     """Per-sample non-saturating generator loss, Eq. (1); gen_logits = D(G(z)) [B] -> [B]."""
-    # BEGIN SOLUTION
+    # TODO: per-sample non-saturating generator loss -log sigmoid(D(G(z))) (Eq. 1), numerically stable
+    # BEGIN SOLUTION gan-g-loss
     return F.softplus(-gen_logits)  # -log(sigmoid(D(G(z))))
     # END SOLUTION
 
 
 def discriminator_loss(real_logits: torch.Tensor, gen_logits: torch.Tensor) -> torch.Tensor:
     """Per-sample discriminator loss, Eq. (2): softplus(-D(x)) + softplus(D(G(z))) -> [B]."""
-    # BEGIN SOLUTION
+    # TODO: loss_real and loss_fake, the per-sample real and fake terms of Eq. 2, numerically stable
+    # BEGIN SOLUTION gan-d-loss
     loss_real = F.softplus(-real_logits)  # -log(sigmoid(D(x)))
     loss_fake = F.softplus(gen_logits)  # -log(1 - sigmoid(D(G(z))))
     # END SOLUTION
@@ -127,7 +128,8 @@ class StyleGAN2Loss:
         with torch.no_grad():
             gen_img, _ = self.run_G(z)
         gen_logits = self.run_D(gen_img)
-        # BEGIN SOLUTION
+        # TODO: real_logits, D's logits on the real images (through run_D, like the fakes)
+        # BEGIN SOLUTION gan-d-real
         real_logits = self.run_D(real_img)  # the real term of Eq. (2) sees real images
         # END SOLUTION
         loss = discriminator_loss(real_logits, gen_logits).mean()
@@ -137,9 +139,12 @@ class StyleGAN2Loss:
     def d_reg(self, real_img: torch.Tensor):
         """Lazy R1 phase: gradients w.r.t. the un-augmented reals (as DiffAugment's authors do)."""
         real_img = real_img.detach().requires_grad_(True)
-        real_logits = self.run_D(real_img)
-        # BEGIN SOLUTION
-        penalty = r1_penalty(real_logits, real_img, self.cfg.r1_gamma)  # gamma/2 ||grad_x D(x)||^2 per sample
+        real_logits = self.run_D(real_img)  # [B]
+        # TODO: penalty (per sample gamma/2 ||grad_x D(x)||^2, Eq. 3, create_graph) and loss (mean x interval)
+        # BEGIN SOLUTION gan-r1
+        # Sum over the batch: logit b depends only on image b, so the gradient's slice b is grad_x D(x_b).
+        (grad,) = torch.autograd.grad(real_logits.sum(), real_img, create_graph=True)  # [B, C, H, W]
+        penalty = grad.square().sum(dim=[1, 2, 3]) * (self.cfg.r1_gamma / 2)  # [B], gamma/2 ||grad_x D(x)||^2
         loss = penalty.mean() * self.cfg.d_reg_interval  # lazy regularisation: every I steps, weight I
         # END SOLUTION
         return loss + real_logits.sum() * 0, {"r1_penalty": penalty.mean().item()}

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from common.cli import check_finite
 from common.gpu import autocast, get_device, precision_dtype
 from gan import checkpoint as ckpt
 from gan.dataset import BatchSampler, load_dataset, to_float
@@ -98,6 +99,7 @@ class Trainer:
         opt.zero_grad(set_to_none=True)
         with autocast(self.device, self.dtype):
             loss, stats = fn(*args)
+        check_finite(loss.detach(), f"the {fn.__name__} loss")  # e.g. an unstable loss: one clear error
         loss.float().backward()
         for p in net.parameters():
             if p.grad is not None:

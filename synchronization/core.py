@@ -30,8 +30,8 @@ from typing import Any, Protocol
 import torch
 from tqdm.auto import tqdm
 
+from common._broadcast import expand_as
 from common.schedules import alpha_bar_at, inference_timesteps, make_betas, previous_timesteps
-from common.tweedie import add_noise, eps_from_x0, x0_from_eps
 
 SYNC_VARIABLES = ("x0", "eps", "xt", "none")
 INITS = ("canonical", "independent")
@@ -58,10 +58,15 @@ def compute_tweedie(x_t: torch.Tensor, eps_hat: torch.Tensor, alpha_bar_t: float
     ``eps_hat`` may carry extra channels (DeepFloyd IF predicts eps and a learned variance, 2C channels): only
     the first C = x_t.shape[1] are the noise. Computed in fp32 and cast back to x_t's dtype.
     """
-    # BEGIN SOLUTION
-    eps_hat = eps_hat[:, : x_t.shape[1]]
-    return x0_from_eps(_at_least_fp32(x_t), _at_least_fp32(eps_hat), alpha_bar_t).to(x_t.dtype)
+    dtype = x_t.dtype
+    eps_hat = _at_least_fp32(eps_hat[:, : x_t.shape[1]])  # IF: drop the variance channels; [N, C, H, W]
+    x_t = _at_least_fp32(x_t)  # [N, C, H, W]
+    alpha_bar_t = expand_as(alpha_bar_t, x_t)  # fp32 tensor, 0-d or [N, 1, 1, 1]
+    # TODO: x0_hat from x_t, eps_hat and alpha_bar_t (Tweedie's formula, DDIM Eq. 12)
+    # BEGIN SOLUTION sync-tweedie
+    x0_hat = (x_t - torch.sqrt(1 - alpha_bar_t) * eps_hat) / torch.sqrt(alpha_bar_t)
     # END SOLUTION
+    return x0_hat.to(dtype)
 
 
 def compute_prev_state(x_t: torch.Tensor, x0_hat: torch.Tensor, alpha_bar_t: float | torch.Tensor,
@@ -72,11 +77,15 @@ def compute_prev_state(x_t: torch.Tensor, x0_hat: torch.Tensor, alpha_bar_t: flo
     eps = (x_t - sqrt(alpha_bar_t) x0_hat) / sqrt(1 - alpha_bar_t). In fp32: at the last step alpha_bar_prev
     rounds to 1 in fp16 and the skeleton's fp16 arithmetic gave 0/0.
     """
-    # BEGIN SOLUTION
-    x_t32, x0_32 = _at_least_fp32(x_t), _at_least_fp32(x0_hat)
-    eps = eps_from_x0(x_t32, x0_32, alpha_bar_t)
-    return add_noise(x0_32, eps, alpha_bar_prev).to(x_t.dtype)
+    dtype = x_t.dtype
+    x_t, x0_hat = _at_least_fp32(x_t), _at_least_fp32(x0_hat)  # [N, C, H, W]
+    alpha_bar_t, alpha_bar_prev = expand_as(alpha_bar_t, x_t), expand_as(alpha_bar_prev, x_t)  # fp32 tensors
+    # TODO: x_prev from x_t and x0_hat: the implied noise, then DDIM Eq. 12 with eta = 0
+    # BEGIN SOLUTION sync-prev-state
+    eps_hat = (x_t - torch.sqrt(alpha_bar_t) * x0_hat) / torch.sqrt(1 - alpha_bar_t)
+    x_prev = torch.sqrt(alpha_bar_prev) * x0_hat + torch.sqrt(1 - alpha_bar_prev) * eps_hat
     # END SOLUTION
+    return x_prev.to(dtype)
 
 
 def synchronize(mapping: Mapping, x: torch.Tensor) -> torch.Tensor:
@@ -92,8 +101,9 @@ def one_step_process(mapping: Mapping, eps_fn: EpsFn, x_t: torch.Tensor, t: int,
     """
     if sync not in SYNC_VARIABLES:
         raise ValueError(f"unknown sync variable {sync!r}; choose one of {', '.join(SYNC_VARIABLES)}")
-    # BEGIN SOLUTION
-    eps_hat = eps_fn(x_t, t)[:, : x_t.shape[1]]
+    eps_hat = eps_fn(x_t, t)[:, : x_t.shape[1]]  # eps_theta(x_t^i) [N, C, H, W] (IF: variance dropped)
+    # TODO: x0_hat and x_prev, averaging eps_hat (eps), x0_hat (x0) or x_prev (xt) with synchronize()
+    # BEGIN SOLUTION sync-one-step
     if sync == "eps":  # case 1
         eps_hat = synchronize(mapping, eps_hat)
     x0_hat = compute_tweedie(x_t, eps_hat, alpha_bar_t)
@@ -182,6 +192,17 @@ def initial_noise(mapping: Mapping, canonical_shape: tuple[int, ...], num_instan
     raise ValueError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
 
 
+class NonFiniteSampleError(ValueError):
+    """A sampling step produced NaN or inf (one line; a ``ValueError``, so CLIs print ``Error: ...``)."""
+
+
+def check_step_finite(x: torch.Tensor, i: int, t: int) -> None:
+    """Raise :class:`NonFiniteSampleError` naming the step when x holds NaN or inf."""
+    if not bool(torch.isfinite(x).all()):
+        raise NonFiniteSampleError(f"sampling produced NaN or inf at step {i} (t = {t}); check compute_tweedie, "
+                                   "compute_prev_state and one_step_process, or use --precision fp32")
+
+
 def sample(mapping: Mapping, eps_fn: EpsFn, schedule: DDIMSchedule, x_T: torch.Tensor, sync: str = "x0",
            canonical: bool = False, progress: bool = True, desc: str = "sync") -> tuple[torch.Tensor, torch.Tensor]:
     """Run the full synchronized DDIM loop from instance noise x_T [N, ...].
@@ -192,15 +213,14 @@ def sample(mapping: Mapping, eps_fn: EpsFn, schedule: DDIMSchedule, x_T: torch.T
     """
     steps = range(len(schedule.timesteps))
     bar = tqdm(steps, desc=desc, disable=not progress, leave=False)
-    if canonical:
-        z = mapping.inverse_mapping(x_T)
-        for i in bar:
-            a_t, a_prev = schedule.alpha_bars(i)
-            z, _ = canonical_one_step_process(mapping, eps_fn, z, int(schedule.timesteps[i]), a_t, a_prev, sync)
-        return z, mapping.forward_mapping(z)
-    x = x_T
+    step = canonical_one_step_process if canonical else one_step_process
+    x = mapping.inverse_mapping(x_T) if canonical else x_T  # canonical: z_T [1, ...]; else instances [N, ...]
     for i in bar:
         a_t, a_prev = schedule.alpha_bars(i)
-        x, _ = one_step_process(mapping, eps_fn, x, int(schedule.timesteps[i]), a_t, a_prev, sync)
-    z = mapping.inverse_mapping(x)
-    return z, x
+        t = int(schedule.timesteps[i])
+        x, _ = step(mapping, eps_fn, x, t, a_t, a_prev, sync)
+        check_step_finite(x, i, t)
+    if canonical:
+        return x, mapping.forward_mapping(x)
+    return mapping.inverse_mapping(x), x
+

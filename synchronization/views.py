@@ -46,12 +46,14 @@ class Rotate(View):
         self.name = name
 
     def view(self, x: torch.Tensor) -> torch.Tensor:
-        # BEGIN SOLUTION
+        # TODO: rotate x [..., H, W] by self.k quarter turns clockwise (exactly, no interpolation)
+        # BEGIN SOLUTION rotate-view
         return torch.rot90(x, k=-self.k, dims=(-2, -1))  # torch's positive k turns counter-clockwise
         # END SOLUTION
 
     def inverse_view(self, x: torch.Tensor) -> torch.Tensor:
-        # BEGIN SOLUTION
+        # TODO: undo view(): rotate x [..., H, W] by self.k quarter turns counter-clockwise
+        # BEGIN SOLUTION rotate-inverse-view
         return torch.rot90(x, k=self.k, dims=(-2, -1))
         # END SOLUTION
 
@@ -93,7 +95,8 @@ def circle_mask(size: int, radius: float | None = None, device: torch.device | s
 def inner_rotation_index(size: int, angle_deg: float, radius: float | None = None) -> torch.Tensor:
     """Flat source index [S*S] such that ``out.flatten()[q] = x.flatten()[index[q]]`` rotates the inner disc
     clockwise by ``angle_deg`` (nearest neighbour) and leaves the outside unchanged."""
-    # BEGIN SOLUTION
+    # TODO: source index [S*S]: inside circle_mask, the nearest pixel of the inverse rotation; else itself
+    # BEGIN SOLUTION inner-rotation-index
     mask = circle_mask(size, radius)
     c = (size - 1) / 2
     ys, xs = torch.meshgrid(torch.arange(size, dtype=torch.float64), torch.arange(size, dtype=torch.float64),

@@ -59,8 +59,9 @@ class WindowMapping:
     def forward_mapping(self, z: torch.Tensor) -> torch.Tensor:
         """f: crop every window, [1, C, H, W] -> [N, C, wh, ww]."""
         assert z.shape[0] == 1 and z.shape[-2:] == (self.height, self.width), z.shape
-        # BEGIN SOLUTION
-        index = self.index.to(z.device)
+        index = self.index.to(z.device)  # [N, wh*ww] flat positions of each window's pixels in the H*W canvas
+        # TODO: gather every window's pixels from z with index; return [N, C, wh, ww]
+        # BEGIN SOLUTION wide-forward-mapping
         crops = z[0].flatten(1)[:, index]  # [C, N, wh*ww]
         return crops.permute(1, 0, 2).reshape(len(self.views), z.shape[1], *self.window)
         # END SOLUTION
@@ -68,12 +69,16 @@ class WindowMapping:
     def inverse_mapping(self, x: torch.Tensor) -> torch.Tensor:
         """g: paste every window back and average where windows overlap, [N, C, wh, ww] -> [1, C, H, W]."""
         assert x.shape[0] == len(self.views) and tuple(x.shape[-2:]) == self.window, x.shape
-        # BEGIN SOLUTION
+        dtype = x.dtype
+        x = x if x.dtype == torch.float64 else x.float()  # accumulate fp16 sums in fp32
+        index = self.index.to(x.device)  # [N, wh*ww] flat positions of each window's pixels in the H*W canvas
+        count = self.count.to(x.device, x.dtype)  # [H*W] windows covering each canonical pixel
+        # TODO: z [1, C, H, W]: add every window into the canvas at index, divide by count (>= 1)
+        # BEGIN SOLUTION wide-inverse-mapping
         c = x.shape[1]
-        index = self.index.to(x.device).flatten()
-        acc = torch.float64 if x.dtype == torch.float64 else torch.float32  # accumulate fp16 in fp32
-        values = x.to(acc).permute(1, 0, 2, 3).reshape(c, -1)  # [C, N*wh*ww], same order as index
-        total = torch.zeros(c, self.height * self.width, device=x.device, dtype=acc).index_add_(1, index, values)
-        z = total / self.count.to(x.device, acc).clamp(min=1)
-        return z.view(1, c, self.height, self.width).to(x.dtype)
+        values = x.permute(1, 0, 2, 3).reshape(c, -1)  # [C, N*wh*ww], same order as index.flatten()
+        total = torch.zeros(c, self.height * self.width, device=x.device, dtype=x.dtype)
+        total = total.index_add_(1, index.flatten(), values)  # [C, H*W] sum over windows
+        z = (total / count.clamp(min=1)).view(1, c, self.height, self.width)
         # END SOLUTION
+        return z.to(dtype)

@@ -5,7 +5,8 @@ after :func:`register_toy_clip` open_clip builds it by name, and the shipped fol
 ``common/toy/models/toy-clip/`` (``open_clip_config.json`` + ``open_clip_model.safetensors``) loads with
 ``open_clip.create_model_and_transforms('local-dir:<folder>')`` or with
 ``open_clip.create_model_and_transforms('toy-clip', pretrained='<folder>/open_clip_model.safetensors')``.
-The tokenizer is open_clip's standard CLIP BPE tokenizer (context 77, padded with id 0).
+The tokenizer is open_clip's standard CLIP BPE tokenizer (context 77, padded with id 0). Folders are written
+and read by :mod:`common.clip_folder`, which the registry uses too (neither imports the other).
 """
 
 from __future__ import annotations
@@ -19,11 +20,11 @@ import torch
 import torch.nn.functional as F
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
+from common.clip_folder import CONFIG_FILE, WEIGHTS_FILE, load_clip_folder, save_clip_folder
+
 MODEL_NAME = "toy-clip"
 CONFIG_PATH = Path(__file__).parent / "configs" / f"{MODEL_NAME}.json"
 DEFAULT_FOLDER = Path(__file__).parent / "models" / MODEL_NAME
-CONFIG_FILE = "open_clip_config.json"
-WEIGHTS_FILE = "open_clip_model.safetensors"
 IMAGE_SIZE = 64
 TRAIN_COMMAND = "python -m common.toy train clip --device cuda --out common/toy/models/toy-clip"
 
@@ -60,8 +61,6 @@ def get_tokenizer():
 
 def save_toy_clip(model: torch.nn.Module, folder: str | Path, dtype: torch.dtype = torch.float16) -> Path:
     """Write ``open_clip_config.json`` and ``open_clip_model.safetensors`` (weights cast to ``dtype``)."""
-    from common.registry import save_clip_folder  # the one writer of open_clip folders
-
     return save_clip_folder(model, model_config(), folder, preprocess_config(), dtype=dtype)
 
 
@@ -79,12 +78,7 @@ def load_toy_clip(folder: str | Path | None = None, device: torch.device | str =
 
     ``preprocess`` is open_clip's validation transform (PIL image -> normalised [3, 64, 64] tensor).
     """
-    folder = check_folder(folder)
-    model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{folder}", device=device)
-    text_cfg = json.loads((folder / CONFIG_FILE).read_text())["model_cfg"]["text_cfg"]
-    same = text_cfg == model_config()["text_cfg"]  # same tokenizer as the toy-clip config: reuse the cached one
-    tokenizer = get_tokenizer() if same else open_clip.get_tokenizer(f"local-dir:{folder}")
-    return model.eval(), preprocess, tokenizer
+    return load_clip_folder(check_folder(folder), device)  # the tokenizer is built once per text config
 
 
 def images_to_clip_input(images: torch.Tensor) -> torch.Tensor:

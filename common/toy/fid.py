@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from common.registry import load_clip
 from common.toy.faces import heldout_faces, render_faces, split_seed
 
 TOY_CLIP_DIR = Path(__file__).resolve().parent / "models" / "toy-clip"
@@ -51,8 +52,6 @@ def load_feature_extractor(device: torch.device | str = "cpu",
                            prefer_toy_clip: bool = True) -> tuple[FeatureFn, str]:
     """``(features_fn, label)``: toy-clip image embeddings when shipped, else :class:`RandomConvFeatures`."""
     if prefer_toy_clip and (TOY_CLIP_DIR / "open_clip_model.safetensors").is_file():
-        from common.registry import load_clip
-
         model = load_clip("toy-clip", device).model
         size = 64
         mean = torch.tensor(CLIP_MEAN, device=device).view(1, 3, 1, 1)

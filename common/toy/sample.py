@@ -12,14 +12,13 @@ from pathlib import Path
 
 import torch
 
+from common import registry
 from common.gpu import get_device, seed_everything
 from common.images import save_image
 
 
 def load_text_to_image(model: str, device: torch.device):
     """A ``StableDiffusionPipeline`` for a registry name or folder; fp16 on CUDA for real models, else fp32."""
-    from common import registry
-
     spec = registry.resolve(model, "sd")
     dtype = torch.float16 if (spec.is_real and device.type == "cuda") else torch.float32
     return registry.load_sd(model, device=device, dtype=dtype)

@@ -12,7 +12,8 @@
   ``steps`` or after ``time_budget_s`` seconds, whichever comes first (the LR schedule follows that progress).
 - Folder: ``unet/``, ``scheduler/`` (``DDIMScheduler`` config), ``model_index.json``; the registry loads the
   tokenizer and text encoder from toy-sd.
-- Final metrics: loss, toy-clip judge accuracy of DDIM samples for fixed test captions, folder size.
+- Final metrics: loss, toy-clip judge accuracy of DDIM samples (``common.sampling``) for fixed test
+  captions, folder size.
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from common.cfg import cfg_combine, split_cfg_batch
 from common.gpu import autocast, get_device, seed_everything
 from common.runs import write_config
+from common.sampling import ddim_sample_loop, sampling_config
 from common.schedules import make_alphas_cumprod
 from common.toy import sd_model, shapes
 from common.toy.train_sd import Budget, caption_embeddings, caption_lut, ema_update, eval_captions, lr_factor
@@ -132,25 +135,40 @@ def save_folder(unet, out: Path) -> Path:
     return out
 
 
+def cfg_eps_fn(unet, cond: torch.Tensor, uncond: torch.Tensor, guidance_scale: float):
+    """eps_fn(x_t [B, 3, S, S], t) with classifier-free guidance, eps_uncond + s (eps_cond - eps_uncond)
+    (Ho & Salimans 2022, Eq. 6), uncond and cond rows in one UNet batch; cond, uncond: text states [B, L, D]."""
+    dtype = next(unet.parameters()).dtype
+
+    def eps_fn(x_t: torch.Tensor, t: int) -> torch.Tensor:
+        if guidance_scale == 1.0:
+            tt = torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)
+            return unet(x_t.to(dtype), tt, encoder_hidden_states=cond).sample.float()
+        tt = torch.full((2 * x_t.shape[0],), t, device=x_t.device, dtype=torch.long)
+        out = unet(torch.cat([x_t, x_t]).to(dtype), tt, encoder_hidden_states=torch.cat([uncond, cond])).sample
+        eps_uncond, eps_cond = split_cfg_batch(out.float())  # [B, 3, S, S] each
+        return cfg_combine(eps_uncond, eps_cond, guidance_scale)
+
+    return eps_fn
+
+
 @torch.no_grad()
 def sample_captions(unet, table: torch.Tensor, captions: list[str], steps: int, guidance_scale: float,
                     seed: int = 0, batch_size: int = 100) -> torch.Tensor:
-    """DDIM samples [B, 3, S, S] in [-1, 1] for caption strings (their rows of ``table``), via the sync sampler."""
-    from synchronization.core import sample, schedule_from_config
-    from synchronization.denoisers import TextDenoiser
-    from synchronization.views import ViewMapping, get_view
-
+    """DDIM (eta = 0) samples [B, 3, S, S] in [-1, 1] for caption strings (their rows of ``table``), with the
+    reference loop :func:`common.sampling.ddim_sample_loop` and the folder's scheduler config."""
     all_caps = shapes.all_captions()
     rows = torch.tensor([all_caps.index(c) for c in captions], device=table.device)
-    schedule = schedule_from_config(SCHEDULER_CONFIG, steps)
+    config = sampling_config(SCHEDULER_CONFIG)  # alpha_bar_t [1000]; final alpha_bar_0 (set_alpha_to_one=False)
+    timesteps = config.timesteps(steps)
     size, out = int(unet.config.sample_size), []
     for start in range(0, len(captions), batch_size):
         idx = rows[start : start + batch_size]
-        mapping = ViewMapping([get_view("identity")] * len(idx))  # with sync "none" only g(x_0) uses it
-        eps_fn = TextDenoiser(unet, table[idx], table[-1:].expand(len(idx), -1, -1), guidance_scale, schedule)
+        eps_fn = cfg_eps_fn(unet, table[idx], table[-1:].expand(len(idx), -1, -1), guidance_scale)
         gen = torch.Generator().manual_seed(seed + start)
-        x_T = torch.randn(len(idx), 3, size, size, generator=gen).to(table.device)
-        _, x0 = sample(mapping, eps_fn, schedule, x_T, "none", progress=False)  # independent samples
+        x_T = torch.randn(len(idx), 3, size, size, generator=gen).to(table.device)  # [B, 3, S, S]
+        x0 = ddim_sample_loop(eps_fn, x_T, timesteps, config.alphas_cumprod.to(table.device), eta=0.0,
+                              clip_sample=config.clip_sample, final_alpha_cumprod=config.final_alpha_cumprod)
         out.append(x0.clamp(-1, 1).float().cpu())
     return torch.cat(out)
 
