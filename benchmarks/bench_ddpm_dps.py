@@ -1,9 +1,9 @@
 """GPU benchmark of DDPM / DDIM sampling and DPS at google/ddpm-celebahq-256 size: time for 10 images.
 
 Builds the ``google/ddpm-celebahq-256`` ``UNet2DModel`` architecture from its known config with random weights
-(weights do not change the cost; about 114M parameters) and times our samplers (``ddpm_ddim``, ``dps``) for
-10 images: DDPM 1000 steps, DDIM 50 steps, DPS (inpainting, on DDIM) 1000 steps; fp32 vs fp16 UNet weights
-(scheduler math stays fp32); one batch of 10 vs one image at a time. Prints a table (and optionally JSON).
+(weights do not change the cost; about 114M parameters) and times the reference samplers (``common.sampling``,
+``dps``) for 10 images: DDPM 1000 steps, DDIM 50 steps, DPS (inpainting, on DDIM) 1000 steps; fp32 vs fp16 UNet
+weights (scheduler math stays fp32); one batch of 10 vs one image at a time. Prints a table (and optionally JSON).
 
     python benchmarks/bench_ddpm_dps.py --quick        # 20 DDPM/DPS steps, times extrapolated to 1000: ~1-2 min
     python benchmarks/bench_ddpm_dps.py --samplers DDIM  # full step counts (all samplers: ~25 min, split the run)
@@ -23,9 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common.cli import user_errors  # noqa: E402
 from common.gpu import CudaTimer, get_device, make_generators, peak_memory_mb, reset_peak_memory  # noqa: E402
+from common.sampling import sample_unet, sampling_config  # noqa: E402
 from common.toy.train_faces import UNET_CONFIG, build_tiny_unet  # noqa: E402
-from ddpm_ddim.sampling import sample_batch  # noqa: E402
-from ddpm_ddim.schedulers import DDIMScheduler, DDPMScheduler  # noqa: E402
 from dps.dps import dps_sample  # noqa: E402
 from dps.operators import Inpainting, add_measurement_noise, random_mask  # noqa: E402
 
@@ -60,10 +59,8 @@ def run_sampler(unet, sampler: str, steps: int, seeds: list[int], device: torch.
         size = unet.config.sample_size
         op = Inpainting(random_mask(len(seeds), size, generator=torch.Generator().manual_seed(0))).to(device)
         y = add_measurement_noise(op.forward(torch.zeros(len(seeds), 3, size, size, device=device)))
-        return dps_sample(unet, DDIMScheduler(**SCHEDULER), y, op, steps, 0.5, gens)
-    sched = (DDPMScheduler if sampler == "DDPM" else DDIMScheduler)(**SCHEDULER)
-    sched.set_timesteps(steps)
-    return sample_batch(unet, sched, gens)
+        return dps_sample(unet, sampling_config(SCHEDULER), y, op, steps, 0.5, gens)
+    return sample_unet(unet, sampling_config(SCHEDULER), sampler, steps, gens)
 
 
 def time_row(unet, sampler, steps, batched, num_images, device) -> tuple[float, float]:

@@ -1,7 +1,8 @@
-"""Batched unconditional sampling with the DDPM / DDIM schedulers of :mod:`ddpm_ddim.schedulers`.
+"""Batched unconditional sampling with the DDPM / DDIM schedulers of :mod:`ddpm_ddim.schedulers` (the homework's).
 
 Sample ``i`` of a run with ``seed`` uses its own generator seeded ``seed + i`` for x_T and every step's noise,
-so an image does not depend on the batch size it was drawn in.
+so an image does not depend on the batch size it was drawn in. The UNet glue (``unet_eps``, ``model_shape``,
+``load_model``) lives in :mod:`common.sampling`, whose reference loops the other packages use instead of these.
 """
 
 from __future__ import annotations
@@ -9,24 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
-from common.gpu import make_generators, randn_per_sample
+from common.gpu import randn_per_sample
+from common.sampling import load_model, model_shape, sample_in_batches, unet_eps
 from ddpm_ddim.schedulers import DDIMScheduler, DDPMScheduler
 
-
-def unet_eps(unet: torch.nn.Module, x_t: torch.Tensor, t: int, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """eps_hat = eps_theta(x_t, t) from a diffusers ``UNet2DModel``, returned in float32. x_t: [B, C, H, W]."""
-    dtype = dtype or next(unet.parameters()).dtype
-    timesteps = torch.full((x_t.shape[0],), int(t), device=x_t.device, dtype=torch.long)
-    return unet(x_t.to(dtype), timesteps).sample.float()
-
-
-def model_shape(unet: torch.nn.Module) -> tuple[int, int, int]:
-    """(C, H, W) of the samples a ``UNet2DModel`` makes."""
-    cfg = unet.config
-    size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
-    return int(cfg.in_channels), int(size), int(size)
+__all__ = ["load_model", "model_shape", "sample_batch", "sample_images", "unet_eps"]
 
 
 @torch.no_grad()
@@ -47,6 +36,8 @@ def sample_batch(unet: torch.nn.Module, scheduler: DDPMScheduler | DDIMScheduler
             x = scheduler.step(eps_hat, t, x, noise=noise).prev_sample
         if progress is not None:
             progress.update(1)
+    if not torch.isfinite(x).all():  # a NaN from a scheduler step must not become a black image
+        raise ValueError(f"{type(scheduler).__name__} sampling produced NaN or inf; check the step() TODOs")
     return x.clamp(-1, 1)
 
 
@@ -61,20 +52,5 @@ def sample_images(unet: torch.nn.Module, scheduler: DDPMScheduler | DDIMSchedule
                          f"got {num_inference_steps}")
     device = next(unet.parameters()).device
     scheduler.set_timesteps(num_inference_steps, device="cpu")
-    outputs = []
-    num_batches = -(-num_samples // batch_size)
-    with tqdm(total=num_batches * num_inference_steps, desc="sampling", unit="step", disable=not progress,
-              leave=False) as bar:
-        for start in range(0, num_samples, batch_size):
-            seeds = range(seed + start, seed + min(num_samples, start + batch_size))
-            outputs.append(sample_batch(unet, scheduler, make_generators(seeds, device), eta, bar))
-    return torch.cat(outputs)
-
-
-def load_model(name: str, device: torch.device | str = "cpu",
-               dtype: torch.dtype = torch.float32) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """(UNet2DModel in eval mode, scheduler config) of a registry name or local DDPM folder (``common.registry``)."""
-    from common.registry import load_ddpm
-
-    unet, config = load_ddpm(name, device, dtype)
-    return unet.eval().requires_grad_(False), config
+    return sample_in_batches(lambda gens, bar: sample_batch(unet, scheduler, gens, eta, bar), num_samples,
+                             num_inference_steps, device, seed, batch_size, progress)

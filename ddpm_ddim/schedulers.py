@@ -116,13 +116,15 @@ class DDPMScheduler(_Scheduler):
              generator: Generator = None, noise: torch.Tensor | None = None) -> SchedulerOutput:
         """x_t -> x_{t-1} = mu_tilde(x_t, x0_hat) + sigma_t z (handout Formulas 1-8). Shapes [B, C, H, W].
 
+        alpha_prod_t_prev = alpha_bar_{t-1} is 1 when prev_t < 0 (after the last step); current_alpha_t and
+        current_beta_t are the per-step alpha_t = alpha_bar_t / alpha_bar_{t-1} and beta_t = 1 - alpha_t.
         ``noise`` (z) may be passed in; otherwise it is drawn with ``generator``. No noise is added at t = 0.
         """
         t = int(timestep)
         prev_t = self.previous_timestep(t)
         x_t, eps_hat = sample.float(), model_output.float()  # x_t, eps_theta(x_t)
-        # TODO #1: alpha_bar_t, alpha_bar_{t-1} (= 1 when prev_t < 0), their betas, and the per-step alpha_t, beta_t
-        # BEGIN SOLUTION
+        # TODO: alpha_prod_t, alpha_prod_t_prev, beta_prod_t, beta_prod_t_prev, current_alpha_t, current_beta_t
+        # BEGIN SOLUTION ddpm-coefficients
         alpha_prod_t = self.alphas_cumprod[t]
         alpha_prod_t_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else self.one
         beta_prod_t = 1 - alpha_prod_t
@@ -130,14 +132,14 @@ class DDPMScheduler(_Scheduler):
         current_alpha_t = alpha_prod_t / alpha_prod_t_prev
         current_beta_t = 1 - current_alpha_t
         # END SOLUTION
-        # TODO #2: predicted x0 (Formula 1)
-        # BEGIN SOLUTION
+        # TODO: pred_original_sample, the predicted x0 from x_t and eps_hat (Formula 1)
+        # BEGIN SOLUTION ddpm-x0
         pred_original_sample = (x_t - beta_prod_t ** 0.5 * eps_hat) / alpha_prod_t ** 0.5
         # END SOLUTION
         if self.clip_sample:
             pred_original_sample = pred_original_sample.clamp(-self.clip_sample_range, self.clip_sample_range)
-        # TODO #3: posterior mean mu_tilde (Formula 2)
-        # BEGIN SOLUTION
+        # TODO: pred_prev_sample, the posterior mean mu_tilde of x_{t-1} from x0_hat and x_t (Formula 2)
+        # BEGIN SOLUTION ddpm-mean
         pred_original_sample_coeff = alpha_prod_t_prev ** 0.5 * current_beta_t / beta_prod_t
         current_sample_coeff = current_alpha_t ** 0.5 * beta_prod_t_prev / beta_prod_t
         pred_prev_sample = pred_original_sample_coeff * pred_original_sample + current_sample_coeff * x_t
@@ -172,8 +174,8 @@ class DDIMScheduler(_Scheduler):
         x_t, eps_hat = sample.float(), model_output.float()
         alpha_prod_t = self.alphas_cumprod[t]
         alpha_prod_t_prev = self._alpha_bar(prev_t, self.final_alpha_cumprod)
-        # TODO #1: beta-bar_t (Formula 10) and the predicted x0 (Formula 9, first term)
-        # BEGIN SOLUTION
+        # TODO: beta_prod_t (Formula 10) and pred_original_sample, the predicted x0 (Formula 9, first term)
+        # BEGIN SOLUTION ddim-x0
         beta_prod_t = 1 - alpha_prod_t
         pred_original_sample = (x_t - beta_prod_t ** 0.5 * eps_hat) / alpha_prod_t ** 0.5
         # END SOLUTION
@@ -182,8 +184,8 @@ class DDIMScheduler(_Scheduler):
             if use_clipped_model_output:  # re-derive eps_hat from the clipped x0_hat, as diffusers does
                 eps_hat = (x_t - alpha_prod_t ** 0.5 * pred_original_sample) / beta_prod_t ** 0.5
         std_dev_t = ddim_sigma(alpha_prod_t, alpha_prod_t_prev, eta).to(x_t.device)  # sigma_t(eta)
-        # TODO #2: x_{t-1} without the noise: sqrt(alpha_bar_{t-1}) x0_hat + sqrt(1 - alpha_bar_{t-1} - sigma_t^2) eps
-        # BEGIN SOLUTION
+        # TODO: prev_sample = sqrt(alpha_bar_prev) x0_hat + sqrt(1 - alpha_bar_prev - sigma_t^2) eps_hat (Formula 9)
+        # BEGIN SOLUTION ddim-prev-sample
         pred_sample_direction = (1 - alpha_prod_t_prev - std_dev_t ** 2) ** 0.5 * eps_hat
         prev_sample = alpha_prod_t_prev ** 0.5 * pred_original_sample + pred_sample_direction
         # END SOLUTION

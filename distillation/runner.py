@@ -25,6 +25,7 @@ from common.images import load_image, save_gif, save_image, tensor_to_pil
 from distillation.guidance import Guidance, encode_prompts
 from distillation.representations import make_representation
 from distillation.schedules import make_t_schedule
+from distillation.update import NonFiniteUpdate
 
 EDIT_METHODS = ("pds", "dds")
 GIF_MAX_SIDE = 256
@@ -193,12 +194,18 @@ class Run:
         return method(self.src_latents, latents, self.text_embeddings, self.tgt_embeddings, s, t=t, generators=gens)
 
     def optimise(self, progress: bool = True) -> torch.Tensor:
-        """Run all steps; return the final images [B, 3, H, W] in [-1, 1]. Raises UserError on NaN/inf."""
+        """Run all steps; return the final images [B, 3, H, W] in [-1, 1].
+
+        Raises UserError (one line naming the method and the step) on a NaN/inf update, loss or result.
+        """
         cfg = self.cfg
         bar = tqdm(range(cfg.steps), desc=f"{cfg.loss_type}", disable=not progress, dynamic_ncols=True)
         for step in bar:
             self.optimizer.zero_grad(set_to_none=True)
-            loss = self.loss(step)
+            try:
+                loss = self.loss(step)
+            except NonFiniteUpdate as err:
+                raise UserError(f"{err.describe(step)}; try a lower learning rate or --precision fp32") from err
             value = loss.item()
             check_finite(value, f"the {cfg.loss_type} loss at step {step}")
             loss.backward()
@@ -218,7 +225,8 @@ class Run:
     def log(self, step: int) -> None:
         """progress/<key>/step_XXXX.png = [current | x0_hat | gradient heatmap]; frames for the GIF."""
         images = self.rep.images(self.guidance)
-        x0_hat = self.guidance.decode_latents(self.guidance.aux["x0_hat"].to(self.device))
+        x0_latents = self.guidance.aux.get("x0_hat")  # filled by every get_*_loss; absent if a loss was replaced
+        x0_hat = images if x0_latents is None else self.guidance.decode_latents(x0_latents.to(self.device))
         grad = self.rep.param.grad if self.rep.param.grad is not None else torch.zeros_like(self.rep.param)
         heat = heatmap(grad, tuple(images.shape[-2:]))
         root = Path(self.cfg.save_dir) / "progress"

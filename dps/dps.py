@@ -1,7 +1,7 @@
 """Diffusion Posterior Sampling (Chung et al. 2023, Algorithm 1 as implemented in the authors' code).
 
-On top of each DDIM step x_t -> x'_{t-1} (``ddpm_ddim.schedulers.DDIMScheduler``), DPS pulls the sample toward
-consistency with the measurement y = A(x) + n:
+On top of each DDIM step x_t -> x'_{t-1} (the reference ``common.ddim.ddim_step``, so DPS does not depend on the
+DDIM homework), DPS pulls the sample toward consistency with the measurement y = A(x) + n:
 
     x_{t-1} = x'_{t-1} - zeta * grad_{x_t} || y - A(x0_hat(x_t)) ||_2          (handout Formula 11)
 
@@ -17,9 +17,9 @@ from typing import Any
 
 import torch
 
+from common.ddim import ddim_step
 from common.gpu import randn_per_sample
-from ddpm_ddim.sampling import model_shape, unet_eps
-from ddpm_ddim.schedulers import DDIMScheduler
+from common.sampling import SamplingConfig, ddim_sample_loop, grid_alpha_bars, model_shape, unet_eps
 from dps.operators import Operator
 
 
@@ -30,8 +30,8 @@ def dps_update(prev_sample: torch.Tensor, sample: torch.Tensor, pred_original_sa
     ``sample`` is x_t (requires grad), ``pred_original_sample`` is x0_hat(x_t) computed from it with the graph
     kept, ``prev_sample`` is the plain DDIM x'_{t-1}, ``measurement`` is y and ``scale`` is zeta.
     """
-    # TODO #3: residual y - A(x0_hat), its L2 norm (not squared) per image, its gradient w.r.t. x_t, and the update
-    # BEGIN SOLUTION
+    # TODO: norm = per-image ||y - A(x0_hat)||_2 (not squared); prev_sample -= scale * grad_{x_t} sum(norm)
+    # BEGIN SOLUTION dps-update
     residual = measurement - operator.forward(pred_original_sample)
     norm = torch.linalg.vector_norm(residual.flatten(1), dim=1)  # [B]
     norm_grad = torch.autograd.grad(outputs=norm.sum(), inputs=sample)[0]
@@ -40,29 +40,40 @@ def dps_update(prev_sample: torch.Tensor, sample: torch.Tensor, pred_original_sa
     return prev_sample.detach(), norm.detach()
 
 
-def dps_sample(unet: torch.nn.Module, scheduler: DDIMScheduler, measurement: torch.Tensor, operator: Operator,
+def dps_sample(unet: torch.nn.Module, config: SamplingConfig, measurement: torch.Tensor, operator: Operator,
                num_inference_steps: int, scale: float, generators: list[torch.Generator], eta: float = 0.0,
                progress: Any = None) -> torch.Tensor:
     """Reconstruct a batch from ``measurement`` with DPS on DDIM. Returns [B, C, H, W] float32 in [-1, 1].
 
+    ``config`` is the model's scheduler config (``common.sampling.sampling_config``): grid, alpha_bar, clipping.
     ``scale`` = 0 gives plain DDIM sampling (the measurement is then ignored).
     """
     if scale < 0:
         raise ValueError(f"DPS scale must be >= 0, got {scale}")
     device = next(unet.parameters()).device
-    scheduler.set_timesteps(num_inference_steps)
+    timesteps = config.timesteps(num_inference_steps)
     x = randn_per_sample(model_shape(unet), generators, device=device, dtype=torch.float32)  # x_T
+    if scale == 0:
+        with torch.no_grad():
+            x = ddim_sample_loop(lambda x_t, t: unet_eps(unet, x_t, t), x, timesteps, config.alphas_cumprod, eta,
+                                 generators, config.clip_sample, config.final_alpha_cumprod, progress)
+        return _checked(x)
     measurement = measurement.to(device)
-    for t in scheduler.timesteps.tolist():
+    for t, alpha_bar_t, alpha_bar_prev in grid_alpha_bars(timesteps, config.alphas_cumprod,
+                                                          config.final_alpha_cumprod):
         noise = randn_per_sample(tuple(x.shape[1:]), generators, device=device) if eta > 0 else None
-        if scale == 0:
-            with torch.no_grad():
-                x = scheduler.step(unet_eps(unet, x, t), t, x, eta=eta, noise=noise).prev_sample
-        else:
-            x = x.detach().requires_grad_(True)
-            with torch.enable_grad():
-                out = scheduler.step(unet_eps(unet, x, t), t, x, eta=eta, noise=noise)
-                x, _ = dps_update(out.prev_sample, x, out.pred_original_sample, measurement, operator, scale)
+        x = x.detach().requires_grad_(True)  # x_t
+        with torch.enable_grad():  # x0_hat keeps the graph through the UNet for the gradient w.r.t. x_t
+            prev_sample, x0_hat = ddim_step(x, unet_eps(unet, x, t), alpha_bar_t, alpha_bar_prev, eta, noise,
+                                            config.clip_sample)
+            x, _ = dps_update(prev_sample, x, x0_hat, measurement, operator, scale)
         if progress is not None:
             progress.update(1)
+    return _checked(x)
+
+
+def _checked(x: torch.Tensor) -> torch.Tensor:
+    """x clamped to [-1, 1], or a one-line error when the chain produced NaN or inf (clamping would hide it)."""
+    if not torch.isfinite(x).all():
+        raise ValueError("DPS produced NaN or inf; check dps_update, or lower --scale")
     return x.detach().clamp(-1, 1)

@@ -19,9 +19,8 @@ from common.cli import UserError, user_errors
 from common.gpu import CudaTimer, get_device, make_generators, precision_dtype, seed_everything
 from common.images import load_image, save_grid, save_image
 from common.runs import write_config, write_json_atomic
+from common.sampling import load_model, model_shape, sampling_config
 from common.toy.faces import heldout_faces
-from ddpm_ddim.sampling import load_model, model_shape
-from ddpm_ddim.schedulers import DDIMScheduler
 from dps.dps import dps_sample
 from dps.metrics import psnr, ssim
 from dps.operators import DEFAULT_SCALES, TASKS, add_measurement_noise, build_operator
@@ -98,9 +97,9 @@ def main(task, images_dir, num_images, num_inference_steps, scale, eta, mask_typ
     seed_everything(seed)
     dev = get_device(device)
     unet, sched_config = load_model(model, dev, precision_dtype(precision, dev))
-    scheduler = DDIMScheduler.from_config(sched_config)
-    if num_inference_steps > scheduler.num_train_timesteps:
-        raise UserError(f"--num_inference_steps must be at most {scheduler.num_train_timesteps}")
+    config = sampling_config(sched_config)  # DDIM grid, alpha_bar and clipping of the model's scheduler config
+    if num_inference_steps > config.num_train_timesteps:
+        raise UserError(f"--num_inference_steps must be at most {config.num_train_timesteps}")
     _, size, _ = model_shape(unet)
     truth = (load_images(images_dir, size, num_images) if images_dir else heldout_faces(num_images, size)).to(dev)
     n = len(truth)
@@ -113,7 +112,7 @@ def main(task, images_dir, num_images, num_inference_steps, scale, eta, mask_typ
                                        unit="step", disable=not progress, leave=False) as bar:
         for start in range(0, n, batch_size):
             sl = slice(start, min(n, start + batch_size))
-            recon.append(dps_sample(unet, scheduler, measurement[sl], operator.subset(sl), num_inference_steps, scale,
+            recon.append(dps_sample(unet, config, measurement[sl], operator.subset(sl), num_inference_steps, scale,
                                     make_generators(range(seed + sl.start, seed + sl.stop), dev), eta, bar))
     recon = torch.cat(recon)
     seconds = timer.ms / 1000

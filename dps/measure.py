@@ -16,9 +16,8 @@ from tqdm.auto import tqdm
 from common.cli import user_errors
 from common.gpu import CudaTimer, get_device, make_generators, seed_everything
 from common.runs import write_json_atomic
+from common.sampling import load_model, model_shape, sampling_config
 from common.toy.faces import heldout_faces
-from ddpm_ddim.sampling import load_model, model_shape
-from ddpm_ddim.schedulers import DDIMScheduler
 from dps.dps import dps_sample
 from dps.metrics import psnr
 from dps.operators import DEFAULT_SCALES, add_measurement_noise, build_operator
@@ -29,8 +28,8 @@ def _reconstruct(unet, config, measurement, operator, steps, scale, seed, batch_
     for start in range(0, len(measurement), batch_size):
         sl = slice(start, min(len(measurement), start + batch_size))
         gens = make_generators(range(seed + sl.start, seed + sl.stop), measurement.device)
-        out.append(dps_sample(unet, DDIMScheduler.from_config(config), measurement[sl], operator.subset(sl), steps,
-                              scale, gens, progress=progress))
+        out.append(dps_sample(unet, config, measurement[sl], operator.subset(sl), steps, scale, gens,
+                              progress=progress))
     return torch.cat(out)
 
 
@@ -38,7 +37,8 @@ def measure_dps(model: str, num_images: int, steps: int, batch_size: int, device
                 scales: dict[str, float] | None = None, tasks=("inpainting", "super_resolution")) -> dict:
     """PSNR (dB, mean over images) of DPS and of the baselines for each task, with timings."""
     scales = {**DEFAULT_SCALES, **(scales or {})}
-    unet, config = load_model(model, device)
+    unet, sched_config = load_model(model, device)
+    config = sampling_config(sched_config)
     size = model_shape(unet)[1]
     truth = heldout_faces(num_images, size, device)
     results = {}

@@ -235,12 +235,11 @@ def train(out: str | Path = "common/toy/models/toy-faces", device: str | torch.d
 
 def _evaluate(ema: torch.nn.Module, device: torch.device, n: int, seed: int) -> dict[str, Any]:
     """FD of n DDIM-50 EMA samples vs held-out faces, with the data-vs-data and noise baselines."""
+    from common.sampling import sample_images, sampling_config
     from common.toy.fid import face_fd_report
-    from ddpm_ddim.sampling import sample_images
-    from ddpm_ddim.schedulers import DDIMScheduler
 
-    sched = DDIMScheduler.from_config(SCHEDULER_CONFIG)
-    samples = sample_images(ema, sched, n, 50, seed=10_000 + seed, batch_size=256, progress=False)
+    samples = sample_images(ema, sampling_config(SCHEDULER_CONFIG), "DDIM", n, 50, seed=10_000 + seed, batch_size=256,
+                            progress=False)
     fds, label = face_fd_report({"ddim50": samples}, n=n, device=device)
     return {"fd_features": label, "fd_ddim50": round(fds["ddim50"], 4),
             "fd_data_vs_data": round(fds["data-vs-data"], 4), "fd_noise_vs_data": round(fds["noise-vs-data"], 4),

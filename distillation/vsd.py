@@ -1,0 +1,104 @@
+"""Variational Score Distillation (VSD; Wang et al. 2023, ProlificDreamer, Eqs. 9-10) with a peft LoRA.
+
+:func:`vsd_terms` is the exercise (NYCU Lab 3 ``get_vsd_loss``; optional in KAIST A4); :class:`VSDMixin` gives
+:class:`distillation.guidance.Guidance` ``init_vsd`` (the pre-wired LoRA), ``lora_loss`` and the public
+``get_vsd_loss``, which draws t, t' and the noises and turns g into the stop-gradient loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import torch
+
+from common.cfg import split_cfg_batch
+from common.tweedie import add_noise, x0_from_eps
+from distillation.update import record_update, stop_gradient_loss
+
+if TYPE_CHECKING:
+    from distillation.guidance import Guidance
+
+LORA_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
+
+
+def vsd_terms(guidance: Guidance, x: torch.Tensor, text_embeddings: torch.Tensor, guidance_scale: float,
+              t: torch.Tensor, noise: torch.Tensor, t_lora: torch.Tensor, noise_lora: torch.Tensor):
+    """VSD update g = w(t) (eps_pre_cfg(x_t, y, t) - eps_lora(x_t, y, t)) (Eq. 9) and the LoRA loss (Eq. 10).
+
+    x [B, C, h, w] the clean latents (no grad), text_embeddings [2B, L, D] = cat(uncond, cond), t, t_lora [B]
+    long, noise, noise_lora [B, C, h, w]. The same UNet is eps_pre with ``guidance.unet.disable_adapters()``
+    (CFG, ``predict_eps``) and eps_lora with ``enable_adapters()`` (conditional only, ``unet_eps``). The LoRA is
+    fitted on x_t' = add_noise(x, noise_lora, t_lora) with ``guidance.lora_loss``. Called without autograd
+    (eps_pre and eps_lora are stop-gradient), except inside ``guidance.lora_loss``, which keeps the LoRA grads.
+    Returns (g, loss_lora, x_t, eps_pre): g, x_t, eps_pre [B, C, h, w]; loss_lora a scalar.
+    """
+    # TODO: x_t, eps_pre (CFG, adapters off), g = w(t) (eps_pre - eps_lora) and the LoRA loss loss_lora
+    # BEGIN SOLUTION vsd-loss
+    cond = split_cfg_batch(text_embeddings)[1]
+    x_t = add_noise(x, noise, guidance.alpha_bar(t))
+    guidance.unet.disable_adapters()
+    eps_pre = guidance.predict_eps(x_t, t, text_embeddings, guidance_scale)
+    guidance.unet.enable_adapters()
+    eps_lora = guidance.unet_eps(x_t, t, cond)
+    g = guidance.weight(t).view(-1, 1, 1, 1) * (eps_pre - eps_lora)
+    x_t_lora = add_noise(x, noise_lora, guidance.alpha_bar(t_lora))
+    loss_lora = guidance.lora_loss(x_t_lora, t_lora, noise_lora, cond)
+    # END SOLUTION
+    return g, loss_lora, x_t, eps_pre
+
+
+class VSDMixin:
+    """``init_vsd``, ``lora_loss`` and ``get_vsd_loss`` of :class:`distillation.guidance.Guidance`."""
+
+    def init_vsd(self: Guidance, lora_rank: int = 4) -> list[torch.nn.Parameter]:
+        """Add a peft LoRA (rank r, alpha = r, gaussian A / zero B, on to_q/to_k/to_v/to_out.0) to the UNet.
+
+        The same UNet is eps_pretrained with adapters disabled and eps_lora with them enabled; at step 0 both
+        agree (B = 0). Returns the LoRA parameters (kept in float32) for their own optimiser group.
+        """
+        from peft import LoraConfig
+
+        config = LoraConfig(r=lora_rank, lora_alpha=lora_rank, init_lora_weights="gaussian",
+                            target_modules=LORA_TARGETS)
+        self.unet.add_adapter(config)
+        self.lora_params = [p for p in self.unet.parameters() if p.requires_grad]
+        for p in self.lora_params:
+            p.data = p.data.float()
+        return self.lora_params
+
+    def lora_loss(self: Guidance, x_t: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
+                  cond_embeddings: torch.Tensor) -> torch.Tensor:
+        """Diffusion loss of the LoRA model on a detached sample: mean (eps_lora(x_t, t, y) - eps)^2.
+
+        Always with autograd (also inside ``get_vsd_loss``'s no-grad call), so the LoRA gets its gradient.
+        """
+        self.unet.enable_adapters()
+        with torch.enable_grad():
+            eps_lora = self.unet_eps(x_t.detach(), t, cond_embeddings)
+            return ((eps_lora - noise) ** 2).mean()
+
+    def get_vsd_loss(self: Guidance, latents: torch.Tensor, text_embeddings: torch.Tensor,
+                     guidance_scale: float = 7.5, t: torch.Tensor | None = None, noise: torch.Tensor | None = None,
+                     lora_loss_weight: float = 1.0, t_lora: torch.Tensor | None = None,
+                     noise_lora: torch.Tensor | None = None,
+                     generators: Sequence[torch.Generator] | None = None) -> torch.Tensor:
+        """Variational Score Distillation (Wang et al. 2023, Eq. 9) with a LoRA particle model (call init_vsd).
+
+        t, t' ~ U[t_min, t_max] and fresh noises unless given (drawn in the order t, eps, t', eps');
+        loss = L_vsd + lora_loss_weight * mean (eps_lora(x_t', y, t') - eps')^2 with dL_vsd/dx = g. A NaN/inf
+        g or LoRA loss raises :class:`distillation.update.NonFiniteUpdate`.
+        """
+        B = latents.shape[0]
+        t = self.draw_t(B, t, generators)
+        noise = self.draw_noise(latents, noise, generators)
+        t_lora = self.draw_t(B, t_lora, generators)
+        noise_lora = self.draw_noise(latents, noise_lora, generators)
+        with torch.no_grad():
+            g, loss_lora, x_t, eps_pre = vsd_terms(self, latents.detach().float(), text_embeddings,
+                                                   guidance_scale, t, noise, t_lora, noise_lora)
+        if self.lora_params and not loss_lora.requires_grad:
+            raise ValueError("the vsd LoRA loss has no gradient: compute it with guidance.lora_loss")
+        record_update(self, "vsd", t, g, x0_hat=x0_from_eps(x_t, eps_pre, self.alpha_bar(t)),
+                      lora_loss=loss_lora.detach())
+        return stop_gradient_loss(latents, g) + lora_loss_weight * loss_lora
