@@ -22,3 +22,18 @@ def main() -> None:
 
 
 # Commands are registered below, one import each (the modules define click commands).
+from grading.similarity import similarity  # noqa: E402
+
+main.add_command(similarity)
+
+from grading.release import release  # noqa: E402
+
+main.add_command(release)
+
+from grading.check import check  # noqa: E402
+
+main.add_command(check)
+
+from grading.submit import submit  # noqa: E402
+
+main.add_command(submit)

@@ -61,6 +61,7 @@ class Task:
     real_command: str = ""  # the same on the real model
     fixed: dict[str, object] = field(default_factory=dict)
     bands: Bands | None = None  # end-to-end score bands (CLIP), if this task is scored by one
+    toy_bands: Bands | None = None  # the same bands on the toy world (metric ``toy-clip``), calibrated at release
     optional: bool = False  # extra credit (counts above the total, as the handout says)
 
 
@@ -86,6 +87,7 @@ class Homework:
     items: tuple[Item, ...]
     zip_name: str  # e.g. "{name}_{sid}.zip" or "{sid}_lab3.zip"
     size_cap_mb: float | None = None  # cap on the submitted zip
+    zip_root: str = ""  # folder inside the zip that holds the items (NYCU: "submission"); "" = the zip root
     strip_functions: tuple[str, ...] = ()  # ``module.function`` helpers that hand over an answer: stubbed in release
     forbidden_calls: tuple[str, ...] = ()  # dotted names a region must not call (flagged by check and grade)
     missing_item_penalty: float = 0.1  # fraction of the total lost per missing item

@@ -1,0 +1,261 @@
+"""The release gate (issue #15 part 3): run a built release the way a student and the grader will, before writing it.
+
+(a) the starter parses, every stub raises its TODO, ruff's F rules are clean on the stubbed files; (b) every public
+test fails on the raw starter; (c) the reference bodies survive the submission round trip and, grafted back, pass
+every public test; (d) every CLI of the shipped packages still runs on the raw starter (plus a 2-step toy DPS run
+where DPS ships); (e) ``grading.grade.grade_reference_and_starter`` gives the reference full marks and the starter
+zero, once that function exists. Each step is a function; the first failure raises :class:`GateError` (one line).
+Subprocesses run with ``cwd`` and ``PYTHONPATH`` at the tree under test, and (d) checks where packages came from.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from common.cli import UserError
+from grading import tree
+from grading.tree import write_tree
+
+if TYPE_CHECKING:
+    from grading.release import Release
+
+
+class GateError(UserError):
+    """A release gate step failed (one line naming the step)."""
+
+
+def _env(root: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONSAFEPATH"}
+    env.update(PYTHONPATH=str(root), PYTHONDONTWRITEBYTECODE="1")
+    return env
+
+
+def _run(cmd: list[str], root: Path, timeout: int, step: str) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(cmd, cwd=root, env=_env(root), capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise GateError(f"release gate ({step}) ran past --timeout {timeout} s") from None
+def gate_static(rel: Release, root: Path, timeout: int = 600) -> str:
+    """(a) Every Python file of the starter parses, every stub raises its TODO, ruff's F rules are clean."""
+    py = [p for p in rel.student if p.endswith(".py")]
+    for path in py:
+        try:
+            ast.parse(rel.student[path], path)
+        except SyntaxError as err:
+            raise GateError(f"release gate (a): {path} does not parse ({err.msg}, line {err.lineno})") from None
+    stubs = 0
+    for path, s in rel.stripped.items():
+        for region in s.regions:
+            if not tree.stub_raises(s.starter, region.id):
+                raise GateError(f"release gate (a): stub of {region.id} in {path} does not raise its TODO")
+            stubs += 1
+    linted = sorted(set(rel.stripped) | set(rel.stubbed))
+    ruff = _ruff()
+    if ruff is None:
+        return f"{len(py)} Python files parse, {stubs} stubs raise; ruff not installed: lint skipped"
+    out = _run([*ruff, "check", "--no-cache", "--select", "F", "--output-format", "concise", *linted], root,
+               timeout, "a")
+    errors = [line for line in out.stdout.splitlines() if line.strip() and ": F" in line]
+    if out.returncode != 0:
+        first = errors[0] if errors else (out.stderr.strip().splitlines() or ["ruff failed"])[-1]
+        raise GateError(f"release gate (a): starter lint: {first} ({len(errors)} error(s))")
+    return f"{len(py)} Python files parse, {stubs} stubs raise, ruff F clean on {len(linted)} stubbed files"
+
+
+def _ruff() -> list[str] | None:
+    if importlib.util.find_spec("ruff") is not None:
+        return [sys.executable, "-m", "ruff"]
+    found = shutil.which("ruff")
+    return [found] if found else None
+
+
+_RUNNER = r"""
+import contextlib, io, json, runpy, sys
+commands, packages, pytest_args = json.loads(sys.argv[1])
+results = []
+for argv in commands:  # each like ``python -m argv[0] argv[1:]``, output captured
+    sys.argv, buf, code = list(argv), io.StringIO(), 0
+    try:
+        with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+            runpy.run_module(argv[0], run_name="__main__", alter_sys=True)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    except BaseException as exc:
+        code, _ = 1, buf.write(f"\n{type(exc).__name__}: {exc}")
+    results.append([code, (buf.getvalue().strip().splitlines() or [""])[-1]])
+if pytest_args:
+    import pytest
+    sys.argv = ["pytest"]
+    pytest.main(pytest_args)
+origins = {p: getattr(sys.modules.get(p), "__file__", None) for p in packages}
+print("GATE-RUN " + json.dumps({"results": results, "origins": origins}))
+"""
+
+
+@dataclass(frozen=True)
+class TreeRun:
+    """What one process in a release tree did: each command's (exit code, last output line), each test's outcome
+    (passed / failed / skipped / uncollectable), and the file each top-level package was imported from."""
+
+    results: tuple[tuple[int, str], ...]
+    outcomes: dict[str, str]
+    origins: dict[str, str | None]
+
+
+def run_in_tree(root: Path, commands: list[tuple[str, ...]], tests: tuple[str, ...], work: Path, timeout: int,
+                step: str, first_failure: bool = False) -> TreeRun:
+    """Run ``commands`` (module argv, like ``python -m``), then pytest on ``tests``, in one process in ``root``."""
+    junit = work / f"{step}-{root.name}.xml"
+    args = ["-q", "-p", "no:cacheprovider", f"--junitxml={junit}", *(["-x"] if first_failure else []), *tests]
+    packages = sorted({p.parent.name for p in root.glob("*/__init__.py")})
+    out = _run([sys.executable, "-c", _RUNNER, json.dumps([commands, packages, args if tests else []])], root,
+               timeout, step)
+    line = next((s for s in out.stdout.splitlines() if s.startswith("GATE-RUN ")), None)
+    if line is None or (tests and not junit.is_file()):
+        tail = (out.stderr.strip() or out.stdout.strip() or "no output").splitlines()[-1]
+        raise GateError(f"release gate ({step}): the run in the {root.name} tree crashed: {tail}")
+    report = json.loads(line[len("GATE-RUN "):])
+    return TreeRun(tuple(map(tuple, report["results"])), _junit(junit) if tests else {}, report["origins"])
+
+
+def _junit(path: Path) -> dict[str, str]:
+    import xml.etree.ElementTree as ElementTree
+
+    outcomes = {}
+    for case in ElementTree.parse(path).iter("testcase"):
+        name, klass = case.get("name", ""), case.get("classname", "")
+        kinds = {child.tag for child in case}
+        outcome = "skipped" if "skipped" in kinds else "failed" if kinds & {"failure", "error"} else "passed"
+        outcomes[f"{klass}::{name}" if klass else name] = outcome if klass else "uncollectable"
+    return outcomes
+
+
+def check_starter_tests(outcomes: dict[str, str]) -> str:
+    """(b) Every public test fails on the raw starter, and every test file can be collected there."""
+    bad = sorted(t for t, o in outcomes.items() if o == "uncollectable")
+    if bad:
+        raise GateError(f"release gate (b): public tests cannot be collected on the starter: {', '.join(bad)}")
+    passing = sorted(t for t, o in outcomes.items() if o == "passed")
+    if passing:
+        raise GateError(f"release gate (b): {len(passing)} public test(s) pass on the raw starter: "
+                        f"{', '.join(passing[:5])}")
+    failed = sum(o == "failed" for o in outcomes.values())
+    return f"{failed} public tests fail on the raw starter ({len(outcomes) - failed} skipped)"
+
+
+def check_graft_tests(outcomes: dict[str, str], starter: dict[str, str], expected: bool) -> str:
+    """(c) The grafted reference passes every public test, and each of them failed on the starter."""
+    failing = sorted(t for t, o in outcomes.items() if o in ("failed", "uncollectable"))
+    if failing:
+        raise GateError(f"release gate (c): the reference grafted into the starter fails {failing[0]}")
+    passed = sorted(t for t, o in outcomes.items() if o == "passed")
+    if expected and not passed:
+        raise GateError("release gate (c): no public test ran on the grafted reference (all skipped)")
+    unchecked = [t for t in passed if starter.get(t) != "failed"]
+    if unchecked:
+        raise GateError(f"release gate (c): {unchecked[0]} passes on the reference but did not fail on the starter")
+    return f"{len(passed)} public tests pass with the reference grafted back ({len(outcomes) - len(passed)} skipped)"
+
+
+def smoke_commands(rel: Release, scratch: Path) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
+    """(argv, regions grafted first) of the outside-task runs: ``--help`` of every CLI of the shipped packages and,
+    where DPS ships, a 2-step toy DPS run (``--scale 0`` on the raw starter; with only ``dps-update`` grafted, so
+    DPS provably does not need the DDIM homework's regions)."""
+    packages = ["common", *rel.hw.packages, "grading"]
+    runs = [((module, "--help"), ()) for module in tree.cli_modules(rel.student, packages)]
+    if "dps" in rel.hw.packages:
+        dps = ("dps.main", "--task", "inpainting", "--num_images", "1", "--batch_size", "1",
+               "--num_inference_steps", "2", "--no-progress")
+        runs.append(((*dps, "--scale", "0", "--save_dir", str(scratch / "dps-ddim")), ()))
+        if "dps-update" in rel.hw.region_ids:
+            runs.append(((*dps, "--save_dir", str(scratch / "dps")), ("dps-update",)))
+    return runs
+
+
+def check_smoke(commands: list[tuple[str, ...]], run: TreeRun, root: Path, graft: tuple[str, ...] = ()) -> list[str]:
+    """(d) Every command exited 0 and every package came from ``root``; returns the commands as shown."""
+    done = []
+    for argv, (code, last) in zip(commands, run.results, strict=True):
+        shown = "python -m " + " ".join(argv) + (f" (with {', '.join(graft)} grafted)" if graft else "")
+        if code != 0:
+            raise GateError(f"release gate (d): {shown} exits {code}: {last}")
+        done.append(shown.replace(str(root.parent), "<work>"))
+    for pkg, origin in sorted(run.origins.items()):
+        if origin and not Path(origin).resolve().is_relative_to(root.resolve()):
+            raise GateError(f"release gate (d): {pkg} was imported from {origin}, not from the release tree")
+    return done
+
+
+def gate_autograder(rel: Release, work: Path, source: tree.Files) -> dict:
+    """(e) Full marks for the reference and zero for the starter through the autograder, when it exists.
+
+    ``grade_reference_and_starter(hw, source_dir)`` gets the unzipped autograder (Gradescope's /autograder/source)
+    and returns ``{"reference": points, "starter": points, "total": points, ...}`` (extra keys, e.g. a toy-band
+    ``calibration``, go into release.json).
+    """
+    try:
+        grade = importlib.import_module("grading.grade")
+    except ImportError:
+        grade = None
+    check = getattr(grade, "grade_reference_and_starter", None)
+    if check is None:
+        return {"ok": None, "detail": "autograder gate: not available"}
+    result = check(rel.hw, write_tree(source, work / "source"))
+    total = result.get("total", rel.hw.total_points) if isinstance(result, dict) else rel.hw.total_points
+    if not isinstance(result, dict) or result.get("reference") != total or result.get("starter") != 0:
+        raise GateError(f"release gate (e): the autograder gives reference/starter {_summary(result)}, "
+                        f"expected {total}/0")
+    return {"ok": True, "detail": f"autograder: reference {total}/{total}, starter 0", "result": result}
+
+
+def _summary(result: object) -> str:
+    if isinstance(result, dict):
+        return f"{result.get('reference')}/{result.get('starter')}"
+    return repr(result)[:80]
+
+
+def run_gate(rel: Release, work: Path, timeout: int, echo: Callable[[str], None], source: tree.Files) -> dict:
+    """All gate steps in order; the first failure raises :class:`GateError`. Returns the record for release.json.
+
+    The raw-starter smoke commands of (d) share the process of (b) (one interpreter start less per homework).
+    ``source`` is the autograder source for (e), with a preliminary release.json. Seconds go to ``echo`` only (the
+    record stays machine-independent).
+    """
+    clock = time.monotonic()
+
+    def done(step: str, detail: str) -> str:
+        echo(f"[gate {step}] {detail} ({time.monotonic() - clock:.0f} s)")
+        return detail
+
+    starter = write_tree(rel.student, work / "starter")
+    steps = {"a": done("a", gate_static(rel, starter, timeout))}
+    smoke = smoke_commands(rel, work / "smoke")
+    raw = [argv for argv, graft in smoke if not graft]
+    first = run_in_tree(starter, raw, rel.tests, work, timeout, "b")
+    steps["b"] = done("b", check_starter_tests(first.outcomes))
+    for s in rel.stripped.values():
+        tree.check_round_trip(s)
+    graft = run_in_tree(write_tree(rel.grafted(set(rel.hw.region_ids)), work / "graft"), [], rel.tests, work,
+                        timeout, "c", first_failure=True)
+    steps["c"] = done("c", check_graft_tests(graft.outcomes, first.outcomes, bool(rel.tests)))
+    shown = check_smoke(raw, first, starter)
+    for regions in sorted({g for _, g in smoke if g}):
+        root = write_tree(rel.grafted(set(regions)), work / ("graft-" + "-".join(regions)))
+        commands = [argv for argv, g in smoke if g == regions]
+        shown += check_smoke(commands, run_in_tree(root, commands, (), work, timeout, "d"), root, regions)
+    steps["d"] = done("d", f"{len(shown)} outside-task commands run on the starter")
+    auto = gate_autograder(rel, work, source)
+    done("e", auto["detail"])
+    return {"skipped": False, "steps": steps, "smoke": shown, "autograder": auto,
+            "public_tests": dict(sorted(first.outcomes.items()))}

@@ -1,0 +1,177 @@
+"""Grade one submission: take its region bodies, graft them into a fresh tree, run every task's cases in a sandboxed
+worker, compare with the reference in this (trusted) process, and write a Gradescope ``results.json``.
+
+Student code never runs here: the worker process imports the grafted tree and returns only tensors (safetensors).
+The reference outputs, and the outputs of every catalogued mistake, come from the same worker on trees built from
+the reference, once per grading session (:class:`Reference`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from grading import markers, scan, workspace
+from grading.case import Case, Mistake, Outputs
+from grading.compare import CaseResult, score_case
+from grading.results import TestResult
+from grading.sandbox import Limits, run_worker
+from grading.spec import Homework, Task
+
+
+@dataclass
+class RunOutputs:
+    """What one worker run left: outputs per case id, a status line per case id, and the sandbox's report."""
+
+    outputs: dict[str, Outputs]
+    status: dict[str, str]
+    info: dict = field(default_factory=dict)
+
+
+def case_module(task: Task):
+    """The trusted case module of a task (imported from this process's own ``grading`` package)."""
+    return importlib.import_module(task.cases)
+
+
+def run_cases(tree: Path, module: str, cases: list[Case], seed: int, work: Path, limits: Limits) -> RunOutputs:
+    """Run ``cases`` of ``module`` in a sandboxed worker over ``tree``; never raises for what the worker does."""
+    out = work / f"out-{module.rsplit('.', 1)[-1]}-{time.monotonic_ns()}"
+    out.mkdir(parents=True)
+    request = {"module": module, "cases": [c.id for c in cases], "seed": seed, "threads": 1}
+    result = run_worker(tree, request, out, limits)
+    outputs, status = result.outputs, result.status
+    return RunOutputs(outputs, status, result.summary())
+
+
+class Reference:
+    """Reference and mistake outputs for one homework and seed, computed on first use and kept for the session."""
+
+    def __init__(self, hw: Homework, seed: int, work: Path, root: Path = workspace.ROOT, limits: Limits | None = None):
+        self.hw, self.seed, self.work, self.root = hw, seed, work, root
+        self.limits = limits or Limits()
+        self._runs: dict[tuple[str, str], RunOutputs] = {}
+        self._bodies = workspace.reference_bodies(hw, root)
+
+    def _tree(self, key: str, bodies: dict[str, str]) -> Path:
+        dest = self.work / "trees" / key
+        if not dest.exists():
+            workspace.build_tree(self.hw, dest, bodies, self.root)
+        return dest
+
+    def outputs(self, module: str) -> RunOutputs:
+        key = (module, "reference")
+        if key not in self._runs:
+            cases = list(importlib.import_module(module).CASES)
+            tree = self._tree("reference", self._bodies)
+            self._runs[key] = run_cases(tree, module, cases, self.seed, self.work / "runs", self.limits)
+            missing = [c.id for c in cases if c.id not in self._runs[key].outputs]
+            if missing:
+                raise RuntimeError(f"the reference fails its own cases {missing[:3]} in {module}: "
+                                   f"{[self._runs[key].status.get(m) for m in missing[:3]]}")
+        return self._runs[key]
+
+    def mistake(self, module: str, mistake: Mistake) -> RunOutputs:
+        key = (module, mistake.id)
+        if key not in self._runs:
+            cases = [c for c in importlib.import_module(module).CASES if c.id in mistake.caught_by]
+            tree = self._tree(f"mistake-{mistake.id}", {**self._bodies, mistake.region: mistake.body})
+            self._runs[key] = run_cases(tree, module, cases, self.seed, self.work / "runs", self.limits)
+        return self._runs[key]
+
+
+@dataclass
+class Extracted:
+    """A submission's region bodies and what is wrong with them, before anything runs."""
+
+    bodies: dict[str, str]
+    blocked: dict[str, str]  # region id -> why its task scores 0 without running (missing, banned construct)
+    flags: list[str]  # integrity notes for the instructor (outside edits, forbidden calls)
+    diffs: dict[str, str]  # relative path -> diff of the outside-region edits
+
+
+def extract_submission(hw: Homework, files: dict[str, str], root: Path = workspace.ROOT) -> Extracted:
+    """Read every region file of the homework from ``files`` (relpath -> submitted text) against its starter."""
+    bodies, blocked, flags, diffs = {}, {}, [], {}
+    for rel, reference in workspace.region_files(hw, root).items():
+        regions = {r.id: r for r in markers.find_regions(reference, rel) if r.id in hw.region_ids}
+        if not regions:
+            continue
+        starter = markers.strip(reference, rel)
+        if rel not in files:
+            blocked.update({i: f"{rel} is missing from the submission" for i in regions})
+            continue
+        got = markers.extract(files[rel], starter)
+        for rid in got.missing:
+            if rid in regions:
+                blocked[rid] = f"the markers '# BEGIN TODO {rid}' / '# END TODO {rid}' in {rel} are missing or moved"
+        if got.outside_edited:
+            diffs[rel] = markers.outside_diff(files[rel], starter, rel)
+            flags.append(f"{rel}: edits outside the TODO regions (ignored for grading)")
+        for rid, body in got.bodies.items():
+            if rid not in regions:
+                continue
+            bodies[rid] = body
+            for flag in scan.scan_region(body, files[rel], hw.forbidden_calls):
+                flags.append(f"{rel} region {rid}: {flag.message}")
+                blocked.setdefault(rid, flag.message)
+    return Extracted(bodies, blocked, flags, diffs)
+
+
+def _case_test(task: Task, number: str, case: Case, share: float, result: CaseResult) -> TestResult:
+    status = "passed" if result.fraction >= 1.0 else "failed"
+    return TestResult(name=f"{task.title} · {case.title or case.id}", number=number,
+                      score=round(share * result.fraction, 6), max_score=round(share, 6), status=status,
+                      output=result.message, tags=(task.id,), visibility=case.visibility)
+
+
+def _name_mistake(module, case: Case, got: Outputs | None, ref: Reference) -> str:
+    """' This matches a known mistake: ...' when the student's outputs equal a catalogued mistake's."""
+    if got is None:
+        return ""
+    for mistake in getattr(module, "MISTAKES", ()):
+        if case.id not in mistake.caught_by:
+            continue
+        wrong = ref.mistake(module.__name__, mistake).outputs.get(case.id)
+        if wrong is not None and score_case(case, wrong, got, "ok").fraction >= 1.0:
+            return f" This matches a known mistake: {mistake.feedback}"
+    return ""
+
+
+def grade_task(task: Task, number: int, tree: Path, ref: Reference, extracted: Extracted, work: Path,
+               seed: int) -> list[TestResult]:
+    """The tests of one task: every case scored against the reference (0 for all when a region is blocked)."""
+    module = case_module(task)
+    cases = list(module.CASES)
+    total = sum(c.points for c in cases) or 1.0
+    blocked = [f"{r}: {extracted.blocked[r]}" for r in task.regions if r in extracted.blocked]
+    if blocked:
+        results = [CaseResult(0.0, "Not run: " + "; ".join(blocked)) for _ in cases]
+    else:
+        run = run_cases(tree, module.__name__, cases, seed, work, ref.limits)
+        expected = ref.outputs(module.__name__).outputs
+        results = []
+        for case in cases:
+            got = run.outputs.get(case.id)
+            res = score_case(case, expected[case.id], got, run.status.get(case.id, "no output"))
+            if res.fraction < 1.0:
+                res = CaseResult(res.fraction, res.message + _name_mistake(module, case, got, ref))
+            results.append(res)
+    return [_case_test(task, f"{number}.{k + 1}", c, task.points * c.points / total, r)
+            for k, (c, r) in enumerate(zip(cases, results))]
+
+
+def grade_files(hw: Homework, files: dict[str, str], ref: Reference, work: Path) -> tuple[list[TestResult], Extracted]:
+    """Every task's tests for a submission given as relpath -> text (the trusted part of grading)."""
+    extracted = extract_submission(hw, files, ref.root)
+    tree = workspace.build_tree(hw, work / "tree", extracted.bodies, ref.root)
+    try:
+        tests = []
+        for k, task in enumerate(hw.tasks, 1):
+            if task.cases:
+                tests += grade_task(task, k, tree, ref, extracted, work / "runs", ref.seed)
+    finally:
+        shutil.rmtree(tree, ignore_errors=True)
+    return tests, extracted

@@ -1,0 +1,305 @@
+"""Distillation autograder cases (grading/cases/{sds,vsd,sdi,pds}.py): reference determinism, the mistake catalogue,
+stubs, and answers that differ from the reference in form but not in math.
+
+Every case runs in ONE subprocess over graded trees built like the grader's (``grading.workspace.build_tree``: the
+homework's own regions get the given bodies, every other region its stub), with the tree first on ``sys.path``
+(checked through ``__file__``); the outputs come back as safetensors and are scored here with
+``grading.compare.score_case``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from grading import markers, workspace
+from grading.compare import score_case
+from grading.homeworks.kaist_a4 import HOMEWORK as KAIST
+from grading.homeworks.nycu_lab3 import HOMEWORK as NYCU
+
+# case module -> (the homework whose tree it runs on here, that homework's task)
+MODULES = {"grading.cases.sds": (NYCU, "task1-sds"), "grading.cases.vsd": (NYCU, "task2-vsd"),
+           "grading.cases.sdi": (NYCU, "task3-sdi"), "grading.cases.pds": (KAIST, "task2-pds")}
+ALSO = {"grading.cases.sds": (KAIST, "task1-sds"), "grading.cases.vsd": (KAIST, "task3-vsd")}  # same cases
+SEEDS = (0, 1)
+SDI_STUBS = {"sdi-invert-noise": "sdi/invert-", "sdi-refresh": "sdi/target-", "sdi-loss": "sdi/loss-"}
+
+CASES = {m: {c.id: c for c in importlib.import_module(m).CASES} for m in MODULES}
+MISTAKES = {k.id: (m, k) for m in MODULES for k in importlib.import_module(m).MISTAKES}
+
+# Right answers written differently from the reference (inline math, separate UNet calls, other order): they must
+# pass every case of their module.
+EQUIVALENT = {
+    "sds-inline": ("grading.cases.sds", "sds-loss", """\
+    a = guidance.alpha_bar(t).view(-1, 1, 1, 1)
+    x_t = a.sqrt() * x + (1 - a).sqrt() * noise
+    B = x.shape[0]
+    eps_uncond = guidance.unet_eps(x_t, t, text_embeddings[:B])
+    eps_cond = guidance.unet_eps(x_t, t, text_embeddings[B:])
+    eps_hat = eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+    g = grad_scale * (1 - a) * (eps_hat - noise)
+"""),
+    "pds-slides-ddim-form": ("grading.cases.pds", "pds-loss", """\
+    t_prev = t - t_delta
+    a_t = guidance.alpha_bar(t).view(-1, 1, 1, 1)
+    a_prev = guidance.alpha_bar(t_prev).view(-1, 1, 1, 1)
+    sigma = ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).sqrt()
+    z, x0_hats = [], []
+    for x0, emb in ((x_src, src_text_embedding), (x_tgt, tgt_text_embedding)):
+        x_t = a_t.sqrt() * x0 + (1 - a_t).sqrt() * noise_t
+        x_prev = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * noise_prev
+        eps_hat = guidance.predict_eps(x_t, t, emb, guidance_scale)
+        x0_hat = (x_t - (1 - a_t).sqrt() * eps_hat) / a_t.sqrt()
+        mu = a_prev.sqrt() * x0_hat + (1 - a_prev - sigma**2).sqrt() * eps_hat  # the slides' DDIM form
+        z.append((x_prev - mu) / sigma)
+        x0_hats.append(x0_hat)
+    x0_hat = torch.cat(x0_hats)
+    g = grad_scale * (z[1] - z[0])
+"""),
+    "vsd-lora-first": ("grading.cases.vsd", "vsd-loss", """\
+    uncond, cond = text_embeddings.chunk(2)
+    a = guidance.alpha_bar(t).view(-1, 1, 1, 1)
+    x_t = a.sqrt() * x + (1 - a).sqrt() * noise
+    guidance.unet.enable_adapters()
+    eps_lora = guidance.unet(x_t, t, encoder_hidden_states=cond).sample
+    guidance.unet.disable_adapters()
+    eps_u, eps_c = guidance.unet_eps(torch.cat([x_t, x_t]), torch.cat([t, t]), text_embeddings).chunk(2)
+    eps_pre = eps_u + guidance_scale * (eps_c - eps_u)
+    g = (1 - a) * (eps_pre - eps_lora)
+    a_lora = guidance.alpha_bar(t_lora).view(-1, 1, 1, 1)
+    loss_lora = guidance.lora_loss(a_lora.sqrt() * x + (1 - a_lora).sqrt() * noise_lora, t_lora, noise_lora, cond)
+"""),
+    "sdi-invert-inline": ("grading.cases.sdi", "sdi-invert-noise", """\
+    n = len(noises)
+    x = x0
+    for k in range(n):
+        tau, tau_next = (k * t / n).round().long(), ((k + 1) * t / n).round().long()
+        a, a_next = guidance.alpha_bar(tau).view(-1, 1, 1, 1), guidance.alpha_bar(tau_next).view(-1, 1, 1, 1)
+        eps_hat = guidance.predict_eps(x, tau, text_embeddings, guidance_scale)
+        x0_hat = (x - (1 - a).sqrt() * eps_hat) / a.sqrt()
+        sigma = eta * ((1 - a) / (1 - a_next) * (1 - a_next / a)).clamp(min=0).sqrt()
+        x = a_next.sqrt() * x0_hat + (1 - a_next - sigma**2).sqrt() * eps_hat
+        if eta > 0:
+            x = x + sigma * noises[k]
+    return x
+"""),
+}
+
+RUNNER = r"""
+import importlib, json, sys, time
+from pathlib import Path
+import torch
+from safetensors.torch import save_file
+
+torch.set_num_threads(1)
+torch.use_deterministic_algorithms(True, warn_only=True)
+spec = json.loads(Path(sys.argv[1]).read_text())
+base_path, status = list(sys.path), {}
+for job in spec["jobs"]:
+    tree = job["tree"]
+    for name in [m for m in sys.modules if m.split(".")[0] in ("distillation", "common", "grading")]:
+        del sys.modules[name]
+    sys.path[:] = [tree] + base_path
+    for seed in job["seeds"]:
+        tensors, report = {}, {}
+        for module in job["modules"]:
+            mod = importlib.import_module(module)
+            for case in mod.CASES:
+                start = time.perf_counter()
+                try:
+                    for key, value in case.run(seed).items():
+                        tensors[f"{case.id}/{key}"] = value
+                    report[case.id] = {"ok": True}
+                except Exception as err:
+                    report[case.id] = {"ok": False, "error": f"{type(err).__name__}: {err}"}
+                report[case.id]["seconds"] = time.perf_counter() - start
+        names = ("distillation.sds", "distillation.sdi", "common.ddim", "grading.cases._tiny_sd", *job["modules"])
+        files = {m: sys.modules[m].__file__ for m in names if m in sys.modules}
+        report["_files"] = {"ok": all(Path(f).is_relative_to(tree) for f in files.values()), "files": files}
+        save_file(tensors, f"{spec['out']}/{job['name']}-{seed}.safetensors")
+        status[f"{job['name']}-{seed}"] = report
+Path(spec["out"], "status.json").write_text(json.dumps(status))
+"""
+
+
+def _task(module: str):
+    hw, task_id = MODULES[module]
+    return hw, hw.task(task_id)
+
+
+def _trees() -> dict[str, tuple]:
+    """tree name -> (homework, region bodies, seeds, case modules run on it)."""
+    trees = {}
+    for module in MODULES:
+        hw, task = _task(module)
+        ref = workspace.reference_bodies(hw)
+        short = module.rsplit(".", 1)[-1]
+        trees[f"{short}-reference"] = (hw, ref, SEEDS, (module,))
+        trees[f"{short}-stub"] = (hw, {k: v for k, v in ref.items() if k not in task.regions}, SEEDS[:1], (module,))
+    kaist = workspace.reference_bodies(KAIST)
+    trees["kaist-reference"] = (KAIST, kaist, SEEDS[:1], tuple(ALSO))
+    nycu = workspace.reference_bodies(NYCU)
+    for region in SDI_STUBS:
+        trees[f"sdi-stub-{region}"] = (NYCU, {k: v for k, v in nycu.items() if k != region}, SEEDS[:1],
+                                       ("grading.cases.sdi",))
+    for mid, (module, mistake) in MISTAKES.items():
+        hw, _ = _task(module)
+        trees[f"mistake-{mid}"] = (hw, {**workspace.reference_bodies(hw), mistake.region: mistake.body}, SEEDS,
+                                   (module,))
+    for name, (module, region, body) in EQUIVALENT.items():
+        hw, _ = _task(module)
+        trees[f"equivalent-{name}"] = (hw, {**workspace.reference_bodies(hw), region: body}, SEEDS, (module,))
+    return trees
+
+
+def _load(out: Path, run: str, status: dict) -> tuple[dict, dict]:
+    """(case id -> {name: tensor}, case id -> "ok" or the error) of one tree and seed."""
+    outputs: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in load_file(out / f"{run}.safetensors").items():
+        case, _, name = key.rpartition("/")
+        outputs.setdefault(case, {})[name] = value
+    report = status[run]
+    files = report.pop("_files")
+    assert files["ok"], f"{run}: modules were imported from outside the tree: {files['files']}"
+    return outputs, {c: "ok" if r["ok"] else r["error"] for c, r in report.items()}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, tuple[dict, dict]]:
+    """'<tree>-<seed>' -> (outputs, status) for every reference, stub, mistake and equivalent tree."""
+    work = tmp_path_factory.mktemp("distillation-cases")
+    jobs = []
+    for name, (hw, bodies, seeds, modules) in _trees().items():
+        tree = workspace.build_tree(hw, work / "trees" / name, bodies)
+        jobs.append({"name": name, "tree": str(tree), "seeds": list(seeds), "modules": list(modules)})
+    for module in MODULES:  # the references again, last, after every other tree ran in the same process
+        short = module.rsplit(".", 1)[-1]
+        jobs.append({"name": f"{short}-reference-again", "tree": str(work / "trees" / f"{short}-reference"),
+                     "seeds": [SEEDS[0]], "modules": [module]})
+    out = work / "out"
+    out.mkdir()
+    spec = work / "spec.json"
+    spec.write_text(json.dumps({"jobs": jobs, "out": str(out)}))
+    proc = subprocess.run([sys.executable, "-c", RUNNER, str(spec)], cwd=work, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    status = json.loads((out / "status.json").read_text())
+    seconds = {k: max(r["seconds"] for c, r in rep.items() if c != "_files") for k, rep in status.items()}
+    assert max(seconds.values()) < 2, seconds  # each case well under a few seconds on one thread
+    return {run: _load(out, run, status) for run in status}
+
+
+def _failing(runs: dict, module: str, tree: str, seed: int) -> set[str]:
+    """Ids of the module's cases whose outputs on ``tree`` do not get full credit against its reference."""
+    short = module.rsplit(".", 1)[-1]
+    expected, _ = runs[f"{short}-reference-{seed}"]
+    got, status = runs[f"{tree}-{seed}"]
+    return {cid for cid, case in CASES[module].items()
+            if score_case(case, expected[cid], got.get(cid), status.get(cid, "no output")).fraction < 1.0}
+
+
+def test_catalogue_is_consistent_with_the_specs():
+    for module in MODULES:
+        mod = importlib.import_module(module)
+        ids = [c.id for c in mod.CASES]
+        assert len(ids) == len(set(ids)) and all(i.startswith(module.rsplit(".", 1)[-1] + "/") for i in ids)
+        for hw, task_id in (MODULES[module], ALSO.get(module, MODULES[module])):
+            task = hw.task(task_id)
+            assert task.cases in ("", module), f"{hw.id} {task_id} should name {module}"
+            assert {m.region for m in mod.MISTAKES} <= set(task.regions)
+        visible = [c for c in mod.CASES if c.visibility == "visible"]
+        assert 1 <= len(visible) <= 2, module
+        assert all(c.points > 0 and c.title and c.feedback and c.visibility in ("visible", "after_published")
+                   for c in mod.CASES), module
+        for mistake in mod.MISTAKES:
+            assert mistake.feedback and mistake.caught_by and set(mistake.caught_by) <= set(ids), mistake.id
+    assert len(MISTAKES) == sum(len(importlib.import_module(m).MISTAKES) for m in MODULES)  # ids unique
+
+
+def test_mistake_and_equivalent_bodies_graft_and_parse():
+    files = workspace.region_files(NYCU) | workspace.region_files(KAIST)
+    bodies = [(m.region, m.body) for _, m in MISTAKES.values()] + [(r, b) for _, r, b in EQUIVALENT.values()]
+    for region, body in bodies:
+        rel = next(r for r, text in files.items() if region in markers.reference_bodies(text, r))
+        compile(markers.graft(files[rel], rel, {**markers.reference_bodies(files[rel], rel), region: body}), rel,
+                "exec")
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_reference_is_finite_deterministic_and_seeded(runs, module):
+    short = module.rsplit(".", 1)[-1]
+    first, status = runs[f"{short}-reference-0"]
+    again, status_again = runs[f"{short}-reference-again-0"]
+    other, _ = runs[f"{short}-reference-1"]
+    assert set(status.values()) == {"ok"} and set(status_again.values()) == {"ok"}, status
+    assert set(first) == set(CASES[module])
+    for cid, outputs in first.items():
+        assert outputs and all(v.dtype == torch.float64 and torch.isfinite(v).all() for v in outputs.values()), cid
+        assert outputs.keys() == again[cid].keys()
+        assert all(torch.equal(v, again[cid][k]) for k, v in outputs.items()), f"{cid}: not bitwise reproducible"
+        assert any(v.shape != other[cid][k].shape or not torch.equal(v, other[cid][k])
+                   for k, v in outputs.items()), f"{cid}: seed 1 gives the same outputs as seed 0"
+
+
+def test_cases_pass_the_same_on_the_other_homeworks_tree(runs):
+    """SDS and VSD cases on KAIST A4's tree (SDI's regions stubbed there) give NYCU's tree's outputs bit for bit."""
+    got, status = runs["kaist-reference-0"]
+    for module in ALSO:
+        short = module.rsplit(".", 1)[-1]
+        expected, _ = runs[f"{short}-reference-0"]
+        for cid in CASES[module]:
+            assert status[cid] == "ok" and all(torch.equal(v, got[cid][k]) for k, v in expected[cid].items()), cid
+
+
+def test_batch_outputs_equal_their_singles(runs):
+    for module in ("grading.cases.sds", "grading.cases.vsd", "grading.cases.pds"):
+        short = module.rsplit(".", 1)[-1]
+        outputs, _ = runs[f"{short}-reference-0"]
+        case = outputs[f"{short}/batch-vs-singles"]
+        for b in range(3):
+            torch.testing.assert_close(case[f"batch_{b}"], case[f"singles_{b}"], rtol=1e-5, atol=1e-6)
+
+
+def test_reference_properties(runs):
+    """What the edge cases pin down holds on the reference: no UNet gradient, SDI refresh steps."""
+    sds_out, _ = runs["sds-reference-0"]
+    assert float(sds_out["sds/no-unet-backward"]["unet_grad_calls"]) == 0.0
+    sdi_out, _ = runs["sdi-reference-0"]
+    assert torch.nonzero(sdi_out["sdi/loss-schedule"]["refreshed"]).flatten().tolist() == [0, 25, 50]
+    assert torch.nonzero(sdi_out["sdi/loss-interval"]["refreshed"]).flatten().tolist() == [0, 2, 9, 16]  # 5, 7, 14, 21
+
+
+@pytest.mark.parametrize("mistake_id", sorted(MISTAKES))
+def test_mistake_fails_exactly_its_cases(runs, mistake_id):
+    module, mistake = MISTAKES[mistake_id]
+    for seed in SEEDS:
+        assert _failing(runs, module, f"mistake-{mistake_id}", seed) == set(mistake.caught_by), f"seed {seed}"
+
+
+@pytest.mark.parametrize("name", sorted(EQUIVALENT))
+def test_equivalent_answers_pass_every_case(runs, name):
+    module = EQUIVALENT[name][0]
+    for seed in SEEDS:
+        assert _failing(runs, module, f"equivalent-{name}", seed) == set(), f"seed {seed}"
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_stub_fails_every_case_of_its_task(runs, module):
+    short = module.rsplit(".", 1)[-1]
+    assert _failing(runs, module, f"{short}-stub", 0) == set(CASES[module])
+    _, status = runs[f"{short}-stub-0"]
+    assert all("NotImplementedError" in status[cid] for cid in CASES[module])
+
+
+@pytest.mark.parametrize("region", sorted(SDI_STUBS))
+def test_sdi_stub_of_one_region_fails_its_cases_and_the_end_to_end_one(runs, region):
+    module = "grading.cases.sdi"
+    expected = {cid for cid in CASES[module] if cid.startswith(SDI_STUBS[region])} | {"sdi/end-to-end"}
+    assert _failing(runs, module, f"sdi-stub-{region}", 0) == expected

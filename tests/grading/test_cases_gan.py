@@ -1,0 +1,167 @@
+"""umich-hw5-gan autograder cases (grading/cases/gan_*.py): reference determinism, the mistake catalogue, stubs.
+
+Every case runs in ONE subprocess over graded trees built like the grader's (``grading.workspace.build_tree``: the
+reference, one tree per catalogued mistake, one per stubbed region), with the tree first on ``sys.path``; the
+outputs come back as safetensors and are scored here with ``grading.compare.score_case``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from grading import markers, workspace
+from grading.compare import score_case
+from grading.homeworks.umich_hw5_gan import HOMEWORK
+
+MODULES = {"grading.cases.gan_losses": "task1-loss", "grading.cases.gan_r1": "task3-r1",
+           "grading.cases.gan_cutout": "task4-cutout"}
+CASE_PREFIX = {"gan-g-loss": "g-loss/", "gan-d-loss": "d-loss/", "gan-d-real": "d-main/", "gan-r1": "r1/",
+               "diffaugment-cutout": "cutout/"}  # region -> the id prefix of the cases that test it
+SEEDS = (0, 1)
+
+CASES = {c.id: c for m in MODULES for c in importlib.import_module(m).CASES}
+MISTAKES = {k.id: k for m in MODULES for k in importlib.import_module(m).MISTAKES}
+
+RUNNER = r"""
+import importlib, json, sys, time
+from pathlib import Path
+import torch
+from safetensors.torch import save_file
+
+torch.set_num_threads(1)
+spec = json.loads(Path(sys.argv[1]).read_text())
+base_path, status = list(sys.path), {}
+for job in spec["jobs"]:
+    tree = job["tree"]
+    for name in [m for m in sys.modules if m.split(".")[0] in ("gan", "common", "grading")]:
+        del sys.modules[name]
+    sys.path[:] = [tree] + base_path
+    for seed in job["seeds"]:
+        tensors, report = {}, {}
+        for module in spec["modules"]:
+            mod = importlib.import_module(module)
+            for case in mod.CASES:
+                start = time.perf_counter()
+                try:
+                    for key, value in case.run(seed).items():
+                        tensors[f"{case.id}/{key}"] = value
+                    report[case.id] = {"ok": True}
+                except Exception as err:
+                    report[case.id] = {"ok": False, "error": f"{type(err).__name__}: {err}"}
+                report[case.id]["seconds"] = time.perf_counter() - start
+        names = ("gan.loss", "gan.augment", "common.diffaugment", *spec["modules"])
+        files = {m: sys.modules[m].__file__ for m in names}
+        report["_files"] = {"ok": all(Path(f).is_relative_to(tree) for f in files.values()), "files": files}
+        save_file(tensors, f"{spec['out']}/{job['name']}-{seed}.safetensors")
+        status[f"{job['name']}-{seed}"] = report
+Path(spec["out"], "status.json").write_text(json.dumps(status))
+"""
+
+
+def _load(out: Path, run: str, status: dict) -> tuple[dict, dict]:
+    """(case id -> {name: tensor}, case id -> "ok" or the error) of one tree and seed."""
+    outputs: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in load_file(out / f"{run}.safetensors").items():
+        case, _, name = key.rpartition("/")
+        outputs.setdefault(case, {})[name] = value
+    report = status[run]
+    assert report.pop("_files")["ok"], f"{run}: modules were imported from outside the tree"
+    return outputs, {c: "ok" if r["ok"] else r["error"] for c, r in report.items()}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, tuple[dict, dict]]:
+    """'<tree>-<seed>' -> (outputs, status) for the reference (twice), every mistake and every stubbed region."""
+    work = tmp_path_factory.mktemp("gan-cases")
+    reference = workspace.reference_bodies(HOMEWORK)
+    trees = {"reference": (reference, SEEDS), "reference-again": (reference, SEEDS[:1])}
+    trees.update({f"mistake-{m.id}": ({**reference, m.region: m.body}, SEEDS) for m in MISTAKES.values()})
+    trees.update({f"stub-{r}": ({k: v for k, v in reference.items() if k != r}, SEEDS[:1]) for r in CASE_PREFIX})
+    jobs = []
+    for name, (bodies, seeds) in trees.items():
+        tree = workspace.build_tree(HOMEWORK, work / "trees" / name, bodies) if name != "reference-again" else \
+            work / "trees" / "reference"
+        jobs.append({"name": name, "tree": str(tree), "seeds": list(seeds)})
+    jobs.append(jobs.pop(1))  # the second reference run goes last, after every other tree ran in the process
+    out = work / "out"
+    out.mkdir()
+    spec = work / "spec.json"
+    spec.write_text(json.dumps({"jobs": jobs, "modules": list(MODULES), "out": str(out)}))
+    proc = subprocess.run([sys.executable, "-c", RUNNER, str(spec)], cwd=work, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    status = json.loads((out / "status.json").read_text())
+    seconds = {k: max(r["seconds"] for c, r in rep.items() if c != "_files") for k, rep in status.items()}
+    assert max(seconds.values()) < 5, seconds  # each case well under a few seconds on one thread
+    return {run: _load(out, run, status) for run in status}
+
+
+def _failing(runs: dict, tree: str, seed: int) -> set[str]:
+    """Ids of the cases that a tree's outputs do not get full credit for, against the reference of that seed."""
+    expected, _ = runs[f"reference-{seed}"]
+    got, status = runs[f"{tree}-{seed}"]
+    return {cid for cid, case in CASES.items()
+            if score_case(case, expected[cid], got.get(cid), status.get(cid, "no output")).fraction < 1.0}
+
+
+def test_catalogue_is_consistent_with_the_spec():
+    for module, task_id in MODULES.items():
+        mod, task = importlib.import_module(module), HOMEWORK.task(task_id)
+        assert math.isclose(sum(c.points for c in mod.CASES), task.points), module
+        assert task.cases in ("", module), f"{task_id} should name {module}"
+        visible = [c for c in mod.CASES if c.visibility == "visible"]
+        assert 1 <= len(visible) <= 2 * len(task.regions)
+        assert all(c.title and c.feedback and c.visibility in ("visible", "after_published") for c in mod.CASES)
+        for mistake in mod.MISTAKES:
+            assert mistake.region in task.regions and mistake.feedback
+            assert set(mistake.caught_by) <= {c.id for c in mod.CASES}, mistake.id
+    assert len(CASES) == sum(len(importlib.import_module(m).CASES) for m in MODULES)  # ids unique
+    assert all(any(cid.startswith(p) for p in CASE_PREFIX.values()) for cid in CASES)
+    assert set(HOMEWORK.region_ids) == set(CASE_PREFIX)
+
+
+def test_mistake_bodies_graft_and_parse():
+    files = workspace.region_files(HOMEWORK)
+    for mistake in MISTAKES.values():
+        rel = next(r for r, text in files.items() if mistake.region in markers.reference_bodies(text, r))
+        grafted = markers.graft(files[rel], rel, {**markers.reference_bodies(files[rel], rel),
+                                                  mistake.region: mistake.body})
+        compile(grafted, rel, "exec")
+
+
+def test_reference_is_finite_deterministic_and_seeded(runs):
+    first, status = runs["reference-0"]
+    again, status_again = runs["reference-again-0"]
+    other, _ = runs["reference-1"]
+    assert set(status.values()) == {"ok"} and set(status_again.values()) == {"ok"}, status
+    assert set(first) == set(CASES)
+    for cid, outputs in first.items():
+        assert outputs and all(v.dtype == torch.float64 and torch.isfinite(v).all() for v in outputs.values()), cid
+        assert outputs.keys() == again[cid].keys()
+        assert all(torch.equal(v, again[cid][k]) for k, v in outputs.items()), f"{cid}: not bitwise reproducible"
+        assert any(v.shape != other[cid][k].shape or not torch.equal(v, other[cid][k])
+                   for k, v in outputs.items()), f"{cid}: seed 1 gives the same outputs as seed 0"
+
+
+@pytest.mark.parametrize("mistake_id", sorted(MISTAKES))
+def test_mistake_fails_exactly_its_cases(runs, mistake_id):
+    mistake = MISTAKES[mistake_id]
+    for seed in SEEDS:
+        assert _failing(runs, f"mistake-{mistake_id}", seed) == set(mistake.caught_by), f"seed {seed}"
+
+
+@pytest.mark.parametrize("region", sorted(CASE_PREFIX))
+def test_stub_fails_only_its_regions_cases(runs, region):
+    expected = {cid for cid in CASES if cid.startswith(CASE_PREFIX[region])}
+    assert _failing(runs, f"stub-{region}", 0) == expected
+    _, status = runs[f"stub-{region}-0"]
+    assert all("NotImplementedError" in status[cid] for cid in expected)
