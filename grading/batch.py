@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import sqlite3
 import tempfile
 import time
@@ -22,6 +23,7 @@ from common.cli import UserError, user_errors
 from grading import workspace
 from grading.grade import Reference, grade_files
 from grading.results import TestResult, error_results, write_results
+from grading.sandbox import Limits
 from grading.spec import Homework
 from grading.submission import Submission, find_region_files
 
@@ -110,9 +112,9 @@ def grade_batch(hw: Homework, subs: list[Submission], cfg: GradeConfig,
                 progress=None) -> list[tuple[Submission, dict]]:
     """Grade every submission (``cfg.jobs`` at once), skipping graded ones unless ``cfg.force``."""
     out = Path(cfg.out)
-    work = out / ".work"
-    work.mkdir(parents=True, exist_ok=True)
-    ref = Reference(hw, cfg.seed, work, workspace.ROOT)
+    # Trees live outside the grader's checkout, which the sandbox hides from workers (it holds the reference).
+    work = Path(tempfile.mkdtemp(prefix=f"grading-{hw.id}-"))
+    ref = Reference(hw, cfg.seed, work, workspace.ROOT, Limits(wall_s=cfg.timeout))
 
     def one(sub: Submission) -> tuple[Submission, dict]:
         target = out / sub.key / "results.json"
@@ -125,10 +127,13 @@ def grade_batch(hw: Homework, subs: list[Submission], cfg: GradeConfig,
         return sub, res
 
     for task in hw.tasks:  # reference outputs first, once, so the workers below only run student code
-        if task.cases:
-            ref.outputs(task.cases)
-    with ThreadPoolExecutor(max_workers=cfg.jobs) as pool:
-        rows = list(pool.map(one, subs))
+        for module in task.cases:
+            ref.outputs(module)
+    try:
+        with ThreadPoolExecutor(max_workers=cfg.jobs) as pool:
+            rows = list(pool.map(one, subs))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     write_gradebook(hw, rows, out)
     (out / "grade_config.json").write_text(json.dumps(asdict(cfg), indent=2, allow_nan=False) + "\n")
     return rows

@@ -31,9 +31,9 @@ class RunOutputs:
     info: dict = field(default_factory=dict)
 
 
-def case_module(task: Task):
-    """The trusted case module of a task (imported from this process's own ``grading`` package)."""
-    return importlib.import_module(task.cases)
+def case_modules(task: Task) -> list:
+    """The trusted case modules of a task (imported from this process's own ``grading`` package)."""
+    return [importlib.import_module(name) for name in task.cases]
 
 
 def run_cases(tree: Path, module: str, cases: list[Case], seed: int, work: Path, limits: Limits) -> RunOutputs:
@@ -140,27 +140,35 @@ def _name_mistake(module, case: Case, got: Outputs | None, ref: Reference) -> st
     return ""
 
 
+def _score_module(module, tree: Path, ref: Reference, work: Path, seed: int) -> list[tuple[Case, CaseResult]]:
+    """Run one case module on the student's tree and score each case against the reference."""
+    cases = list(module.CASES)
+    run = run_cases(tree, module.__name__, cases, seed, work, ref.limits)
+    expected = ref.outputs(module.__name__).outputs
+    scored = []
+    for case in cases:
+        got = run.outputs.get(case.id)
+        res = score_case(case, expected[case.id], got, run.status.get(case.id, run.info.get("error") or "no output"))
+        if res.fraction < 1.0:
+            res = CaseResult(res.fraction, res.message + _name_mistake(module, case, got, ref), res.max_rel_err)
+        scored.append((case, res))
+    return scored
+
+
 def grade_task(task: Task, number: int, tree: Path, ref: Reference, extracted: Extracted, work: Path,
                seed: int) -> list[TestResult]:
     """The tests of one task: every case scored against the reference (0 for all when a region is blocked)."""
-    module = case_module(task)
-    cases = list(module.CASES)
-    total = sum(c.points for c in cases) or 1.0
+    modules = case_modules(task)
     blocked = [f"{r}: {extracted.blocked[r]}" for r in task.regions if r in extracted.blocked]
-    if blocked:
-        results = [CaseResult(0.0, "Not run: " + "; ".join(blocked)) for _ in cases]
-    else:
-        run = run_cases(tree, module.__name__, cases, seed, work, ref.limits)
-        expected = ref.outputs(module.__name__).outputs
-        results = []
-        for case in cases:
-            got = run.outputs.get(case.id)
-            res = score_case(case, expected[case.id], got, run.status.get(case.id, "no output"))
-            if res.fraction < 1.0:
-                res = CaseResult(res.fraction, res.message + _name_mistake(module, case, got, ref))
-            results.append(res)
+    scored = []
+    for module in modules:
+        if blocked:
+            scored += [(c, CaseResult(0.0, "Not run: " + "; ".join(blocked))) for c in module.CASES]
+        else:
+            scored += _score_module(module, tree, ref, work, seed)
+    total = sum(c.points for c, _ in scored) or 1.0
     return [_case_test(task, f"{number}.{k + 1}", c, task.points * c.points / total, r)
-            for k, (c, r) in enumerate(zip(cases, results))]
+            for k, (c, r) in enumerate(scored)]
 
 
 def grade_files(hw: Homework, files: dict[str, str], ref: Reference, work: Path) -> tuple[list[TestResult], Extracted]:

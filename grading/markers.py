@@ -211,3 +211,18 @@ def outside_diff(submitted: str, starter: str, path: str, context: int = 2) -> s
 
     return "".join(difflib.unified_diff(blank(starter), blank(submitted), f"starter/{path}", f"submitted/{path}",
                                         n=context))
+
+
+def fill(starter: str, bodies: dict[str, str]) -> str:
+    """A starter with the given bodies written between its ``# BEGIN TODO <id>`` / ``# END TODO <id>`` markers
+    (what a student hands in); regions not given keep their stub."""
+    lines = normalise(starter).splitlines(keepends=True)
+    ids = [s.strip()[len("# BEGIN TODO "):] for s in lines if s.strip().startswith("# BEGIN TODO ")]
+    spans = _todo_spans(lines, ids)
+    out, pos = [], 0
+    for rid, (b, e) in sorted(spans.items(), key=lambda kv: kv[1]):
+        out.extend(lines[pos:b + 1])
+        out.append(bodies[rid] if rid in bodies else "".join(lines[b + 1:e]))
+        pos = e
+    out.extend(lines[pos:])
+    return "".join(out)

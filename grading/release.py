@@ -32,7 +32,6 @@ import click
 from common.cli import UserError, user_errors
 from common.runs import write_json_atomic
 from grading import markers, tree
-from grading.cli import CONTEXT
 from grading.gate import run_gate
 from grading.spec import Homework
 from grading.tree import EXECUTABLE, Files, json_bytes, write_tree
@@ -42,6 +41,7 @@ TEMPLATES = Path(__file__).resolve().parent / "templates"
 STORED = (".safetensors", ".png", ".gz", ".zip")  # already compressed: zip them as they are
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 OUTPUTS = frozenset({"student", "autograder.zip", "release.json"})
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 119}  # as grading.cli (no import cycle)
 
 
 @dataclass

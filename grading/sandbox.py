@@ -23,6 +23,7 @@ must then be unreadable by permissions, which is checked) or ``none`` (a student
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import json
 import os
@@ -119,7 +120,8 @@ class Plan:
 
 _lock = threading.Lock()
 _probes: dict[str, object] = {}
-_uids_in_use: set[int] = set()
+_uids_in_use: dict[int, int] = {}  # uid -> fd of its lock file (held while a worker runs as that uid)
+UID_LOCKS = Path("/tmp/grading-sandbox-uids")  # flock per uid: other grader processes on the machine skip it
 
 
 def _cached(name: str, fn):
@@ -202,9 +204,34 @@ def _take_uid() -> int:
                 pwd.getpwuid(uid)
                 continue  # a real account: never ours to kill
             except KeyError:
-                _uids_in_use.add(uid)
+                fd = _lock_uid(uid)
+                if fd is None:
+                    continue  # another grading process on this machine runs a worker as this uid
+                _uids_in_use[uid] = fd
                 return uid
     raise SandboxError(f"all {UID_SLOTS} sandbox uids are in use")
+
+
+def _lock_uid(uid: int) -> int | None:
+    """An exclusive, non-blocking flock on the uid's lock file, or None when another process holds it.
+
+    Threads of one grader share ``_uids_in_use``; separate grader processes (two ``grade`` runs, a test suite next
+    to a batch) coordinate through these locks, so one never kills the other's worker in ``kill_uid``.
+    """
+    UID_LOCKS.mkdir(mode=0o700, exist_ok=True)
+    fd = os.open(UID_LOCKS / f"{uid}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _release_uid(uid: int) -> None:
+    fd = _uids_in_use.pop(uid, None)
+    if fd is not None:
+        os.close(fd)  # closing drops the flock
 
 
 def _live_pids(uid: int) -> list[int]:
@@ -298,6 +325,8 @@ def run_worker(tree: Path, request: dict, out_dir: Path, limits: Limits = Limits
     uid = _take_uid() if p.uid else None
     work = Path(tempfile.mkdtemp(prefix="grading-sandbox-"))
     try:
+        if uid is not None:
+            kill_uid(uid)  # leftovers of a grader that died while it held this uid
         return _run(tree, request, cases, Path(out_dir), limits, p, uid, work, hide)
     finally:
         try:
@@ -306,7 +335,7 @@ def run_worker(tree: Path, request: dict, out_dir: Path, limits: Limits = Limits
         finally:
             shutil.rmtree(work, ignore_errors=True)
             with _lock:
-                _uids_in_use.discard(uid)
+                _release_uid(uid)
 
 
 def _launch_argv(tree: Path, limits: Limits, p: Plan, uid: int | None, work: Path, hide: list[str],
@@ -316,7 +345,7 @@ def _launch_argv(tree: Path, limits: Limits, p: Plan, uid: int | None, work: Pat
     if p.mode == "uid":
         check_permissions(needed, hide)
     cfg = {"status_fd": status_fd, "rlimits": rlimits(limits, uid is not None), "uid": uid, "gid": uid,
-           "seccomp": p.seccomp, "unshare": list(p.unshare), "pdeathsig": "pid" in p.unshare, "cwd": str(home),
+           "seccomp": p.seccomp, "unshare": list(p.unshare), "cwd": str(home),
            "argv": [sys.executable, "-I", "-B", "-c", _BOOT, str(tree), str(GRADER_ROOT), str(out)],
            "env": worker_env(home, tmp, threads, limits.gpu)}
     if "mount" in p.unshare:

@@ -32,7 +32,7 @@ import sys
 CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x20000000, 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_BIND, MS_REC, MS_PRIVATE = 4096, 16384, 1 << 18
-PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS = 1, 38
+PR_SET_NO_NEW_PRIVS = 38  # no PR_SET_PDEATHSIG: with PID 1 of a namespace it fires when a thread exits
 FLAGS = {"mount": CLONE_NEWNS, "net": CLONE_NEWNET, "pid": CLONE_NEWPID}
 SYSTEM_DIRS = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "etc", "dev", "proc", "sys")
 DENIED_SYSCALLS = ("ptrace", "process_vm_readv", "process_vm_writev", "mount", "umount2", "unshare", "setns",
@@ -135,8 +135,6 @@ def drop(cfg: dict) -> None:
             pass
         else:
             raise RuntimeError("setuid(0) still works after dropping privileges")
-        if cfg.get("pdeathsig"):
-            prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # cleared by setuid, so set after it
     prctl(PR_SET_NO_NEW_PRIVS, 1)
     if cfg.get("seccomp"):
         seccomp_deny_network()
@@ -149,7 +147,9 @@ def _mirror(pid: int) -> None:
     _, status = os.waitpid(pid, 0)
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
-        signal.signal(sig, signal.SIG_DFL)
+        if sig not in (signal.SIGKILL, signal.SIGSTOP):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [sig])
         os.kill(os.getpid(), sig)
     os._exit(os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 125)
 
@@ -164,6 +164,7 @@ def launch(cfg: dict) -> None:
             pid = os.fork()
             if pid:
                 os.close(status)
+                status = -1
                 _mirror(pid)
         if cfg.get("mounts"):
             mount_view(cfg["mounts"]["reveal"], cfg["mounts"]["hide"], "pid" in cfg.get("unshare", ()))
@@ -173,7 +174,8 @@ def launch(cfg: dict) -> None:
         os.set_inheritable(status, False)  # closed by a successful exec: EOF tells the parent it happened
         os.execve(cfg["argv"][0], cfg["argv"], cfg["env"])
     except BaseException as err:  # noqa: B036 - anything before the exec is a sandbox failure
-        os.write(status, f"E{type(err).__name__}: {err}".encode()[:2000])
+        if status >= 0:
+            os.write(status, f"E{type(err).__name__}: {err}".encode()[:2000])
         os._exit(125)
 
 

@@ -125,18 +125,24 @@ def _submission_documents(subs: list[Submission], starters: dict[str, str], orde
     return docs, problems
 
 
-def _common_hashes(files: list[str], noise: int, max_share: int | None):
-    """Fingerprints found in more than ``max_share`` of ``files`` (MOSS's ``-m``, Dolos' ``-m``): code that many
-    students write the same way is no evidence of copying, so it is treated like the starter."""
+def _baseline(files: list[str], n_subs: int, boilerplate: list[str], noise: int, max_share: int | None):
+    """Token coverage of every file with only the starter removed, and the fingerprints found in more than
+    ``max_share`` of the first ``n_subs`` files (the submissions): code that many students write the same way is
+    no evidence of copying, so it is removed like the starter (MOSS's and Dolos' ``-m``)."""
     import numpy as np
     from copydetect import CodeFingerprint
 
-    if not max_share or len(files) <= max_share:
-        return np.array([], dtype=np.int64)
-    counts = Counter()
-    for f in files:
-        counts.update(CodeFingerprint(f, noise, 1, language="python").hashes)
-    return np.array(sorted(h for h, c in counts.items() if c > max_share), dtype=np.int64)
+    starter = np.unique(np.array([h for f in boilerplate for h in CodeFingerprint(f, noise, 1, language="python")
+                                  .hashes], dtype=np.int64))
+    base, counts = {}, Counter()
+    for n, f in enumerate(files):
+        fp = CodeFingerprint(f, noise, 1, boilerplate=starter, language="python")
+        base[f] = float(fp.token_coverage)
+        if n < n_subs:
+            counts.update(fp.hashes)
+    cut = max_share if max_share and n_subs > max_share else None
+    common = np.array(sorted(h for h, c in counts.items() if cut and c > cut), dtype=np.int64)
+    return base, common
 
 
 def _detector(extra_boilerplate):
@@ -163,12 +169,17 @@ def compare(docs: list[Document], boilerplate: list[str], work: Path, noise: int
         path = work / folder / f"{n:04d}_{doc.key.replace('/', '__')}.py"
         path.write_text(doc.text, encoding="utf-8")
         paths[doc.key] = str(path)
-    common = _common_hashes([paths[d.key] for d in docs if d.kind == "submission"], noise, max_share)
+    bp_files = []
+    for i, text in enumerate(boilerplate):
+        bp_files.append(str(work / "boilerplate" / f"starter_{i}.py"))
+        Path(bp_files[-1]).write_text(text, encoding="utf-8")
+    ordered = [d for d in docs if d.kind == "submission"] + [d for d in docs if d.kind != "submission"]
+    base, common = _baseline([paths[d.key] for d in ordered], sum(d.kind == "submission" for d in docs), bp_files,
+                             noise, max_share)
     det = _detector(common)(test_dirs=[], noise_t=noise, guarantee_t=noise, display_t=0.0, force_language="python",
                             silent=True, autoopen=False, out_file=str(work / "copydetect.html"))
-    for i, text in enumerate(boilerplate):
-        (work / "boilerplate" / f"starter_{i}.py").write_text(text, encoding="utf-8")
-        det.add_file(str(work / "boilerplate" / f"starter_{i}.py"), "boilerplate")
+    for f in bp_files:
+        det.add_file(f, "boilerplate")
     for doc in docs:
         det.add_file(paths[doc.key], "testref" if doc.kind == "submission" else "ref")
     det.run()
@@ -183,14 +194,14 @@ def compare(docs: list[Document], boilerplate: list[str], work: Path, noise: int
             sim_a, sim_b = (float(v) for v in det.similarity_matrix[index_t[fa], index_r[fb]])
             if sim_a < 0:  # copydetect skipped it (a file it could not read)
                 continue
+            o_a, o_b = sim_a * cover[fa], sim_b * cover[fb]  # shared tokens that are neither starter nor common
+            share_a, share_b = o_a / base[fa] if base[fa] else 0.0, o_b / base[fb] if base[fb] else 0.0
             if b.kind == "ref":
-                score = sim_a
+                score = share_a
             else:
-                total = cover[fa] + cover[fb]
-                score = (sim_a * cover[fa] + sim_b * cover[fb]) / total if total else 0.0
-            tokens = int(det.token_overlap_matrix[index_t[fa], index_r[fb]])
-            pairs.append(Pair(a.key, b.key, "ref" if b.kind == "ref" else "peer", round(score, 4), round(sim_a, 4),
-                              round(sim_b, 4), max(tokens, 0)))
+                score = (o_a + o_b) / (base[fa] + base[fb]) if base[fa] + base[fb] else 0.0
+            pairs.append(Pair(a.key, b.key, "ref" if b.kind == "ref" else "peer", round(score, 4), round(share_a, 4),
+                              round(share_b, 4), int(round(o_a))))
     pairs.sort(key=lambda p: (-p.score, -p.tokens, p.a, p.b))
     return pairs, det, paths
 

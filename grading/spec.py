@@ -46,8 +46,8 @@ class Bands:
 class Task:
     """One graded student task: its regions, points and how it is tested.
 
-    ``cases`` is the dotted module (under ``grading.cases``) whose seeded cases the sandboxed worker runs for this
-    task; ``public_tests`` are repo test files shipped to students; ``fixed`` the hyperparameters a student must not
+    ``cases`` are the dotted modules (under ``grading.cases``) whose seeded cases the sandboxed worker runs for this
+    task (one worker per module); ``public_tests`` are repo test files shipped to students; ``fixed`` the hyperparameters a student must not
     change (the grader passes them explicitly).
     """
 
@@ -55,7 +55,7 @@ class Task:
     title: str
     regions: tuple[str, ...]
     points: float
-    cases: str = ""
+    cases: tuple[str, ...] = ()
     public_tests: tuple[str, ...] = ()
     command: str = ""  # the entry point on the toy default
     real_command: str = ""  # the same on the real model

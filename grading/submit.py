@@ -90,8 +90,8 @@ def collect_items(root: Path, hw: Homework) -> Collected:
     """Match every item of ``hw`` in the tree ``root`` (files only; links are reported, never followed)."""
     out = Collected()
     for item in hw.items:
-        found = []
-        for p in _matches(root, item.pattern):
+        found, matched = [], _matches(root, item.pattern)
+        for p in matched:
             rel = p.relative_to(root).as_posix()
             if p.is_symlink():
                 out.problems.append(f"{rel} is a link; copy the file itself")
@@ -101,7 +101,7 @@ def collect_items(root: Path, hw: Homework) -> Collected:
             else:
                 found.append(rel)
         out.files.append((item, found))
-        if item.required and not found:
+        if item.required and not matched:
             out.missing.append(item)
     return out
 
@@ -189,7 +189,7 @@ def submit(hw: str, name: str, sid: str, path: Path, out: Path | None) -> None:
     """Zip the handout's deliverables of homework HW in the handout's layout and name.
 
     Refuses (exit 2) when a required item is missing, a file is a link or too large, or the zip would exceed the
-    handout's size cap. Run ``python -m grading check HW`` first: it also runs the public tests.
+    handout's size cap. Run 'python -m grading check HW' first: it also runs the public tests.
 
     \b
     Examples:

@@ -15,15 +15,26 @@ from __future__ import annotations
 import torch
 
 from grading.case import Case, Mistake, Outputs
-from grading.cases.ddpm import FP16_PARTIAL, MODEL, TASK_POINTS, as_output, case_generator, grid_index, shares
-from grading.cases.ddpm import step_inputs
+from grading.cases.ddpm import (
+    FP16_PARTIAL,
+    MODEL,
+    TASK_POINTS,
+    WINDOWS,
+    as_output,
+    case_generator,
+    grid_index,
+    shares,
+    step_inputs,
+)
 
 
 def offgrid_index(timesteps: torch.Tensor, num_train_timesteps: int, g: torch.Generator) -> int:
-    """A seeded grid index whose next grid entry is not t - T // N (diffusers' DDIM previous timestep)."""
+    """A seeded grid index in the middle window whose next grid entry is not t - T // N (diffusers' previous
+    timestep); off by one timestep, a step at high t would hardly change."""
     grid = [int(t) for t in timesteps]
     gap = num_train_timesteps // len(grid)
-    hits = [i for i in range(len(grid) - 1) if grid[i] - grid[i + 1] != gap]
+    lo, hi = (num_train_timesteps * f for f in WINDOWS["mid"])
+    hits = [i for i in range(len(grid) - 1) if grid[i] - grid[i + 1] != gap and lo <= grid[i] <= hi]
     return hits[int(torch.randint(0, len(hits), (), generator=g))]
 
 
@@ -64,47 +75,50 @@ def _case(name: str, title: str, spacing: str, steps: int, where: str, eta: floa
 
 
 X0 = "pred_original_sample"
+MID, HIGH = "t = 350-600", "t = 700-850"  # grading.cases.ddpm.WINDOWS
 NO_ONE = {"set_alpha_to_one": False}
-_X0_CASES = [
-    ("x0-leading-50-mid", "x0_hat, 50 steps, a middle step", "leading", 50, "mid", {"visible": True}),
+_X0_CASES = [  # (name, title, spacing, steps, where, options)
+    ("x0-leading-50-mid", f"x0_hat (Formula 9), 50 steps, {MID}", "leading", 50, "mid", {"visible": True}),
     ("x0-leading-50-first-no-clip", "x0_hat at t = 980, no clipping", "leading", 50, "first", {"clip": False}),
-    ("x0-trailing-37-last", "x0_hat at the last step of a 37-step trailing grid", "trailing", 37, "last", {}),
-    ("x0-leading-50-mid-fp16", "x0_hat, 50 steps, fp16 model output", "leading", 50, "mid", {"half": True}),
+    ("x0-trailing-37-last", "x0_hat at t = 26, the last of 37 trailing steps", "trailing", 37, "last", {}),
+    ("x0-leading-50-high-fp16", f"x0_hat, 50 steps, {HIGH}, fp16 model output", "leading", 50, "high",
+     {"half": True}),
 ]
 _PREV_CASES = [
-    ("prev-leading-50-mid-eta0", "x_{t-1}, 50 steps, eta 0, a middle step", "leading", 50, "mid", {"visible": True}),
-    ("prev-leading-50-first-eta0", "x_{t-1}, 50 steps, eta 0, t = 980", "leading", 50, "first", {}),
-    ("prev-leading-50-last-eta0", "x_{t-1}, 50 steps, eta 0, last step (alpha_bar_prev = 1)", "leading", 50, "last",
-     {}),
-    ("prev-leading-50-mid-eta05", "x_{t-1}, 50 steps, eta 0.5", "leading", 50, "mid", {"eta": 0.5}),
-    ("prev-leading-50-first-eta1", "x_{t-1}, 50 steps, eta 1, t = 980", "leading", 50, "first", {"eta": 1.0}),
-    ("prev-leading-1000-mid-eta1", "x_{t-1}, 1000 steps, eta 1 (DDPM-like)", "leading", 1000, "mid", {"eta": 1.0}),
-    ("prev-linspace-50-offgrid-eta0", "x_{t-1}, 50 linspace steps, a step off diffusers' grid", "linspace", 50,
-     "offgrid", {}),
-    ("prev-linspace-37-offgrid-eta05", "x_{t-1}, 37 linspace steps, eta 0.5, off diffusers' grid", "linspace", 37,
-     "offgrid", {"eta": 0.5}),
-    ("prev-trailing-37-offgrid-eta0", "x_{t-1}, 37 trailing steps, the step off diffusers' grid", "trailing", 37,
-     "offgrid", {}),
-    ("prev-trailing-37-last-eta05-alpha0", "x_{t-1}, 37 trailing steps, eta 0.5, last step without "
-     "set_alpha_to_one", "trailing", 37, "last", {"eta": 0.5, "sched_kw": NO_ONE}),
-    ("prev-leading-10-last-offset1-alpha0", "x_{t-1}, SD-style grid (10 steps, offset 1), last step, alpha_bar_0",
-     "leading", 10, "last", {"sched_kw": {"steps_offset": 1, "set_alpha_to_one": False}}),
-    ("prev-trailing-37-last-eta1", "x_{t-1}, 37 trailing steps, eta 1, last step (alpha_bar_prev = 1)", "trailing",
-     37, "last", {"eta": 1.0}),
-    ("prev-leading-50-mid-eta05-no-clip", "x_{t-1}, 50 steps, eta 0.5, no clipping", "leading", 50, "mid",
+    ("prev-leading-50-mid-eta0", f"x_{{t-1}} (Formula 9), 50 steps, eta 0, {MID}", "leading", 50, "mid",
+     {"visible": True}),
+    ("prev-leading-50-first-eta0", "x_{t-1} at t = 980, 50 steps, eta 0", "leading", 50, "first", {}),
+    ("prev-leading-50-last-eta0", "x_{t-1} at t = 0, the last of 50 steps, eta 0 (alpha_bar_prev = 1)", "leading",
+     50, "last", {}),
+    ("prev-leading-50-mid-eta05", f"x_{{t-1}}, 50 steps, eta 0.5, {MID}", "leading", 50, "mid", {"eta": 0.5}),
+    ("prev-leading-50-first-eta1", "x_{t-1} at t = 980, 50 steps, eta 1", "leading", 50, "first", {"eta": 1.0}),
+    ("prev-leading-1000-mid-eta1", f"x_{{t-1}}, 1000 steps, eta 1 (the DDPM step), {MID}", "leading", 1000, "mid",
+     {"eta": 1.0}),
+    ("prev-linspace-50-offgrid-eta0", "x_{t-1}, 50 linspace steps, eta 0, a step whose gap is not T // N",
+     "linspace", 50, "offgrid", {}),
+    ("prev-linspace-37-offgrid-eta05", "x_{t-1}, 37 linspace steps, eta 0.5, a step whose gap is not T // N",
+     "linspace", 37, "offgrid", {"eta": 0.5}),
+    ("prev-trailing-37-offgrid-eta0", "x_{t-1}, 37 trailing steps, eta 0, the step whose gap is not T // N",
+     "trailing", 37, "offgrid", {}),
+    ("prev-trailing-37-last-eta05-alpha0", "x_{t-1} at t = 26, the last of 37 trailing steps, eta 0.5, "
+     "set_alpha_to_one off", "trailing", 37, "last", {"eta": 0.5, "sched_kw": NO_ONE}),
+    ("prev-leading-10-last-offset1-alpha0", "x_{t-1} at t = 1, the last of 10 steps with steps_offset 1, "
+     "set_alpha_to_one off", "leading", 10, "last", {"sched_kw": {"steps_offset": 1, "set_alpha_to_one": False}}),
+    ("prev-trailing-37-last-eta1", "x_{t-1} at t = 26, the last of 37 trailing steps, eta 1 (alpha_bar_prev = 1)",
+     "trailing", 37, "last", {"eta": 1.0}),
+    ("prev-leading-50-mid-eta05-no-clip", f"x_{{t-1}}, 50 steps, eta 0.5, {MID}, no clipping", "leading", 50, "mid",
      {"eta": 0.5, "clip": False}),
-    ("prev-leading-50-mid-eta05-clipped-eps", "x_{t-1}, 50 steps, eta 0.5, use_clipped_model_output", "leading", 50,
-     "mid", {"eta": 0.5, "use_clipped": True}),
-    ("prev-leading-50-mid-eta05-fp16", "x_{t-1}, 50 steps, eta 0.5, fp16 model output", "leading", 50, "mid",
-     {"eta": 0.5, "half": True}),
+    ("prev-leading-50-mid-eta05-clipped-eps", f"x_{{t-1}}, 50 steps, eta 0.5, {MID}, use_clipped_model_output",
+     "leading", 50, "mid", {"eta": 0.5, "use_clipped": True}),
+    ("prev-leading-50-mid-eta05-fp16", f"x_{{t-1}}, 50 steps, eta 0.5, {MID}, fp16 model output", "leading", 50,
+     "mid", {"eta": 0.5, "half": True}),
 ]
 # TODO #1 (beta-bar and x0) and TODO #2 (the rest of Formula 9) are half of the task each.
-_POINTS = shares(TASK_POINTS, [1.0 / len(_X0_CASES)] * len(_X0_CASES) + [1.0 / len(_PREV_CASES)] * len(_PREV_CASES))
+_POINTS = shares(TASK_POINTS, [1 / len(_X0_CASES)] * len(_X0_CASES) + [1 / len(_PREV_CASES)] * len(_PREV_CASES))
 
 CASES: tuple[Case, ...] = tuple(
-    [_case(n, f"DDIM: {title}", s, k, w, output=X0, points=p, **kw)
-     for (n, title, s, k, w, kw), p in zip(_X0_CASES, _POINTS)]
-    + [_case(n, f"DDIM: {title}", s, k, w, points=p, **kw)
+    [_case(n, title, s, k, w, output=X0, points=p, **kw) for (n, title, s, k, w, kw), p in zip(_X0_CASES, _POINTS)]
+    + [_case(n, title, s, k, w, points=p, **kw)
        for (n, title, s, k, w, kw), p in zip(_PREV_CASES, _POINTS[len(_X0_CASES):])])
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -137,19 +151,25 @@ def _ids(*names: str) -> tuple[str, ...]:
 _ETA_POSITIVE = tuple(c for c in _PREV if "-eta05" in c or "-eta1" in c)
 _LAST_ALPHA_ONE = _ids("prev-leading-50-last-eta0", "prev-trailing-37-last-eta1")
 _LAST = _LAST_ALPHA_ONE + _ids("prev-trailing-37-last-eta05-alpha0", "prev-leading-10-last-offset1-alpha0")
+_T0 = _ids("prev-leading-50-last-eta0", "prev-leading-10-last-offset1-alpha0")  # t = 0, 1: alpha_bar_t ~ 1
 
 MISTAKES: tuple[Mistake, ...] = (
     Mistake("ddim-x0-swapped-roots", "ddim-x0",
             _X0.replace("(x_t - beta_prod_t ** 0.5 * eps_hat) / alpha_prod_t ** 0.5",
                         "(x_t - alpha_prod_t ** 0.5 * eps_hat) / beta_prod_t ** 0.5"),
             "x0_hat with sqrt(alpha_bar_t) and sqrt(1 - alpha_bar_t) swapped (Formula 9, predicted x0)", _ALL),
-    Mistake("ddim-beta-bar-of-prev", "ddim-x0",
-            _X0.replace("beta_prod_t = 1 - alpha_prod_t", "beta_prod_t = 1 - alpha_prod_t_prev"),
-            "beta-bar_t computed from alpha_bar_{t-1}; Formula 10 is beta-bar_t = 1 - alpha_bar_t", _ALL),
+    Mistake("ddim-x0-no-roots", "ddim-x0",
+            _X0.replace("(x_t - beta_prod_t ** 0.5 * eps_hat) / alpha_prod_t ** 0.5",
+                        "(x_t - beta_prod_t * eps_hat) / alpha_prod_t"),
+            "x0_hat without the square roots of beta-bar_t and alpha_bar_t (Formula 9, predicted x0)", _ALL),
+    Mistake("ddim-x0-half-precision", "ddim-x0",
+            _X0.replace("(x_t - beta_prod_t ** 0.5 * eps_hat)", "(sample - beta_prod_t ** 0.5 * model_output)"),
+            "x0_hat computed from sample and model_output in the model's precision (fp16 here); use x_t and eps_hat, "
+            "their float32 copies", _ids("x0-leading-50-high-fp16")),
     Mistake("ddim-x0-coefficient-alpha-bar-t", "ddim-prev-sample",
             _PREV_BODY.replace("prev_sample = alpha_prod_t_prev ** 0.5", "prev_sample = alpha_prod_t ** 0.5"),
             "x_{t-1} with sqrt(alpha_bar_t) where sqrt(alpha_bar_{t-1}) multiplies the predicted x0 (Formula 9)",
-            _PREV),
+            tuple(c for c in _PREV if c not in _T0)),
     Mistake("ddim-direction-without-sigma", "ddim-prev-sample",
             _PREV_BODY.replace("(1 - alpha_prod_t_prev - std_dev_t ** 2) ** 0.5", "(1 - alpha_prod_t_prev) ** 0.5"),
             "direction pointing to x_t without sigma_t^2: sqrt(1 - alpha_bar_{t-1} - sigma_t^2) eps (Formula 9); "

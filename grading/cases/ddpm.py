@@ -125,38 +125,39 @@ def bands(partial: tuple | None) -> dict:
 
 
 X0 = "pred_original_sample"
-_X0_CASES = [
-    ("x0-leading-1000-mid", "x0_hat, 1000 steps, a middle step", "leading", 1000, "mid", {"visible": True}),
+MID, HIGH = "t = 350-600", "t = 700-850"  # WINDOWS
+_X0_CASES = [  # (name, title, spacing, steps, where, options)
+    ("x0-leading-1000-mid", f"x0_hat (Formula 1), 1000 steps, {MID}", "leading", 1000, "mid", {"visible": True}),
     ("x0-leading-1000-first-no-clip", "x0_hat at t = 999, no clipping", "leading", 1000, "first", {"clip": False}),
-    ("x0-trailing-37-last", "x0_hat at the last step of a 37-step trailing grid", "trailing", 37, "last", {}),
-    ("x0-leading-50-high-fp16", "x0_hat, 50 steps, t = 700-850, fp16 model output", "leading", 50, "high",
+    ("x0-trailing-37-last", "x0_hat at t = 26, the last of 37 trailing steps", "trailing", 37, "last", {}),
+    ("x0-leading-50-high-fp16", f"x0_hat, 50 steps, {HIGH}, fp16 model output", "leading", 50, "high",
      {"half": True}),
 ]
 _PREV_CASES = [
-    ("prev-leading-1000-mid", "x_{t-1}, 1000 steps, a middle step", "leading", 1000, "mid", {"visible": True}),
-    ("prev-leading-1000-first-no-clip", "x_{t-1} at t = 999 (first of 1000 steps), no clipping", "leading", 1000,
+    ("prev-leading-1000-mid", f"x_{{t-1}} (Formula 2), 1000 steps, {MID}", "leading", 1000, "mid", {"visible": True}),
+    ("prev-leading-1000-first-no-clip", "x_{t-1} at t = 999, the first of 1000 steps, no clipping", "leading", 1000,
      "first", {"clip": False}),
-    ("prev-leading-1000-last", "x_{t-1} at t = 0 (last step, alpha_bar_prev = 1)", "leading", 1000, "last",
+    ("prev-leading-1000-last", "x_{t-1} at t = 0, the last of 1000 steps (alpha_bar_prev = 1)", "leading", 1000,
+     "last", {"partial": T0_PARTIAL}),
+    ("prev-leading-50-mid", f"x_{{t-1}}, 50 leading steps, {MID}", "leading", 50, "mid", {}),
+    ("prev-leading-50-last", "x_{t-1} at t = 0, the last of 50 leading steps", "leading", 50, "last",
      {"partial": T0_PARTIAL}),
-    ("prev-leading-50-mid", "x_{t-1}, 50 leading steps, a middle step", "leading", 50, "mid", {}),
-    ("prev-leading-50-last", "x_{t-1}, 50 leading steps, the last step (t = 0)", "leading", 50, "last",
-     {"partial": T0_PARTIAL}),
-    ("prev-trailing-37-mid-fixed-large", "x_{t-1}, 37 trailing steps, fixed_large variance", "trailing", 37, "mid",
-     {"variance_type": "fixed_large"}),
-    ("prev-trailing-37-last", "x_{t-1}, 37 trailing steps, the last step (t = 26)", "trailing", 37, "last", {}),
-    ("prev-linspace-37-first", "x_{t-1}, 37 linspace steps, the first step", "linspace", 37, "first", {}),
-    ("prev-linspace-50-mid", "x_{t-1}, 50 linspace steps (off diffusers' DDIM grid)", "linspace", 50, "mid", {}),
-    ("prev-leading-50-mid-no-clip", "x_{t-1}, 50 steps, no clipping", "leading", 50, "mid", {"clip": False}),
-    ("prev-leading-50-last-fp16", "x_{t-1}, 50 steps, last step (t = 0), fp16 model output", "leading", 50, "last",
+    ("prev-trailing-37-mid-fixed-large", f"x_{{t-1}}, 37 trailing steps, {MID}, fixed_large variance", "trailing",
+     37, "mid", {"variance_type": "fixed_large"}),
+    ("prev-trailing-37-last", "x_{t-1} at t = 26, the last of 37 trailing steps", "trailing", 37, "last", {}),
+    ("prev-linspace-37-high", f"x_{{t-1}}, 37 linspace steps, {HIGH}", "linspace", 37, "high", {}),
+    ("prev-linspace-50-mid", f"x_{{t-1}}, 50 linspace steps, {MID}", "linspace", 50, "mid", {}),
+    ("prev-leading-50-mid-no-clip", f"x_{{t-1}}, 50 steps, {MID}, no clipping", "leading", 50, "mid",
+     {"clip": False}),
+    ("prev-leading-50-last-fp16", "x_{t-1} at t = 0 of 50 steps, fp16 model output", "leading", 50, "last",
      {"half": True}),
 ]
 # TODO #2 (x0) is one of the task's three TODOs: the x0 cases carry a third of the points, the prev cases the rest.
-_POINTS = shares(TASK_POINTS, [2.0] * len(_X0_CASES) + [1.6] * len(_PREV_CASES))
+_POINTS = shares(TASK_POINTS, [1 / len(_X0_CASES)] * len(_X0_CASES) + [2 / len(_PREV_CASES)] * len(_PREV_CASES))
 
 CASES: tuple[Case, ...] = tuple(
-    [_case(n, f"DDPM: {title}", s, k, w, output=X0, points=p, **kw)
-     for (n, title, s, k, w, kw), p in zip(_X0_CASES, _POINTS)]
-    + [_case(n, f"DDPM: {title}", s, k, w, points=p, **kw)
+    [_case(n, title, s, k, w, output=X0, points=p, **kw) for (n, title, s, k, w, kw), p in zip(_X0_CASES, _POINTS)]
+    + [_case(n, title, s, k, w, points=p, **kw)
        for (n, title, s, k, w, kw), p in zip(_PREV_CASES, _POINTS[len(_X0_CASES):])])
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -164,7 +165,9 @@ CASES: tuple[Case, ...] = tuple(
 
 _ALL = tuple(c.id for c in CASES)
 _PREV = tuple(c.id for c in CASES if "/prev-" in c.id)
-_LAST = ("ddpm/prev-leading-1000-last", "ddpm/prev-leading-50-last", "ddpm/prev-trailing-37-last")
+_T0 = ("ddpm/prev-leading-1000-last", "ddpm/prev-leading-50-last", "ddpm/prev-leading-50-last-fp16")  # t = 0
+_LAST = (*_T0, "ddpm/prev-trailing-37-last")  # alpha_bar_prev = 1
+_RESPACED = tuple(c for c in _PREV if "-1000-" not in c and c not in _T0)  # a grid gap > 1, t > 0
 _COEFFS = """\
         alpha_prod_t = self.alphas_cumprod[t]
         alpha_prod_t_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else self.one
@@ -192,10 +195,9 @@ MISTAKES: tuple[Mistake, ...] = (
             "x0_hat computed from sample and model_output in the model's precision (fp16 here); use x_t and eps_hat, "
             "their float32 copies", ("ddpm/x0-leading-50-high-fp16",)),
     Mistake("ddpm-mean-alpha-bar-t", "ddpm-mean",
-            _MEAN.replace("pred_original_sample_coeff = alpha_prod_t_prev", "pred_original_sample_coeff = alpha_prod_t"),
+            _MEAN.replace("coeff = alpha_prod_t_prev ** 0.5", "coeff = alpha_prod_t ** 0.5"),
             "posterior mean with sqrt(alpha_bar_t) where sqrt(alpha_bar_{t-1}) belongs in the x0 coefficient "
-            "(Formula 2)",
-            tuple(c for c in _PREV if "-1000-" not in c and c != "ddpm/prev-leading-50-last")),
+            "(Formula 2)", _RESPACED),
     Mistake("ddpm-mean-coefficients-swapped", "ddpm-mean",
             _MEAN.replace("pred_original_sample_coeff * pred_original_sample + current_sample_coeff * x_t",
                           "current_sample_coeff * pred_original_sample + pred_original_sample_coeff * x_t"),
@@ -211,6 +213,5 @@ MISTAKES: tuple[Mistake, ...] = (
     Mistake("ddpm-beta-t-from-training-betas", "ddpm-coefficients",
             _COEFFS.replace("current_beta_t = 1 - current_alpha_t", "current_beta_t = self.betas[t]"),
             "per-step beta_t taken from the training betas[t]: right only when the grid has every timestep; on a "
-            "respaced grid beta_t = 1 - alpha_bar_t / alpha_bar_{t-1} (Formulas 7-8)",
-            tuple(c for c in _PREV if "-1000-" not in c and c != "ddpm/prev-leading-50-last")),
+            "respaced grid beta_t = 1 - alpha_bar_t / alpha_bar_{t-1} (Formulas 7-8)", _RESPACED),
 )

@@ -90,7 +90,8 @@ def _dps_run(case_id: str, name: str, batch: int | None, scale: float | None, cl
 def _case(name: str, title: str, operator: str, batch: int | None = None, scale: float | None = None,
           clip: float | None = None, singles: bool = False, visible: bool = False, feedback: str = "") -> Case:
     case_id = f"dps/{name}"
-    return Case(id=case_id, points=1.0, title=f"DPS: {title}", run=_dps_run(case_id, operator, batch, scale, clip, singles),
+    return Case(id=case_id, points=1.0, title=title,
+                run=_dps_run(case_id, operator, batch, scale, clip, singles),
                 visibility="visible" if visible else "after_published",
                 feedback=feedback or f"dps_update for {operator.replace('_', ' ')} ({title}): x_{{t-1}} and the "
                                      "per-image norms ||y - A(x0_hat)||_2 against the reference.")
@@ -103,7 +104,8 @@ _CASES = [
     _case("motion-blur-single", "motion blur, one image, zeta 0.3", "motion_blur", batch=1),
     _case("inpainting-clipped-x0", "inpainting with x0_hat clipped to [-1, 1]", "inpainting", batch=2, clip=1.0),
     _case("scale-zero", "zeta = 0 leaves the plain DDIM x'_{t-1}", "super_resolution", batch=2, scale=0.0,
-          feedback="dps_update with zeta = 0 must return the plain DDIM x'_{t-1} unchanged (and the per-image norms)."),
+          feedback="dps_update with zeta = 0 must return the plain DDIM x'_{t-1} unchanged (and the per-image "
+                   "norms)."),
     _case("batch-equals-singles", "a batch of 3 equals its images one at a time", "inpainting", batch=3, singles=True,
           feedback="dps_update on a batch of 3 (own mask each) must give each image the update it gets alone: the "
                    "norm is per image, and the gradient is that of their sum."),
@@ -140,7 +142,8 @@ MISTAKES: tuple[Mistake, ...] = (
             "depends on the rest of its batch)", _BATCHED),
     Mistake("dps-gradient-wrt-x0", "dps-update",
             _edit("inputs=sample", "inputs=pred_original_sample"),
-            "the gradient is taken w.r.t. x0_hat; Formula 11 differentiates w.r.t. x_t (through x0_hat(x_t))", _MOVING),
+            "the gradient is taken w.r.t. x0_hat; Formula 11 differentiates w.r.t. x_t (through x0_hat(x_t))",
+            _MOVING),
     Mistake("dps-sign-flipped", "dps-update",
             _edit("prev_sample - scale * norm_grad", "prev_sample + scale * norm_grad"),
             "the gradient is added: x_{t-1} = x'_{t-1} - zeta grad moves toward the measurement", _MOVING),

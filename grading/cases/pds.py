@@ -13,6 +13,7 @@ time.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import partial
 
 import torch
@@ -22,9 +23,12 @@ from grading.cases import _tiny_sd as tiny
 
 
 def _pds_grad(guidance, x_src, x_tgt, e_src, e_tgt, scale, grad_scale, t, noise_t, noise_prev, t_delta):
-    return tiny.grad_of(lambda v: guidance.get_pds_loss(x_src, v, e_src, e_tgt, scale, grad_scale, t=t,
-                                                        noise_t=noise_t, noise_prev=noise_prev, t_delta=t_delta),
-                        x_tgt)
+    """dL/dx_tgt of get_pds_loss with t and both noises given."""
+    def loss(v: torch.Tensor) -> torch.Tensor:
+        return guidance.get_pds_loss(x_src, v, e_src, e_tgt, guidance_scale=scale, grad_scale=grad_scale, t=t,
+                                     noise_t=noise_t, noise_prev=noise_prev, t_delta=t_delta)
+
+    return tiny.grad_of(loss, x_tgt)
 
 
 def _inputs(seed: int, salt: str, batch: int):
@@ -61,25 +65,30 @@ _FORMULA = ("dL/dx_tgt must be g = grad_scale (z_tgt - z_src) (PDS Eq. 11, the o
             "mu = DDPM posterior mean of the CFG Tweedie estimate, sigma_t = sqrt(posterior variance), "
             "z = (x_prev - mu) / sigma_t.")
 
+# z = (x_prev - mu) / sigma_t cancels in float32 (sigma_t ~ 0.04-0.1): right answers written in another form (the
+# slides' DDIM form of mu) differ from the reference by up to 4e-5, the catalogued mistakes by 0.2 or more.
+_TOL = {"rtol": 1e-3, "partial": ((1e-3, 1.0), (1e-2, 0.5))}
+
 CASES = (
     Case("pds/basic", 1.0, partial(_gradient, salt="pds/basic", t=(500,)), visibility="visible",
-         title="PDS: dL/dx_tgt vs reference (B=1, t=500, s=7.5, t_delta=2)", feedback=_FORMULA),
+         title="dL/dx_tgt vs reference (B=1, t=500, s=7.5, t_delta=2)", feedback=_FORMULA),
     Case("pds/t-grid", 2.0, partial(_gradient, salt="pds/t-grid", t=(20, 500, 980)),
-         title="PDS: dL/dx_tgt for B=3 at t = 20 / 500 / 980", feedback=_FORMULA),
+         title="dL/dx_tgt for B=3 at t = 20 / 500 / 980", feedback=_FORMULA),
     Case("pds/scale-100", 1.0, partial(_gradient, salt="pds/scale-100", t=(200, 800), scale=100.0),
-         title="PDS: dL/dx_tgt with guidance scale 100 (B=2)", feedback=_FORMULA),
+         title="dL/dx_tgt with guidance scale 100 (B=2)", feedback=_FORMULA),
     Case("pds/grad-scale", 1.0, partial(_gradient, salt="pds/grad-scale", t=(350, 650), grad_scale=0.5),
-         title="PDS: grad_scale multiplies the gradient (grad_scale=0.5, B=2)",
+         title="grad_scale multiplies the gradient (grad_scale=0.5, B=2)",
          feedback="g must be multiplied by the grad_scale argument. " + _FORMULA),
     Case("pds/t-delta", 1.0, partial(_gradient, salt="pds/t-delta", t=(100, 600), t_delta=10),
-         title="PDS: the previous level is t - t_delta (t_delta=10, B=2)",
+         title="the previous level is t - t_delta (t_delta=10, B=2)",
          feedback="t_prev = t - t_delta, with the t_delta argument (2 on the official 500-step grid). " + _FORMULA),
     Case("pds/batch-vs-singles", 2.0, _batch_vs_singles,
-         title="PDS: a batch of 3 pairs equals the pairs run one at a time",
+         title="a batch of 3 pairs equals the pairs run one at a time",
          feedback="Each pair's gradient must not depend on its batch: pair_embeddings(src, tgt) orders the "
                   "embeddings for x = cat(src, tgt). " + _FORMULA),
 )
 
+CASES = tuple(replace(c, **_TOL) for c in CASES)
 _ALL = tuple(c.id for c in CASES)
 
 _HEAD = """\

@@ -21,7 +21,11 @@ from grading.cases import _tiny_sd as tiny
 
 
 def _sds_grad(guidance, x, emb, scale, grad_scale, t, noise) -> torch.Tensor:
-    return tiny.grad_of(lambda v: guidance.get_sds_loss(v, emb, scale, grad_scale, t=t, noise=noise), x)
+    """dL/dx of get_sds_loss with t and the noise given."""
+    def loss(v: torch.Tensor) -> torch.Tensor:
+        return guidance.get_sds_loss(v, emb, guidance_scale=scale, grad_scale=grad_scale, t=t, noise=noise)
+
+    return tiny.grad_of(loss, x)
 
 
 def _inputs(seed: int, salt: str, batch: int):
@@ -63,24 +67,24 @@ _BATCH = ("Each prompt's gradient must not depend on its batch: one t and one no
 
 CASES = (
     Case("sds/basic", 1.0, partial(_gradient, salt="sds/basic", t=(500,), scale=7.5), visibility="visible",
-         title="SDS: dL/dx vs reference (B=1, t=500, s=7.5)", feedback=_FORMULA),
+         title="dL/dx vs reference (B=1, t=500, s=7.5)", feedback=_FORMULA),
     Case("sds/scale-1", 1.0, partial(_gradient, salt="sds/scale-1", t=(250, 750), scale=1.0), visibility="visible",
-         title="SDS: dL/dx with guidance scale 1 (B=2)", feedback=_FORMULA + " With s = 1, eps_hat = eps_c."),
+         title="dL/dx with guidance scale 1 (B=2)", feedback=_FORMULA + " With s = 1, eps_hat = eps_c."),
     Case("sds/t-grid", 2.0, partial(_gradient, salt="sds/t-grid", t=(20, 500, 980), scale=25.0),
-         title="SDS: dL/dx for B=3 at t = 20 / 500 / 980 (s=25)", feedback=_FORMULA),
+         title="dL/dx for B=3 at t = 20 / 500 / 980 (s=25)", feedback=_FORMULA),
     Case("sds/scale-100", 1.0, partial(_gradient, salt="sds/scale-100", t=(100, 900), scale=100.0),
-         title="SDS: dL/dx with guidance scale 100 (B=2)",
+         title="dL/dx with guidance scale 100 (B=2)",
          feedback=_FORMULA + " CFG is diffusers' eps_u + s (eps_c - eps_u), not threestudio's "
                              "eps_c + s (eps_c - eps_u)."),
     Case("sds/grad-scale", 1.0, partial(_gradient, salt="sds/grad-scale", t=(150, 650), scale=7.5, grad_scale=2.5),
-         title="SDS: grad_scale multiplies the gradient (grad_scale=2.5, B=2)",
+         title="grad_scale multiplies the gradient (grad_scale=2.5, B=2)",
          feedback="g must be multiplied by the grad_scale argument. " + _FORMULA),
     Case("sds/no-unet-backward", 2.0, _no_unet_backward,
-         title="SDS: no backward through the UNet (hooks on its parameters see no gradient)",
+         title="no backward through the UNet (hooks on its parameters see no gradient)",
          feedback="SDS drops the UNet Jacobian: eps_hat is a constant (no_grad); dL/dx = g exactly and nothing may "
                   "back-propagate through the UNet. " + _FORMULA),
     Case("sds/batch-vs-singles", 2.0, _batch_vs_singles,
-         title="SDS: a batch of 3 prompts equals the prompts run one at a time", feedback=_BATCH),
+         title="a batch of 3 prompts equals the prompts run one at a time", feedback=_BATCH),
 )
 
 _ALL = tuple(c.id for c in CASES)

@@ -33,7 +33,7 @@ def _backward(guidance, params, x, emb, scale, t, noise, t_lora, noise_lora):
     for p in params:
         p.grad = None
     v = x.clone().requires_grad_(True)
-    loss = guidance.get_vsd_loss(v, emb, scale, t=t, noise=noise, lora_loss_weight=1.0, t_lora=t_lora,
+    loss = guidance.get_vsd_loss(v, emb, guidance_scale=scale, t=t, noise=noise, lora_loss_weight=1.0, t_lora=t_lora,
                                  noise_lora=noise_lora)
     loss.backward()
     grads = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in params])
@@ -73,21 +73,21 @@ _LORA = ("The LoRA loss must be guidance.lora_loss(x_t', t', eps', cond) on a fr
 
 CASES = (
     Case("vsd/basic", 1.0, partial(_gradient, salt="vsd/basic", t=(500,), t_lora=(300,)), visibility="visible",
-         title="VSD: dL/dx vs reference (B=1, t=500, s=7.5)", feedback=_FORMULA),
+         title="dL/dx vs reference (B=1, t=500, s=7.5)", feedback=_FORMULA),
     Case("vsd/t-grid", 2.0, partial(_gradient, salt="vsd/t-grid", t=(20, 500, 980), t_lora=(980, 20, 500)),
-         title="VSD: dL/dx for B=3 at t = 20 / 500 / 980 (s=7.5)", feedback=_FORMULA),
+         title="dL/dx for B=3 at t = 20 / 500 / 980 (s=7.5)", feedback=_FORMULA),
     Case("vsd/scale-1", 1.0, partial(_gradient, salt="vsd/scale-1", t=(250, 750), t_lora=(600, 100), scale=1.0),
-         title="VSD: dL/dx with guidance scale 1 (B=2)",
+         title="dL/dx with guidance scale 1 (B=2)",
          feedback=_FORMULA + " With s = 1 this checks the adapter switching alone."),
     Case("vsd/scale-100", 1.0, partial(_gradient, salt="vsd/scale-100", t=(100, 900), t_lora=(450, 550),
                                        scale=100.0),
-         title="VSD: dL/dx with guidance scale 100 (B=2)", feedback=_FORMULA),
+         title="dL/dx with guidance scale 100 (B=2)", feedback=_FORMULA),
     Case("vsd/lora-loss", 2.0, partial(_lora, salt="vsd/lora-loss", t=(400,), t_lora=(800,)), visibility="visible",
-         title="VSD: LoRA loss and its gradients to the LoRA parameters (B=1)", feedback=_LORA),
+         title="LoRA loss and its gradients to the LoRA parameters (B=1)", feedback=_LORA),
     Case("vsd/lora-loss-b3", 2.0, partial(_lora, salt="vsd/lora-loss-b3", t=(20, 500, 980), t_lora=(300, 900, 60)),
-         title="VSD: LoRA loss and its LoRA gradients for B=3", feedback=_LORA),
+         title="LoRA loss and its LoRA gradients for B=3", feedback=_LORA),
     Case("vsd/batch-vs-singles", 1.0, _batch_vs_singles,
-         title="VSD: a batch of 3 prompts equals the prompts run one at a time",
+         title="a batch of 3 prompts equals the prompts run one at a time",
          feedback="Each prompt's gradient must not depend on its batch. " + _FORMULA),
 )
 

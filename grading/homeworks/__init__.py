@@ -15,6 +15,8 @@ Conventions every spec follows (the release, check, submit and grade commands re
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from common.cli import UserError
 from grading.homeworks import kaist_a4, kaist_a5, nycu_lab3, umich_hw5_diffusion, umich_hw5_gan
 from grading.spec import Homework, Task
@@ -44,3 +46,9 @@ def public_test_files(hw: Homework) -> tuple[str, ...]:
 def task_of_region(hw: Homework, region_id: str) -> Task | None:
     """The task that grades ``region_id`` (None for a shipped region that is not part of the homework)."""
     return next((t for t in hw.tasks if region_id in t.regions), None)
+
+
+def items_root(root: Path, hw: Homework) -> Path:
+    """Where the items of an unpacked submission lie: ``root/<zip_root>`` when it has that folder, else ``root``."""
+    inner = root / hw.zip_root.strip("/") if hw.zip_root.strip("/") else root
+    return inner if inner.is_dir() else root

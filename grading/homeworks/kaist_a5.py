@@ -61,6 +61,7 @@ HOMEWORK = Homework(
         Task(id="task1-wide", title="Task 1: arbitrary-sized (wide) images", points=10,
              regions=("sync-tweedie", "sync-prev-state", "sync-one-step", "wide-forward-mapping",
                       "wide-inverse-mapping"),
+             cases=("grading.cases.sync_wide",),
              public_tests=(f"{MAPS}::test_non_overlapping_windows_are_an_exact_round_trip",
                            f"{MAPS}::test_overlapping_windows_average_with_the_right_weights",
                            f"{CASES}::test_reverse_step_equals_ddim_scheduler_step",
@@ -73,6 +74,7 @@ HOMEWORK = Homework(
         # "Task 2: Ambiguous Image Generation": view() / inverse_view() of the 90-degree rotation.
         Task(id="task2-ambiguous", title="Task 2: ambiguous images (90-degree rotation)", points=10,
              regions=("rotate-view", "rotate-inverse-view"),
+             cases=("grading.cases.sync_views",),
              public_tests=(f"{MAPS}::test_rotation_directions",
                            f"{MAPS}::test_views_invert_exactly_and_keep_gaussian_statistics[16-rotate_cw]",
                            f"{MAPS}::test_views_invert_exactly_and_keep_gaussian_statistics[16-rotate_ccw]",
@@ -85,6 +87,7 @@ HOMEWORK = Homework(
         # circle rotation view_inner_rotate(); 5 (2.5) points on the same bands.
         Task(id="task3-inner-rotate", title="Task 3 (optional): inner-circle rotation, eps / x0 / x_t sync",
              points=5, optional=True, regions=("inner-rotation-index",),
+             cases=("grading.cases.sync_inner",),
              public_tests=(f"{MAPS}::test_inner_rotate_is_rot90_inside_the_centred_disc",
                            f"{MAPS}::test_views_invert_exactly_and_keep_gaussian_statistics[64-inner_rotate]",
                            f"{CASES}::test_cases_coincide_from_one_canonical_noise[views]",

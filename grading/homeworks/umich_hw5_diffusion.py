@@ -50,6 +50,7 @@ HOMEWORK = Homework(
         # Sec. 4 Task 1: TODO #1-#3 of scheduler/DDPM_scheduler.py (Formulas 1-8); 10 generated faces.
         Task(id="task1-ddpm", title="Task 1: DDPM step", points=POINTS,
              regions=("ddpm-coefficients", "ddpm-x0", "ddpm-mean"),
+             cases=("grading.cases.ddpm",),
              public_tests=(f"{SCHED}::test_ddpm_equals_diffusers[fixed_small-leading-50]",
                            f"{SCHED}::test_ddpm_equals_diffusers[fixed_large-trailing-37]",
                            f"{SCHED}::test_ddpm_equals_diffusers[fixed_small-linspace-20]"),
@@ -58,6 +59,7 @@ HOMEWORK = Homework(
              fixed={"num_inference_steps": 1000}),
         # Sec. 5 Task 2: TODO #1-#2 of scheduler/DDIM_scheduler.py (Formulas 9-10); 10 generated faces.
         Task(id="task2-ddim", title="Task 2: DDIM step", points=POINTS, regions=("ddim-x0", "ddim-prev-sample"),
+             cases=("grading.cases.ddim",),
              public_tests=(f"{SCHED}::test_ddim_equals_diffusers_where_diffusers_is_right[0.0-leading-50-0]",
                            f"{SCHED}::test_ddim_equals_diffusers_where_diffusers_is_right[0.5-trailing-8-0]",
                            f"{SCHED}::test_ddim_clipped_model_output_equals_diffusers"),
@@ -68,19 +70,23 @@ HOMEWORK = Homework(
         Task(id="task3-timing", title="Task 3: DDPM vs DDIM time (answer)", regions=(), points=POINTS),
         # Sec. 6 Task 4: TODO #3 of DDIM_scheduler.py (Formula 11); masked and inpainted images of 3 faces.
         Task(id="task4-dps", title="Task 4: DPS", regions=("dps-update",), points=POINTS,
+             cases=("grading.cases.dps",),
              public_tests=(f"{DPS}::test_dps_gradient_matches_finite_differences",),
              command=DPS_CMD, real_command=DPS_CMD + " --images ffhq_fixed_samples --batch_size 1" + REAL_FACES,
              fixed={"scale": 0.5, "mask_type": "random", "noise_sigma": 0.05}),
         # Sec. 6 Task 5: the extra cost of DPS and fewer timesteps (free response).
-        Task(id="task5-dps-question", title="Task 5: DPS cost and fewer timesteps (answer)", regions=(), points=POINTS),
+        Task(id="task5-dps-question", title="Task 5: DPS cost and fewer timesteps (answer)", regions=(),
+             points=POINTS),
         # Sec. 7 Task 6: TODO #1-#2 of utils/sds_vsd_utils.py and execute_SDS_VSD.py (Formulas 14-16), guidance 7.5
         # and 100.
         Task(id="task6-sds", title="Task 6: SDS", regions=("sds-loss",), points=POINTS,
+             cases=("grading.cases.sds",),
              public_tests=(f"{LOSSES}::test_sds_gradient_is_weighted_score_difference",),
              command=both_sds(False), real_command=both_sds(True),
              fixed={"guidance_scale": (7.5, 100.0), "lr": 0.03, "steps": 500}),
         # Sec. 8 Task 7: TODO #3 of utils/sds_vsd_utils.py (Formula 17), guidance 7.5, LoRA lr 1e-4.
         Task(id="task7-vsd", title="Task 7: VSD", regions=("vsd-loss",), points=POINTS,
+             cases=("grading.cases.vsd",),
              public_tests=(f"{LOSSES}::test_vsd_gradient_uses_pretrained_cfg_minus_lora_cond",),
              command=distill("vsd", 7.5, "VSD_results", False),
              real_command=distill("vsd", 7.5, "VSD_results", True) + " --lora_lr 1e-4",

@@ -46,7 +46,9 @@ HOMEWORK = Homework(
         # Sec. 4.2 Task 1: TODO #1-#4 of training/loss.py (Eq. 1-2); run without R1 and DiffAugment.
         Task(id="task1-loss", title="Task 1: generator and discriminator losses", points=8,
              regions=("gan-g-loss", "gan-d-loss", "gan-d-real"),
-             public_tests=(f"{LOSS}::test_losses_equal_formulas_on_stub_d", f"{LOSS}::test_g_main_uses_generator_loss"),
+             cases=("grading.cases.gan_losses",),
+             public_tests=(f"{LOSS}::test_losses_equal_formulas_on_stub_d",
+                           f"{LOSS}::test_g_main_uses_generator_loss"),
              command=train(False, False), real_command=train(False, False, "checkpoint/part1-10K.safetensors"),
              fixed={"use_r1_regularization": False, "use_diffaug": False}),
         # Sec. 4.2 Task 2: the E_z terms of Eq. 1 vs Eq. 2 (free response).
@@ -54,12 +56,14 @@ HOMEWORK = Homework(
              points=8),
         # Sec. 5 Task 3: TODO #5, R1 = gamma/2 E ||grad D(x)||^2 (Eq. 3); run with R1.
         Task(id="task3-r1", title="Task 3: R1 regularization", regions=("gan-r1",), points=8,
+             cases=("grading.cases.gan_r1",),
              public_tests=(f"{EXERCISES}::test_inline_r1_linear_d_closed_form",
                            f"{LOSS}::test_d_main_and_d_reg_on_stub_d"),
              command=train(True, False), real_command=train(True, False, "checkpoint/part2-10K.safetensors"),
              fixed={"use_r1_regularization": True, "use_diffaug": False, "gamma": 10.0}),
         # Sec. 6 Task 4: rand_cutout, box sides random in 25-50% of H and W, random top-left corner.
         Task(id="task4-cutout", title="Task 4: random cutout", regions=("diffaugment-cutout",), points=8,
+             cases=("grading.cases.gan_cutout",),
              public_tests=(f"{EXERCISES}::test_cutout_exercise_geometry",
                            f"{EXERCISES}::test_cutout_exercise_gradcheck"),
              command="python -m gan.augment_preview --data toy --out augment.png",
@@ -86,7 +90,8 @@ HOMEWORK = Homework(
     zip_root="GAN",
     size_cap_mb=10.0,
     # Helpers of common that would hand over the R1 and cutout answers (nothing else calls them: grep).
-    strip_functions=("common.r1.r1_penalty", "common.diffaugment.draw_cutout_random", "common.diffaugment.rand_cutout"),
+    strip_functions=("common.r1.r1_penalty", "common.diffaugment.draw_cutout_random",
+                     "common.diffaugment.rand_cutout"),
     forbidden_calls=("common.r1.r1_penalty", "common.diffaugment.*cutout*"),
     missing_item_penalty=0.0,
 )

@@ -23,6 +23,7 @@ from safetensors.torch import load_file
 
 from grading import markers
 from grading.case import Case
+from grading.compare import CaseResult, score_case
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("common", "ddpm_ddim", "dps")
@@ -55,7 +56,8 @@ for job in jobs:
                     errors[f"{case.id}|{seed}"] = f"{type(err).__name__}: {err}"
                     continue
                 tensors.update({f"{case.id}|{seed}|{k}": v for k, v in out.items()})
-    loaded = {m: sys.modules[m].__file__ for m in ("common.ddim", "ddpm_ddim.schedulers", "dps.dps") if m in sys.modules}
+    loaded = {m: sys.modules[m].__file__ for m in ("common.ddim", "ddpm_ddim.schedulers", "dps.dps")
+              if m in sys.modules}
     outside = {m: f for m, f in loaded.items() if not f.startswith(tree)}
     if outside:
         raise SystemExit(f"imported outside the tree {tree}: {outside}")
@@ -113,21 +115,13 @@ def run_variants(variants: dict[str, tuple[dict[str, str], tuple[str, ...], tupl
     return results
 
 
-def rel_err(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor] | None, atol: float) -> float:
-    """max over returned tensors of max|got - exp| / (max|exp| + atol); inf for a missing/misshapen/non-finite one."""
-    if got is None or set(got) != set(expected):
-        return float("inf")
-    worst = 0.0
-    for key, exp in expected.items():
-        if got[key].shape != exp.shape or not torch.isfinite(got[key]).all():
-            return float("inf")
-        scale = float(exp.abs().max()) if exp.numel() else 0.0
-        worst = max(worst, float((got[key] - exp).abs().max()) / (scale + atol) if exp.numel() else 0.0)
-    return worst
+def score(case: Case, expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor] | None) -> CaseResult:
+    """The grader's own scoring (``grading.compare.score_case``) of one case's outputs."""
+    return score_case(case, expected, got, "ok" if got is not None else "no output")
 
 
-def full_credit(case: Case) -> float:
-    return case.partial[0][0]
+def full(case: Case, expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor] | None) -> bool:
+    return score(case, expected, got).fraction >= 1.0
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -145,18 +139,37 @@ def _equivalents() -> dict[str, dict[str, str]]:
                 "        beta_prod_t_prev = 1.0 - alpha_prod_t_prev\n"
                 "        current_alpha_t = alpha_prod_t / alpha_prod_t_prev\n"
                 "        current_beta_t = 1.0 - current_alpha_t\n"),
-            "ddpm-x0": "        pred_original_sample = (sample.float() - torch.sqrt(beta_prod_t) * model_output.float()) "
-                       "/ torch.sqrt(alpha_prod_t)\n",
+            "ddpm-x0": ("        pred_original_sample = (sample.float() - torch.sqrt(beta_prod_t)"
+                        " * model_output.float()) / torch.sqrt(alpha_prod_t)\n"),
             "ddpm-mean": (
                 "        pred_prev_sample = (alpha_prod_t_prev ** 0.5 * current_beta_t * pred_original_sample\n"
                 "                            + current_alpha_t ** 0.5 * beta_prod_t_prev * x_t) / beta_prod_t\n"),
         },
+        "equiv-ddpm-2": {
+            "ddpm-coefficients": (
+                "        alpha_prod_t, alpha_prod_t_prev = self.alphas_cumprod[t], self.one\n"
+                "        if prev_t >= 0:\n"
+                "            alpha_prod_t_prev = self.alphas_cumprod[prev_t]\n"
+                "        beta_prod_t, beta_prod_t_prev = 1 - alpha_prod_t, 1 - alpha_prod_t_prev\n"
+                "        current_alpha_t = alpha_prod_t / alpha_prod_t_prev\n"
+                "        current_beta_t = (alpha_prod_t_prev - alpha_prod_t) / alpha_prod_t_prev\n"),
+            "ddpm-x0": ("        pred_original_sample = x_t / alpha_prod_t.sqrt()"
+                        " - (beta_prod_t / alpha_prod_t).sqrt() * eps_hat\n"),
+        },
         "equiv-ddim": {
             "ddim-x0": ("        beta_prod_t = 1.0 - alpha_prod_t\n"
-                        "        pred_original_sample = (x_t - torch.sqrt(beta_prod_t) * eps_hat) / torch.sqrt(alpha_prod_t)\n"),
+                        "        pred_original_sample = (x_t - torch.sqrt(beta_prod_t) * eps_hat)"
+                        " / torch.sqrt(alpha_prod_t)\n"),
             "ddim-prev-sample": (
                 "        prev_sample = (torch.sqrt(alpha_prod_t_prev) * pred_original_sample\n"
                 "                       + torch.sqrt(1.0 - alpha_prod_t_prev - std_dev_t * std_dev_t) * eps_hat)\n"),
+        },
+        "equiv-dps-2": {
+            "dps-update": (
+                "    difference = measurement - operator(pred_original_sample)\n"
+                "    norm = torch.norm(difference.reshape(difference.shape[0], -1), dim=-1)\n"
+                "    norm_grad = torch.autograd.grad(norm.sum(), [sample], retain_graph=True)[0]\n"
+                "    prev_sample = prev_sample.detach() - norm_grad * scale\n"),
         },
         "equiv-dps": {
             "dps-update": (
@@ -185,6 +198,8 @@ def results(tmp_path_factory):
             variants[f"mistake:{m.id}"] = ({**ref, m.region: m.body}, (module,), SEEDS)
     for task, regions in _tasks().items():
         variants[f"stub:{task}"] = ({k: v for k, v in ref.items() if k not in regions}, every, (0,))
+        for region in regions:  # one region stubbed: step() raises, so every case of the task fails
+            variants[f"stub:{region}"] = ({k: v for k, v in ref.items() if k != region}, (MODULES[task],), (0,))
     for name, bodies in _equivalents().items():
         variants[name] = ({**ref, **bodies}, every, SEEDS)
     return run_variants(variants, tmp_path_factory.mktemp("diffusion-cases"))
@@ -210,7 +225,12 @@ def test_case_modules_are_well_formed():
 
 
 def test_mistake_bodies_are_edits_of_the_current_reference():
+    from grading.cases import ddim, ddpm, dps
+
     ref = _reference_bodies()
+    templates = {"ddpm-coefficients": ddpm._COEFFS, "ddpm-mean": ddpm._MEAN, "ddim-x0": ddim._X0,
+                 "ddim-prev-sample": ddim._PREV_BODY, "dps-update": dps._BODY}
+    assert {k: ref[k] for k in templates} == templates  # the mistakes are edits of these copies
     for module in MODULES.values():
         for m in mistakes_of(module):
             assert m.body != ref[m.region] and m.body.startswith(" " * (8 if m.region != "dps-update" else 4)), m.id
@@ -241,22 +261,27 @@ def test_each_mistake_fails_exactly_its_caught_by_cases(results, module):
         got, _ = results[f"mistake:{m.id}"]
         for case in cases_of(module):
             for seed in SEEDS:
-                err = rel_err(ref_out[(case.id, seed)], got.get((case.id, seed)), case.atol)
-                if (err > full_credit(case)) != (case.id in m.caught_by):
-                    wrong.append(f"{m.id} on {case.id} seed {seed}: rel err {err:.2e}")
+                result = score(case, ref_out[(case.id, seed)], got.get((case.id, seed)))
+                if (result.fraction < 1.0) != (case.id in m.caught_by):
+                    wrong.append(f"{m.id} on {case.id} seed {seed}: {result.message[:120]}")
     assert not wrong, "\n".join(wrong)
 
 
 def test_a_stubbed_task_fails_all_its_cases_and_only_those(results):
     ref_out, _ = results["reference"]
-    for task in _tasks():
+    for task, regions in _tasks().items():
+        for region in regions:
+            _, errors = results[f"stub:{region}"]
+            assert all(f"TODO {region}" in errors.get((c.id, 0), "") for c in cases_of(MODULES[task])), region
         got, errors = results[f"stub:{task}"]
         for module_task, module in MODULES.items():
             for case in cases_of(module):
                 if module_task == task:
                     assert "NotImplementedError" in errors.get((case.id, 0), ""), (task, case.id)
                 else:
-                    assert rel_err(ref_out[(case.id, 0)], got.get((case.id, 0)), case.atol) == 0.0, (task, case.id)
+                    expected, output = ref_out[(case.id, 0)], got.get((case.id, 0))
+                    assert output is not None and all(torch.equal(expected[k], output[k]) for k in expected), \
+                        (task, case.id)
 
 
 @pytest.mark.parametrize("name", list(_equivalents()))
@@ -264,7 +289,7 @@ def test_equivalent_rewrites_get_full_credit(results, name):
     ref_out, _ = results["reference"]
     got, errors = results[name]
     assert not errors, errors
-    bad = [f"{case.id} seed {seed}: {rel_err(ref_out[(case.id, seed)], got[(case.id, seed)], case.atol):.2e}"
+    bad = [f"{case.id} seed {seed}: {score(case, ref_out[(case.id, seed)], got[(case.id, seed)]).message[:120]}"
            for module in MODULES.values() for case in cases_of(module) for seed in SEEDS
-           if rel_err(ref_out[(case.id, seed)], got[(case.id, seed)], case.atol) > full_credit(case)]
+           if not full(case, ref_out[(case.id, seed)], got[(case.id, seed)])]
     assert not bad, "\n".join(bad)

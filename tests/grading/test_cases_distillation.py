@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,11 +24,14 @@ from grading import markers, workspace
 from grading.compare import score_case
 from grading.homeworks.kaist_a4 import HOMEWORK as KAIST
 from grading.homeworks.nycu_lab3 import HOMEWORK as NYCU
+from grading.homeworks.umich_hw5_diffusion import HOMEWORK as UMICH
 
 # case module -> (the homework whose tree it runs on here, that homework's task)
 MODULES = {"grading.cases.sds": (NYCU, "task1-sds"), "grading.cases.vsd": (NYCU, "task2-vsd"),
            "grading.cases.sdi": (NYCU, "task3-sdi"), "grading.cases.pds": (KAIST, "task2-pds")}
-ALSO = {"grading.cases.sds": (KAIST, "task1-sds"), "grading.cases.vsd": (KAIST, "task3-vsd")}  # same cases
+# the other homeworks that grade a task with the same case module
+ALSO = {"grading.cases.sds": ((KAIST, "task1-sds"), (UMICH, "task6-sds")),
+        "grading.cases.vsd": ((KAIST, "task3-vsd"), (UMICH, "task7-vsd"))}
 SEEDS = (0, 1)
 SDI_STUBS = {"sdi-invert-noise": "sdi/invert-", "sdi-refresh": "sdi/target-", "sdi-loss": "sdi/loss-"}
 
@@ -63,6 +67,24 @@ EQUIVALENT = {
     x0_hat = torch.cat(x0_hats)
     g = grad_scale * (z[1] - z[0])
 """),
+    "pds-posterior-coefficients": ("grading.cases.pds", "pds-loss", """\
+    B = x_src.shape[0]
+    a_t = guidance.alpha_bar(t).view(-1, 1, 1, 1)
+    a_prev = guidance.alpha_bar(t - t_delta).view(-1, 1, 1, 1)
+    beta = 1 - a_t / a_prev
+    c0 = a_prev.sqrt() * beta / (1 - a_t)  # Ho et al. Eq. 7
+    c1 = (1 - beta).sqrt() * (1 - a_prev) / (1 - a_t)
+    sigma_t = ((1 - a_prev) / (1 - a_t) * beta).sqrt()
+    x = torch.cat([x_src, x_tgt])
+    a2, p2, c0, c1, sigma_t = (torch.cat([v, v]) for v in (a_t, a_prev, c0, c1, sigma_t))
+    x_t = a2.sqrt() * x + (1 - a2).sqrt() * torch.cat([noise_t, noise_t])
+    x_prev = p2.sqrt() * x + (1 - p2).sqrt() * torch.cat([noise_prev, noise_prev])
+    eps_hat = guidance.predict_eps(x_t, torch.cat([t, t]), pair_embeddings(src_text_embedding, tgt_text_embedding),
+                                   guidance_scale)
+    x0_hat = (x_t - (1 - a2).sqrt() * eps_hat) / a2.sqrt()
+    z = (x_prev - (c0 * x0_hat + c1 * x_t)) / sigma_t
+    g = grad_scale * (z[B:] - z[:B])
+"""),
     "vsd-lora-first": ("grading.cases.vsd", "vsd-loss", """\
     uncond, cond = text_embeddings.chunk(2)
     a = guidance.alpha_bar(t).view(-1, 1, 1, 1)
@@ -91,6 +113,23 @@ EQUIVALENT = {
     return x
 """),
 }
+
+EQUIVALENT["sdi-invert-coefficients"] = ("grading.cases.sdi", "sdi-invert-noise", """\
+    n_steps = len(noises)
+    x = x0
+    for k in range(n_steps):
+        tau = torch.round(k * t.double() / n_steps).long()
+        tau_next = torch.round((k + 1) * t.double() / n_steps).long()
+        a = guidance.alpha_bar(tau).view(-1, 1, 1, 1)
+        a_next = guidance.alpha_bar(tau_next).view(-1, 1, 1, 1)
+        eps_hat = guidance.predict_eps(x, tau, text_embeddings, guidance_scale)
+        sigma = eta * torch.sqrt((1 - a) / (1 - a_next)) * torch.sqrt(1 - a_next / a)
+        coef = torch.sqrt(1 - a_next - sigma**2) - torch.sqrt(a_next * (1 - a) / a)
+        x = torch.sqrt(a_next / a) * x + coef * eps_hat
+        if eta > 0:
+            x = x + sigma * noises[k]
+    return x
+""")
 
 RUNNER = r"""
 import importlib, json, sys, time
@@ -143,8 +182,8 @@ def _trees() -> dict[str, tuple]:
         short = module.rsplit(".", 1)[-1]
         trees[f"{short}-reference"] = (hw, ref, SEEDS, (module,))
         trees[f"{short}-stub"] = (hw, {k: v for k, v in ref.items() if k not in task.regions}, SEEDS[:1], (module,))
-    kaist = workspace.reference_bodies(KAIST)
-    trees["kaist-reference"] = (KAIST, kaist, SEEDS[:1], tuple(ALSO))
+    for hw in (KAIST, UMICH):
+        trees[f"{hw.id}-reference"] = (hw, workspace.reference_bodies(hw), SEEDS[:1], tuple(ALSO))
     nycu = workspace.reference_bodies(NYCU)
     for region in SDI_STUBS:
         trees[f"sdi-stub-{region}"] = (NYCU, {k: v for k, v in nycu.items() if k != region}, SEEDS[:1],
@@ -157,6 +196,25 @@ def _trees() -> dict[str, tuple]:
         hw, _ = _task(module)
         trees[f"equivalent-{name}"] = (hw, {**workspace.reference_bodies(hw), region: body}, SEEDS, (module,))
     return trees
+
+
+def _build(hw, dest: Path, bodies: dict[str, str], built: dict[str, Path]) -> Path:
+    """``workspace.build_tree(hw, dest, bodies)``; after the homework's first tree, a cheaper equal one: its own
+    grafted ``distillation`` and links to that first tree's other packages (all but ``distillation`` are the same)."""
+    base = built.get(hw.id)
+    if base is None or hw.strip_functions:
+        built.setdefault(hw.id, dest)
+        return workspace.build_tree(hw, dest, bodies)
+    dest.mkdir(parents=True)
+    for entry in base.iterdir():
+        if entry.name != "distillation":
+            (dest / entry.name).symlink_to(entry, target_is_directory=entry.is_dir())
+    shutil.copytree(base / "distillation", dest / "distillation")
+    for rel, text in workspace.region_files(hw).items():
+        if rel.startswith("distillation/"):
+            ids = {r.id for r in markers.find_regions(text, rel)}
+            (dest / rel).write_text(markers.graft(text, rel, {k: v for k, v in bodies.items() if k in ids}))
+    return dest
 
 
 def _load(out: Path, run: str, status: dict) -> tuple[dict, dict]:
@@ -175,9 +233,9 @@ def _load(out: Path, run: str, status: dict) -> tuple[dict, dict]:
 def runs(tmp_path_factory) -> dict[str, tuple[dict, dict]]:
     """'<tree>-<seed>' -> (outputs, status) for every reference, stub, mistake and equivalent tree."""
     work = tmp_path_factory.mktemp("distillation-cases")
-    jobs = []
+    jobs, built = [], {}
     for name, (hw, bodies, seeds, modules) in _trees().items():
-        tree = workspace.build_tree(hw, work / "trees" / name, bodies)
+        tree = _build(hw, work / "trees" / name, bodies, built)
         jobs.append({"name": name, "tree": str(tree), "seeds": list(seeds), "modules": list(modules)})
     for module in MODULES:  # the references again, last, after every other tree ran in the same process
         short = module.rsplit(".", 1)[-1]
@@ -210,9 +268,9 @@ def test_catalogue_is_consistent_with_the_specs():
         mod = importlib.import_module(module)
         ids = [c.id for c in mod.CASES]
         assert len(ids) == len(set(ids)) and all(i.startswith(module.rsplit(".", 1)[-1] + "/") for i in ids)
-        for hw, task_id in (MODULES[module], ALSO.get(module, MODULES[module])):
+        for hw, task_id in (MODULES[module], *ALSO.get(module, ())):
             task = hw.task(task_id)
-            assert task.cases in ("", module), f"{hw.id} {task_id} should name {module}"
+            assert module in task.cases, f"{hw.id} {task_id} should name {module}"
             assert {m.region for m in mod.MISTAKES} <= set(task.regions)
         visible = [c for c in mod.CASES if c.visibility == "visible"]
         assert 1 <= len(visible) <= 2, module
@@ -248,9 +306,11 @@ def test_reference_is_finite_deterministic_and_seeded(runs, module):
                    for k, v in outputs.items()), f"{cid}: seed 1 gives the same outputs as seed 0"
 
 
-def test_cases_pass_the_same_on_the_other_homeworks_tree(runs):
-    """SDS and VSD cases on KAIST A4's tree (SDI's regions stubbed there) give NYCU's tree's outputs bit for bit."""
-    got, status = runs["kaist-reference-0"]
+@pytest.mark.parametrize("hw_id", [KAIST.id, UMICH.id])
+def test_cases_pass_the_same_on_the_other_homeworks_trees(runs, hw_id):
+    """SDS and VSD cases on KAIST A4's and UMich HW5's trees (SDI's regions stubbed there, other packages shipped)
+    give NYCU's tree's outputs bit for bit."""
+    got, status = runs[f"{hw_id}-reference-0"]
     for module in ALSO:
         short = module.rsplit(".", 1)[-1]
         expected, _ = runs[f"{short}-reference-0"]

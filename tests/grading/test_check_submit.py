@@ -55,8 +55,10 @@ def fill(starter, rid, body):
 def make_tree(root, ops=None, released=True, items=True):
     """A student tree: toyhw/ops.py (``ops``, default: both regions solved), the public test, the items."""
     starter = markers.strip(REFERENCE, "toyhw/ops.py")
-    if ops is None:
-        ops = fill(fill(starter, "add-one", "    return x + 1\n"), "double", "    y = x + x\n") if released else REFERENCE
+    if ops is None and released:
+        ops = fill(fill(starter, "add-one", "    return x + 1\n"), "double", "    y = x + x\n")
+    elif ops is None:
+        ops = REFERENCE
     (root / "toyhw").mkdir(parents=True)
     (root / "toyhw/__init__.py").write_text("")
     (root / "toyhw/ops.py").write_text(ops)
@@ -130,7 +132,7 @@ def test_check_flags_removed_markers_and_a_stub_left_in_place(tmp_path):
     (("check", "toy-hw", "--path", "{tree}", "--task", "t9"), "toy-hw has no task 't9'"),
     (("submit", "no-such-hw", "--name", "A", "--sid", "1"), "unknown homework"),
     (("submit", "toy-hw", "--name", "A B", "--sid", "12_34", "--path", "{tree}"), "--sid '12_34' must be"),
-    (("submit", "toy-hw", "--name", "  ", "--sid", "1", "--path", "{tree}"), "--name '  ' has no letters"),
+    (("submit", "toy-hw", "--name", "  ", "--sid", "1", "--path", "{tree}"), "has no letters or digits"),
 ])
 def test_user_errors_are_one_line_with_exit_code_2(tmp_path, args, message):
     make_tree(tmp_path / "tree")
@@ -157,6 +159,11 @@ def test_submit_writes_the_handout_zip_deterministically(tmp_path):
                                       "submission/toyhw/__init__.py", "submission/toyhw/ops.py"]
     assert {e[1] for e in entries} == {(1980, 1, 1, 0, 0, 0)} and {e[2] for e in entries} == {0o100644}
     assert data["submission/out/eval.json"] == b'{"score": 0.3}'
+    with zipfile.ZipFile(path) as zf:  # the grader finds the items again under zip_root
+        zf.extractall(tmp_path / "unzipped")
+    inner = homeworks.items_root(tmp_path / "unzipped", HW)
+    assert inner == tmp_path / "unzipped/submission"
+    assert all(any(inner.glob(it.pattern)) for it in HW.items if it.required)
     os.utime(tmp_path / "tree/report.pdf", (1e9, 1e9))  # a different mtime changes nothing
     again = tmp_path / "again.zip"
     result = run("submit", "toy-hw", "--name", "Kim Min-ji", "--sid", "20261234", "--path", str(tmp_path / "tree"),

@@ -194,3 +194,11 @@ def test_zip_names_and_items(hw_id):
     patterns = [item.pattern for item in hw.items]
     assert len(patterns) == len(set(patterns)) and all(not p.startswith(("/", ".")) for p in patterns)
     assert any(item.required for item in hw.items)
+
+
+@pytest.mark.parametrize("hw_id", list(TOTALS))
+def test_coding_tasks_name_existing_case_modules(hw_id):
+    for task in HOMEWORKS[hw_id].tasks:
+        assert bool(task.cases) == bool(task.regions), f"{task.id}: coding tasks (only) have graded cases"
+        for module in task.cases:
+            assert module.startswith("grading.cases.") and (ROOT / (module.replace(".", "/") + ".py")).is_file()

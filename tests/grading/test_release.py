@@ -207,7 +207,7 @@ def test_skip_gate_release_of_a_toy_tree_is_byte_identical_and_recorded(tmp_path
     assert first == second
     record = json.loads(first["release.json"])
     assert record["gate"]["skipped"] is True and record["regions"]["not_part"] == ["g-other"]
-    assert "toypkg/loss.py" in record["starter_sha256"] and ".grading/starter/toypkg/loss.py" in first
+    assert "toypkg/loss.py" in record["starter_sha256"] and "student/.grading/starter/toypkg/loss.py" in first
     result, errors = _invoke(["toy-hw", "--out", str(tmp_path / "r1"), "--repo", str(repo), "--skip-gate", "--force"])
     assert result.exit_code == 0 and _tree_bytes(tmp_path / "r1") == first
 
@@ -239,7 +239,7 @@ def test_release_passes_the_gate_and_ships_no_answers(released, hw_id):
     assert set(record["starter_sha256"]) == set(student)
     assert all(hashlib.sha256(student[p]).hexdigest() == h for p, h in record["starter_sha256"].items())
     assert not any(p.startswith(("grading/cases", "grading/release", "grading/grade")) for p in student)
-    for path, ids in record["regions"]["files"].items():
+    for path in record["regions"]["files"]:
         starter = student[path].decode()
         for region in markers.find_regions((ROOT / path).read_text(), path):
             assert region.body.strip() not in starter, f"{path}: the body of {region.id} ships"

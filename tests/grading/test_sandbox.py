@@ -23,7 +23,7 @@ from grading.sandbox import BASE_UID, GRADER_ROOT, UID_SLOTS, Limits, SandboxErr
 ROOT = Path(__file__).resolve().parents[2]
 ATTACKS = Path(__file__).with_name("attacks") / "attack_cases.py"
 BATCH = ["sys-exit", "ok", "fake-stdout", "write-outside", "read-hidden", "socket", "huge-file", "monkeypatch",
-         "memory-bomb", "imports", "alarm-loop", "fork-storm"]
+         "memory-bomb", "imports", "threads", "alarm-loop", "fork-storm"]
 LIMITS = dict(wall_s=90.0, memory_mb=4096)
 
 
@@ -70,7 +70,8 @@ def setup():
     writes = [out_parent / "results.json", tree / "grading" / "pwned.py", secret_dir / "pwned.txt",
               Path("/tmp") / f"grading-attack-{os.getpid()}.txt"]
     config = {"write_targets": [str(p) for p in writes], "port": server.getsockname()[1],
-              "read_targets": [str(secret), str(GRADER_ROOT / "grading" / "sandbox.py"), "/etc/shadow"]}
+              "read_targets": [str(secret), str(GRADER_ROOT / "grading" / "sandbox.py"), "/etc/shadow",
+                               f"/proc/{os.getpid()}/cmdline"]}  # the grader's command line
     (tree / "grading" / "cases" / "attack_config.json").write_text(json.dumps(config))
     yield {"tree": tree, "secret": secret, "out_parent": out_parent, "server": server, "writes": writes}
     server.close()
@@ -112,8 +113,8 @@ def test_attack_batch_fails_only_the_attacking_cases(setup, mode):
     assert score_case(Case("attack/fake-stdout", 1, ok_run), expected, got["fake-stdout"], "ok").fraction == 0
     assert got["write-outside"]["flags"].tolist() == [0, 0, 0, 0], "a write outside OUT went through"
     assert not any(p.exists() for p in setup["writes"])
-    assert got["read-hidden"]["flags"].tolist() == [0, 0, 0], "a hidden file was readable"
-    assert got["socket"]["flags"].tolist() == [0]
+    assert got["read-hidden"]["flags"].tolist() == [0, 0, 0, 0], "a hidden file was readable"
+    assert got["socket"]["flags"].tolist() == [int("seccomp" not in res.layers["network"]), 0]
     with pytest.raises(BlockingIOError):
         setup["server"].accept()
     assert got["huge-file"]["mb"].item() <= 64 and "huge.bin" in res.stray_files and not (out / "huge.bin").exists()
@@ -122,7 +123,7 @@ def test_attack_batch_fails_only_the_attacking_cases(setup, mode):
                                                      "ok").fraction == 0
     assert "MemoryError" in st["memory-bomb"]
     assert got["imports"]["mark"].item() == 7 and got["imports"]["flags"].tolist() == [0]
-    assert "CaseTimeout" in st["alarm-loop"]
+    assert "CaseTimeout" in st["alarm-loop"] and st["threads"] == "ok"
     assert st["fork-storm"] == "ok" and got["fork-storm"]["forks"].item() < Limits().processes
     assert not _sandbox_processes(), "a process of a sandbox uid outlived its worker"
     assert sorted(os.listdir(out)) == ["outputs.safetensors", "status.json"]

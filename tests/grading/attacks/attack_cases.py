@@ -72,11 +72,25 @@ def read_hidden(seed):
 
 def open_socket(seed):
     try:
+        socket.socket(socket.AF_INET, socket.SOCK_STREAM).close()
+        created = True
+    except OSError:
+        created = False
+    try:
         with socket.create_connection(("127.0.0.1", _cfg()["port"]), timeout=2) as s:
             s.sendall(b"exfiltrated")
-        return _flags([True])
+        return _flags([created, True])
     except OSError:
-        return _flags([False])
+        return _flags([created, False])
+
+
+def threads(seed):
+    import threading
+
+    worker = threading.Thread(target=lambda: None)
+    worker.start()
+    worker.join()  # a thread that ends must not take the worker down (PID 1 of a namespace)
+    return {"x": torch.ones(1)}
 
 
 def huge_file(seed):
@@ -154,6 +168,7 @@ CASES = (
     _case("sys-exit", sys_exit), _case("ok", ok), _case("fake-stdout", fake_stdout),
     _case("write-outside", write_outside), _case("read-hidden", read_hidden), _case("socket", open_socket),
     _case("huge-file", huge_file), _case("monkeypatch", monkeypatch), _case("memory-bomb", memory_bomb),
-    _case("imports", imports), _case("alarm-loop", alarm_loop, timeout_s=0.3), _case("fork-storm", fork_storm),
+    _case("imports", imports), _case("threads", threads), _case("alarm-loop", alarm_loop, timeout_s=0.3),
+    _case("fork-storm", fork_storm),
     _case("os-exit", os_exit), _case("endless", endless, timeout_s=1.0),
 )

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import simset_authors as authors
+from simset_a4 import pds_loss, sds_loss
 from simset_authors import Author
 from simset_cutout import diffaugment_cutout
 from simset_refs import HOMEWORKS, REGIONS
@@ -30,7 +31,7 @@ from simset_refs import HOMEWORKS, REGIONS
 from grading import markers
 
 GENERATORS = {"gan-g-loss": authors.gan_g_loss, "gan-d-loss": authors.gan_d_loss, "gan-r1": authors.gan_r1,
-              "diffaugment-cutout": diffaugment_cutout, "sds-loss": authors.sds_loss, "pds-loss": authors.pds_loss}
+              "diffaugment-cutout": diffaugment_cutout, "sds-loss": sds_loss, "pds-loss": pds_loss}
 COPY_KINDS = ("renamed", "reformatted", "reordered", "disguised", "partial", "nomarkers", "renamed", "partial")
 COMMENTS = ["compute the term", "Eq. 3", "vectorised", "see handout", "batch dim first", "stable version",
             "per sample", "TODO check", "shape [B]", "careful with broadcasting"]

@@ -64,10 +64,16 @@ class Author:
 
     def __init__(self, choices: int, names: int, reorder: bool = False):
         self.rng, self.name_rng = random.Random(choices), random.Random(f"names-{names}")
-        self.reorder, self.names = reorder, {}
+        self.reorder, self.names, self.traits = reorder, {}, {}
 
     def pick(self, *options):
         return options[self.rng.randrange(len(options))]
+
+    def trait(self, name: str, *options):
+        """A personal habit (``x.sqrt()`` or ``torch.sqrt(x)``, ...): drawn once, then used everywhere."""
+        if name not in self.traits:
+            self.traits[name] = self.pick(*options)
+        return self.traits[name]
 
     def chance(self, p: float) -> bool:
         return self.rng.random() < p
@@ -157,107 +163,3 @@ def gan_r1(a: Author) -> str:
                        "loss = penalty.sum() / penalty.shape[0] * d_reg_interval",
                        "loss = torch.mean(penalty) * d_reg_interval", "loss = penalty.mean().mul(d_reg_interval)"))
     return a.fill("\n".join(body))
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# KAIST A4
-
-
-def _alpha(a: Author, out: str, t: str) -> str:
-    return a.pick(f"{out} = self.alphas_cumprod[{t}].view(-1, 1, 1, 1)",
-                  f"{out} = self.alphas_cumprod[{t}][:, None, None, None]",
-                  f"{out} = self.alphas_cumprod.gather(0, {t}).reshape(-1, 1, 1, 1)",
-                  f"{out} = self.alphas_cumprod[{t}]\n{out} = {out}.view(-1, 1, 1, 1)")
-
-
-def sds_loss(a: Author) -> str:
-    head = a.group("{B} = latents.shape[0]", _alpha(a, "{ab}", "t"))
-    noisy = a.pick("{xt} = {ab}.sqrt() * latents + (1 - {ab}).sqrt() * noise",
-                   "{xt} = torch.sqrt({ab}) * latents + torch.sqrt(1 - {ab}) * noise",
-                   "{xt} = {ab} ** 0.5 * latents + (1 - {ab}) ** 0.5 * noise",
-                   "{sa}, {sb} = {ab}.sqrt(), (1.0 - {ab}).sqrt()\n{xt} = {sa} * latents + {sb} * noise")
-    pred = a.pick(
-        "{eu}, {ec} = self.unet(torch.cat([{xt}, {xt}]), torch.cat([t, t]), text_embeddings).chunk(2)",
-        "{inp} = torch.cat([{xt}] * 2)\n{tt} = torch.cat([t] * 2)\n{eu}, {ec} = self.unet({inp}, {tt}, "
-        "text_embeddings).chunk(2)",
-        a.group("{eu} = self.unet({xt}, t, text_embeddings[:{B}])",
-                "{ec} = self.unet({xt}, t, text_embeddings[{B}:])"),
-        "{both} = self.unet({xt}.repeat(2, 1, 1, 1), t.repeat(2), text_embeddings)\n"
-        "{eu}, {ec} = torch.chunk({both}, 2, dim=0)")
-    cfg = a.pick("{eh} = {eu} + guidance_scale * ({ec} - {eu})",
-                 "{eh} = (1 - guidance_scale) * {eu} + guidance_scale * {ec}",
-                 "{eh} = {eu}.lerp({ec}, guidance_scale)", "{eh} = {ec} + (guidance_scale - 1) * ({ec} - {eu})")
-    wrap = a.pick("no_grad", "inference", "detach")
-    if wrap == "no_grad":
-        pred = "with torch.no_grad():\n" + _indent(pred)
-    elif wrap == "inference":
-        pred = "with torch.inference_mode():\n" + _indent(pred + "\n" + cfg) + "\n{eh} = {eh}.clone()"
-        cfg = ""
-    else:
-        cfg += "\n{eh} = {eh}.detach()"
-    grad = a.pick("{wt} = 1 - {ab}\n{gr} = grad_scale * {wt} * ({eh} - noise)",
-                  "{gr} = grad_scale * (1 - {ab}) * ({eh} - noise)",
-                  "{gr} = ({eh} - noise) * (1.0 - {ab}) * grad_scale",
-                  "{gr} = grad_scale * (1 - {ab}) * {eh} - grad_scale * (1 - {ab}) * noise")
-    loss = a.pick('{tg} = (latents - {gr}).detach()\nreturn 0.5 * F.mse_loss(latents, {tg}, reduction="sum") / {B}',
-                  "return (latents * {gr}.detach()).sum() / {B}",
-                  "{tg} = (latents - {gr}).detach()\n{loss} = 0.5 * ((latents - {tg}) ** 2).sum() / {B}\n"
-                  "return {loss}",
-                  "return torch.sum({gr}.detach() * latents) / {B}",
-                  "{loss} = ({gr}.detach() * latents).sum(dim=(1, 2, 3)).mean()\nreturn {loss}")
-    return a.fill("\n".join(p for p in (head, noisy, pred, cfg, grad, loss) if p))
-
-
-def _pds_coefficients(a: Author) -> str:
-    tp = a.pick("{tp} = (t - t_delta).clamp(min=0)", "{tp} = torch.clamp(t - t_delta, min=0)",
-                "{tp} = (t - t_delta).clip(0)", "{tp} = torch.maximum(t - t_delta, torch.zeros_like(t))")
-    alphas = a.pick(a.group(_alpha(a, "{at}", "t"), _alpha(a, "{ap}", "{tp}")),
-                    "{abar} = self.alphas_cumprod\n{at}, {ap} = {abar}[t][:, None, None, None], "
-                    "{abar}[{tp}][:, None, None, None]")
-    beta = a.pick("{alpha} = {at} / {ap}\n{beta} = 1 - {alpha}", "{beta} = 1 - {at} / {ap}\n{alpha} = 1 - {beta}")
-    sig = a.pick("{sig} = ((1 - {ap}) / (1 - {at}) * {beta}).sqrt()",
-                 "{var} = {beta} * (1 - {ap}) / (1 - {at})\n{sig} = torch.sqrt({var})",
-                 "{sig} = ({beta} * (1.0 - {ap}) / (1.0 - {at})) ** 0.5")
-    coef = a.pick("{c0} = {ap}.sqrt() * {beta} / (1 - {at})\n{ct} = {alpha}.sqrt() * (1 - {ap}) / (1 - {at})",
-                  "{c0} = torch.sqrt({ap}) * {beta} / (1.0 - {at})\n{ct} = torch.sqrt({alpha}) * (1.0 - {ap}) / "
-                  "(1.0 - {at})",
-                  "{c0} = {beta} * {ap} ** 0.5 / (1 - {at})\n{ct} = (1 - {ap}) * {alpha} ** 0.5 / (1 - {at})")
-    roots = a.group("{sa}, {sb} = {at}.sqrt(), (1 - {at}).sqrt()", "{spa}, {spb} = {ap}.sqrt(), (1 - {ap}).sqrt()")
-    return "\n".join([tp, alphas, beta, a.group(sig, coef), roots])
-
-
-def _pds_branch(a: Author, x0: str, emb: str, suffix: str = "") -> str:
-    """x_t, x_prev, the prediction, Tweedie's x0_hat, the posterior mean and z for one branch."""
-    s = suffix
-    noisy = a.group(f"{{xt}}{s} = {{sa}} * {x0} + {{sb}} * noise_t",
-                    f"{{xp}}{s} = {{spa}} * {x0} + {{spb}} * noise_prev")
-    pred = f"with torch.no_grad():\n    {{e}}{s} = self.predict_eps({{xt}}{s}, t, {emb}, guidance_scale)"
-    x0h = a.pick(f"{{x0h}}{s} = ({{xt}}{s} - {{sb}} * {{e}}{s}) / {{sa}}",
-                 f"{{x0h}}{s} = {{xt}}{s} / {{sa}} - {{sb}} / {{sa}} * {{e}}{s}")
-    mu = f"{{mu}}{s} = {{c0}} * {{x0h}}{s} + {{ct}} * {{xt}}{s}"
-    return "\n".join([noisy, pred, x0h, mu])
-
-
-def pds_loss(a: Author) -> str:
-    parts = [_pds_coefficients(a)]
-    style = a.pick("closure", "loop", "straight")
-    if style == "closure":
-        body = _pds_branch(a, "{x0}", "{emb}") + "\nreturn ({xp} - {mu}) / {sig}"
-        parts += ["def {zf}({x0}, {emb}):\n" + _indent(body),
-                  a.group("{zs} = {zf}(src_latents, src_text_embedding)",
-                          "{zt} = {zf}(tgt_latents, tgt_text_embedding)")]
-    elif style == "loop":
-        body = _pds_branch(a, "{x0}", "{emb}") + "\n{zl}.append(({xp} - {mu}) / {sig})"
-        parts += ["{zl} = []", "for {x0}, {emb} in ((src_latents, src_text_embedding), (tgt_latents, "
-                  "tgt_text_embedding)):\n" + _indent(body), "{zs}, {zt} = {zl}"]
-    else:
-        parts += [_pds_branch(a, "src_latents", "src_text_embedding", "_src"),
-                  _pds_branch(a, "tgt_latents", "tgt_text_embedding", "_tgt"),
-                  a.group("{zs} = ({xp}_src - {mu}_src) / {sig}", "{zt} = ({xp}_tgt - {mu}_tgt) / {sig}")]
-    parts.append(a.pick(
-        "{gr} = grad_scale * ({zt} - {zs})\n{tg} = (tgt_latents - {gr}).detach()\n"
-        'return 0.5 * F.mse_loss(tgt_latents, {tg}, reduction="sum") / tgt_latents.shape[0]',
-        "return (grad_scale * ({zt} - {zs})).detach().mul(tgt_latents).sum() / tgt_latents.shape[0]",
-        "{gr} = (grad_scale * ({zt} - {zs})).detach()\n{loss} = (tgt_latents * {gr}).sum() / len(tgt_latents)\n"
-        "return {loss}"))
-    return a.fill("\n".join(parts))
