@@ -47,7 +47,10 @@ def missing_items(hw: Homework, root: Path | None) -> list[str]:
     """Descriptions of the required deliverables that the submission lacks (each costs the missing-item penalty)."""
     if root is None:
         return [it.description for it in hw.items if it.required]
-    return [it.description for it in hw.items if it.required and not any(root.glob(it.pattern))]
+    from grading.homeworks import items_root
+
+    base = items_root(root, hw)
+    return [it.description for it in hw.items if it.required and not any(base.glob(it.pattern))]
 
 
 def total_score(tests: list[TestResult], hw: Homework, n_missing: int) -> float:

@@ -37,3 +37,11 @@ main.add_command(check)
 from grading.submit import submit  # noqa: E402
 
 main.add_command(submit)
+
+from grading.batch import grade_command  # noqa: E402
+
+main.add_command(grade_command)
+
+from grading.autograder import run_autograder_command  # noqa: E402
+
+main.add_command(run_autograder_command)

@@ -30,6 +30,7 @@ import os
 import pwd
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -103,9 +104,10 @@ class WorkerResult:
     error: str = ""  # why cases have no status of their own ("" when the worker finished)
     peak_rss_mb: float = 0.0
     stray_files: tuple[str, ...] = ()  # what the worker left in its out dir besides its two files (discarded)
+    uid: int | None = None  # the sandbox uid it ran as
 
     def summary(self) -> dict:
-        keep = ("returncode", "timed_out", "wall_s", "layers", "error", "peak_rss_mb", "stray_files")
+        keep = ("returncode", "timed_out", "wall_s", "layers", "error", "peak_rss_mb", "stray_files", "uid")
         return {k: getattr(self, k) for k in keep}
 
 
@@ -219,7 +221,10 @@ def _lock_uid(uid: int) -> int | None:
     to a batch) coordinate through these locks, so one never kills the other's worker in ``kill_uid``.
     """
     UID_LOCKS.mkdir(mode=0o700, exist_ok=True)
-    fd = os.open(UID_LOCKS / f"{uid}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    st = os.lstat(UID_LOCKS)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+        raise SandboxError(f"{UID_LOCKS} must be a directory of uid {os.geteuid()} with mode 0700")
+    fd = os.open(UID_LOCKS / f"{uid}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -242,7 +247,8 @@ def _live_pids(uid: int) -> list[int]:
                           if ":" in line)
         except OSError:
             continue
-        if int(fields.get("Uid", "-1").split()[0]) == uid and fields.get("State", "").split()[0] not in "ZX":
+        state = (fields.get("State", "").split() or ["?"])[0]
+        if int(fields.get("Uid", "-1").split()[0]) == uid and state not in ("Z", "X"):
             pids.append(int(entry))
     return pids
 
@@ -430,4 +436,4 @@ def _run(tree: Path, request: dict, cases: list[str], out_dir: Path, limits: Lim
         error = _describe_exit(rc, timed_out, limits)
     status.update({c: error for c in missing})
     return WorkerResult(rc, timed_out, round(wall, 3), stdout, stderr, dict(p.layers), outputs, status, error,
-                        round(peak, 1), tuple(stray))
+                        round(peak, 1), tuple(stray), uid)

@@ -46,9 +46,9 @@ class Bands:
 class Task:
     """One graded student task: its regions, points and how it is tested.
 
-    ``cases`` are the dotted modules (under ``grading.cases``) whose seeded cases the sandboxed worker runs for this
-    task (one worker per module); ``public_tests`` are repo test files shipped to students; ``fixed`` the hyperparameters a student must not
-    change (the grader passes them explicitly).
+    ``cases`` are the dotted modules (under ``grading.cases``) whose seeded cases the sandboxed worker runs for
+    this task (one worker per module); ``public_tests`` are repo test files shipped to students; ``fixed`` the
+    hyperparameters a student must not change (the grader passes them explicitly).
     """
 
     id: str

@@ -3,8 +3,9 @@
 Regions ``ddpm-coefficients`` (alpha_bar_t, alpha_bar_prev, 1 - alpha_bar, per-step alpha_t and beta_t), ``ddpm-x0``
 (x0_hat, Formula 1) and ``ddpm-mean`` (posterior mean mu_tilde, Formula 2; Ho et al. 2020, Eq. 7). Each case builds a
 fresh scheduler with the handout's model config (google/ddpm-celebahq-256: linear betas 1e-4..0.02, T = 1000,
-clip to [-1, 1]), picks one step of an inference grid (first, a seeded middle one, or the last, where
-alpha_bar_prev = 1) and feeds it x_t, eps_hat and the noise z drawn from the grading seed. ``x0`` cases score
+clip to [-1, 1]), picks one step of an inference grid (the first, the last, where alpha_bar_prev = 1, or a seeded one
+with t in 350-600 or 700-850) and feeds it x_t, eps_hat and the noise z drawn from the grading seed; shapes
+[B, 3, H, W] vary with the seed too. ``x0`` cases score
 ``pred_original_sample`` (TODO ddpm-x0) apart from the ``prev`` cases that score ``prev_sample`` (all three TODOs),
 so a wrong posterior mean does not cost the x0 credit. (A stub anywhere in ``step`` raises, so it fails both.)
 

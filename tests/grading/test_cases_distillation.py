@@ -2,9 +2,9 @@
 stubs, and answers that differ from the reference in form but not in math.
 
 Every case runs in ONE subprocess over graded trees built like the grader's (``grading.workspace.build_tree``: the
-homework's own regions get the given bodies, every other region its stub), with the tree first on ``sys.path``
-(checked through ``__file__``); the outputs come back as safetensors and are scored here with
-``grading.compare.score_case``.
+homework's own regions get the given bodies, every other region its stub; after a homework's first tree the others
+link its packages and graft only ``distillation``), with the tree first on ``sys.path`` (checked through
+``__file__``); the outputs come back as safetensors and are scored here with ``grading.compare.score_case``.
 """
 
 from __future__ import annotations
@@ -112,9 +112,7 @@ EQUIVALENT = {
             x = x + sigma * noises[k]
     return x
 """),
-}
-
-EQUIVALENT["sdi-invert-coefficients"] = ("grading.cases.sdi", "sdi-invert-noise", """\
+    "sdi-invert-coefficients": ("grading.cases.sdi", "sdi-invert-noise", """\
     n_steps = len(noises)
     x = x0
     for k in range(n_steps):
@@ -129,7 +127,20 @@ EQUIVALENT["sdi-invert-coefficients"] = ("grading.cases.sdi", "sdi-invert-noise"
         if eta > 0:
             x = x + sigma * noises[k]
     return x
-""")
+"""),
+    "sdi-target-inline": ("grading.cases.sdi", "sdi-refresh", """\
+    x_t = ddim_invert(guidance, x0, t, text_embeddings, inversion_guidance_scale, inversion_eta, noises)
+    a = guidance.alpha_bar(t).view(-1, 1, 1, 1)
+    eps_u, eps_c = guidance.unet_eps(torch.cat([x_t, x_t]), torch.cat([t, t]), text_embeddings).chunk(2)
+    eps_hat = eps_u + guidance_scale * (eps_c - eps_u)
+    return (x_t - (1 - a).sqrt() * eps_hat) / a.sqrt()
+"""),
+    "sdi-loss-mse-sum": ("grading.cases.sdi", "sdi-loss", """\
+    if step % update_interval == 0 or target is None:
+        target = refresh()
+    loss = 0.5 * torch.nn.functional.mse_loss(latents, target, reduction="sum")
+"""),
+}
 
 RUNNER = r"""
 import importlib, json, sys, time

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from grading import sandbox_view, worker
+from grading import sandbox, sandbox_view, worker
 from grading.case import Case
 from grading.compare import score_case
-from grading.sandbox import BASE_UID, GRADER_ROOT, UID_SLOTS, Limits, SandboxError, plan, run_worker
+from grading.sandbox import GRADER_ROOT, Limits, SandboxError, plan, run_worker
 
 ROOT = Path(__file__).resolve().parents[2]
 ATTACKS = Path(__file__).with_name("attacks") / "attack_cases.py"
@@ -84,16 +84,15 @@ def _request(*names: str) -> dict:
     return {"module": "grading.cases.attacks", "cases": [f"attack/{n}" for n in names], "seed": 5, "threads": 1}
 
 
-def _sandbox_processes() -> list[int]:
-    pids = []
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            uid = int(Path(f"/proc/{entry}/status").read_text().split("Uid:")[1].split()[0])
-        except (OSError, IndexError):
-            continue
-        if BASE_UID <= uid < BASE_UID + UID_SLOTS:
-            pids.append(int(entry))
-    return pids
+def _assert_nothing_left(uid: int) -> None:
+    """No live process of ``uid`` (checked only while no other grader on the machine holds that uid's lock)."""
+    fd = sandbox._lock_uid(uid)
+    if fd is None:
+        return  # another grading process took the uid right away
+    try:
+        assert not sandbox._live_pids(uid), f"a process of sandbox uid {uid} outlived its worker"
+    finally:
+        os.close(fd)
 
 
 @needs_isolation
@@ -125,7 +124,7 @@ def test_attack_batch_fails_only_the_attacking_cases(setup, mode):
     assert got["imports"]["mark"].item() == 7 and got["imports"]["flags"].tolist() == [0]
     assert "CaseTimeout" in st["alarm-loop"] and st["threads"] == "ok"
     assert st["fork-storm"] == "ok" and got["fork-storm"]["forks"].item() < Limits().processes
-    assert not _sandbox_processes(), "a process of a sandbox uid outlived its worker"
+    _assert_nothing_left(res.uid)
     assert sorted(os.listdir(out)) == ["outputs.safetensors", "status.json"]
 
 
@@ -146,7 +145,7 @@ def test_endless_loop_is_killed_at_the_wall_clock_limit(setup):
                      Limits(wall_s=6.0, memory_mb=4096))
     assert res.timed_out and res.wall_s < 9, res.summary()
     assert "time limit" in res.status["attack/endless"]
-    assert not _sandbox_processes()
+    _assert_nothing_left(res.uid)
 
 
 def test_plan_none_and_limits_validation():
