@@ -23,14 +23,11 @@ must then be unreadable by permissions, which is checked) or ``none`` (a student
 
 from __future__ import annotations
 
-import fcntl
 import importlib.util
 import json
 import os
-import pwd
 import shutil
 import signal
-import stat
 import subprocess
 import sys
 import tempfile
@@ -41,10 +38,20 @@ from pathlib import Path
 
 from grading import sandbox_launch
 from grading.compare import read_outputs
-from grading.sandbox_view import SandboxError, bwrap_argv, check_permissions, needed_paths, rlimits, worker_env
+from grading.sandbox_view import (
+    BASE_UID,
+    SandboxError,
+    bwrap_argv,
+    check_permissions,
+    kill_uid,
+    needed_paths,
+    release_uid,
+    rlimits,
+    take_uid,
+    worker_env,
+)
 
 GRADER_ROOT = Path(__file__).resolve().parents[1]  # this checkout: it holds the reference, so it is always hidden
-BASE_UID, UID_SLOTS = 61000, 64  # sandbox uids BASE_UID.. (unused by any account; one per concurrent worker)
 MODES = ("auto", "bwrap", "unshare", "uid", "none")
 _BOOT = (  # runs as the worker's ``-c``: the tree first, no editable finder, then grading.worker from the tree
     "import sys\n"
@@ -122,8 +129,6 @@ class Plan:
 
 _lock = threading.Lock()
 _probes: dict[str, object] = {}
-_uids_in_use: dict[int, int] = {}  # uid -> fd of its lock file (held while a worker runs as that uid)
-UID_LOCKS = Path("/tmp/grading-sandbox-uids")  # flock per uid: other grader processes on the machine skip it
 
 
 def _cached(name: str, fn):
@@ -197,79 +202,6 @@ def plan(limits: Limits) -> Plan:
     return Plan(mode, mode != "none", unshare, seccomp, layers)
 
 
-def _take_uid() -> int:
-    with _lock:
-        for uid in range(BASE_UID, BASE_UID + UID_SLOTS):
-            if uid in _uids_in_use:
-                continue
-            try:
-                pwd.getpwuid(uid)
-                continue  # a real account: never ours to kill
-            except KeyError:
-                fd = _lock_uid(uid)
-                if fd is None:
-                    continue  # another grading process on this machine runs a worker as this uid
-                _uids_in_use[uid] = fd
-                return uid
-    raise SandboxError(f"all {UID_SLOTS} sandbox uids are in use")
-
-
-def _lock_uid(uid: int) -> int | None:
-    """An exclusive, non-blocking flock on the uid's lock file, or None when another process holds it.
-
-    Threads of one grader share ``_uids_in_use``; separate grader processes (two ``grade`` runs, a test suite next
-    to a batch) coordinate through these locks, so one never kills the other's worker in ``kill_uid``.
-    """
-    UID_LOCKS.mkdir(mode=0o700, exist_ok=True)
-    st = os.lstat(UID_LOCKS)
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
-        raise SandboxError(f"{UID_LOCKS} must be a directory of uid {os.geteuid()} with mode 0700")
-    fd = os.open(UID_LOCKS / f"{uid}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        return None
-    return fd
-
-
-def _release_uid(uid: int) -> None:
-    fd = _uids_in_use.pop(uid, None)
-    if fd is not None:
-        os.close(fd)  # closing drops the flock
-
-
-def _live_pids(uid: int) -> list[int]:
-    pids = []
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            fields = dict(line.split(":", 1) for line in Path(f"/proc/{entry}/status").read_text().splitlines()
-                          if ":" in line)
-        except OSError:
-            continue
-        state = (fields.get("State", "").split() or ["?"])[0]
-        if int(fields.get("Uid", "-1").split()[0]) == uid and state not in ("Z", "X"):
-            pids.append(int(entry))
-    return pids
-
-
-def kill_uid(uid: int, patience_s: float = 20.0) -> int:
-    """SIGKILL every live process of ``uid`` until none is left (dying processes may take a moment to go)."""
-    killed, deadline, delay = 0, time.monotonic() + patience_s, 0.01
-    while pids := _live_pids(uid):
-        if time.monotonic() > deadline:
-            raise SandboxError(f"{len(pids)} processes of sandbox uid {uid} survive SIGKILL")
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-                killed += 1
-            except ProcessLookupError:
-                pass
-        time.sleep(delay)
-        delay = min(0.2, delay * 2)
-    return killed
-
-
 def _tail(path: Path, chars: int) -> str:
     with open(path, "rb") as f:
         f.seek(max(0, os.fstat(f.fileno()).st_size - 4 * chars))
@@ -328,7 +260,7 @@ def run_worker(tree: Path, request: dict, out_dir: Path, limits: Limits = Limits
     inside = [h for h in hide if sandbox_launch.inside(h, str(tree))]
     if inside and p.mode != "none":
         raise SandboxError(f"hidden path {inside[0]} is inside the tree {tree}")
-    uid = _take_uid() if p.uid else None
+    uid = take_uid() if p.uid else None
     work = Path(tempfile.mkdtemp(prefix="grading-sandbox-"))
     try:
         if uid is not None:
@@ -340,8 +272,7 @@ def run_worker(tree: Path, request: dict, out_dir: Path, limits: Limits = Limits
                 kill_uid(uid)
         finally:
             shutil.rmtree(work, ignore_errors=True)
-            with _lock:
-                _release_uid(uid)
+            release_uid(uid)
 
 
 def _launch_argv(tree: Path, limits: Limits, p: Plan, uid: int | None, work: Path, hide: list[str],
@@ -416,6 +347,8 @@ def _run(tree: Path, request: dict, cases: list[str], out_dir: Path, limits: Lim
     except BrokenPipeError:
         pass
     rc, timed_out, peak = _wait(proc, start + limits.wall_s)
+    if p.mode == "bwrap" and 128 < rc < 128 + 65:
+        rc = 128 - rc  # bwrap reports a child killed by signal N as exit code 128 + N
     wall = time.monotonic() - start
     _killpg(proc.pid)
     if uid is not None:

@@ -1,15 +1,26 @@
-"""What a sandboxed worker sees and may do: the paths it needs, the bwrap command line, the permission checks
-of mode 'uid', its scrubbed environment and its rlimits (pure helpers of :mod:`grading.sandbox`)."""
+"""Who a sandboxed worker runs as and what it sees and may do (helpers of :mod:`grading.sandbox`): the pool of
+sandbox uids (locked machine-wide, every process of a uid killed after its run), the paths it needs, the bwrap
+command line, the permission checks of mode 'uid', its scrubbed environment and its rlimits."""
 
 from __future__ import annotations
 
+import fcntl
 import math
 import os
+import pwd
+import signal
 import stat
 import sys
+import threading
+import time
 from pathlib import Path
 
 from grading.sandbox_launch import SYSTEM_DIRS, inside
+
+BASE_UID, UID_SLOTS = 61000, 64  # sandbox uids BASE_UID.. (unused by any account; one per concurrent worker)
+UID_LOCKS = Path("/tmp/grading-sandbox-uids")  # flock per uid: other grader processes on the machine skip it
+_lock = threading.Lock()
+_uids_in_use: dict[int, int] = {}  # uid -> fd of its lock file (held while a worker runs as that uid)
 
 
 class SandboxError(RuntimeError):
@@ -100,3 +111,77 @@ def rlimits(limits, nproc: bool) -> dict[str, list[int]]:
     if nproc:
         out["RLIMIT_NPROC"] = [limits.processes] * 2
     return out
+
+
+def take_uid() -> int:
+    with _lock:
+        for uid in range(BASE_UID, BASE_UID + UID_SLOTS):
+            if uid in _uids_in_use:
+                continue
+            try:
+                pwd.getpwuid(uid)
+                continue  # a real account: never ours to kill
+            except KeyError:
+                fd = lock_uid(uid)
+                if fd is None:
+                    continue  # another grading process on this machine runs a worker as this uid
+                _uids_in_use[uid] = fd
+                return uid
+    raise SandboxError(f"all {UID_SLOTS} sandbox uids are in use")
+
+
+def lock_uid(uid: int) -> int | None:
+    """An exclusive, non-blocking flock on the uid's lock file, or None when another process holds it.
+
+    Threads of one grader share ``_uids_in_use``; separate grader processes (two ``grade`` runs, a test suite next
+    to a batch) coordinate through these locks, so one never kills the other's worker in ``kill_uid``.
+    """
+    UID_LOCKS.mkdir(mode=0o700, exist_ok=True)
+    st = os.lstat(UID_LOCKS)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+        raise SandboxError(f"{UID_LOCKS} must be a directory of uid {os.geteuid()} with mode 0700")
+    fd = os.open(UID_LOCKS / f"{uid}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def release_uid(uid: int | None) -> None:
+    with _lock:
+        fd = _uids_in_use.pop(uid, None)
+    if fd is not None:
+        os.close(fd)  # closing drops the flock
+
+
+def live_pids(uid: int) -> list[int]:
+    pids = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            fields = dict(line.split(":", 1) for line in Path(f"/proc/{entry}/status").read_text().splitlines()
+                          if ":" in line)
+        except OSError:
+            continue
+        state = (fields.get("State", "").split() or ["?"])[0]
+        if int(fields.get("Uid", "-1").split()[0]) == uid and state not in ("Z", "X"):
+            pids.append(int(entry))
+    return pids
+
+
+def kill_uid(uid: int, patience_s: float = 20.0) -> int:
+    """SIGKILL every live process of ``uid`` until none is left (dying processes may take a moment to go)."""
+    killed, deadline, delay = 0, time.monotonic() + patience_s, 0.01
+    while pids := live_pids(uid):
+        if time.monotonic() > deadline:
+            raise SandboxError(f"{len(pids)} processes of sandbox uid {uid} survive SIGKILL")
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed += 1
+            except ProcessLookupError:
+                pass
+        time.sleep(delay)
+        delay = min(0.2, delay * 2)
+    return killed

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from grading import sandbox, sandbox_view, worker
+from grading import sandbox_view, worker
 from grading.case import Case
 from grading.compare import score_case
 from grading.sandbox import GRADER_ROOT, Limits, SandboxError, plan, run_worker
@@ -86,11 +86,11 @@ def _request(*names: str) -> dict:
 
 def _assert_nothing_left(uid: int) -> None:
     """No live process of ``uid`` (checked only while no other grader on the machine holds that uid's lock)."""
-    fd = sandbox._lock_uid(uid)
+    fd = sandbox_view.lock_uid(uid)
     if fd is None:
         return  # another grading process took the uid right away
     try:
-        assert not sandbox._live_pids(uid), f"a process of sandbox uid {uid} outlived its worker"
+        assert not sandbox_view.live_pids(uid), f"a process of sandbox uid {uid} outlived its worker"
     finally:
         os.close(fd)
 

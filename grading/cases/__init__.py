@@ -1,0 +1,1 @@
+"""Hidden autograder cases (instructor-only): one module per task family; see grading.case."""
