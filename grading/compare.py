@@ -17,7 +17,7 @@ import json
 import math
 import os
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -50,29 +50,40 @@ def _regular_file(path: Path, max_bytes: int) -> str:
     return ""
 
 
-def _status(out: Path, cases: list[str]) -> tuple[dict[str, str], str]:
-    problem = _regular_file(out / "status.json", MAX_STATUS_BYTES)
-    if problem:
-        return {}, ""  # the caller explains a worker that never finished
+@dataclass
+class WorkerFiles:
+    """What a worker's out dir held: outputs of the ok cases, status per reported case, the worker-level error,
+    stray file names, and the worker's own report (python/torch versions, import time, peak RSS: untrusted)."""
+
+    outputs: dict[str, Outputs] = field(default_factory=dict)
+    status: dict[str, str] = field(default_factory=dict)
+    error: str = ""
+    stray: list[str] = field(default_factory=list)
+    worker: dict = field(default_factory=dict)
+
+
+def _status(out: Path, cases: list[str], files: WorkerFiles) -> None:
+    if _regular_file(out / "status.json", MAX_STATUS_BYTES):
+        return  # the caller explains a worker that never finished
     try:
         data = json.loads((out / "status.json").read_text())
         worker, reported = data.get("worker", {}), data.get("cases", {})
-        status = {c: "ok" if reported[c].get("ok") is True else str(reported[c].get("error", "failed"))[:4000]
-                  for c in cases if isinstance(reported.get(c), dict)}
-        return status, "" if worker.get("ok", False) is True else str(worker.get("error", "worker failed"))[:4000]
+        files.status = {c: "ok" if reported[c].get("ok") is True else str(reported[c].get("error", "failed"))[:4000]
+                        for c in cases if isinstance(reported.get(c), dict)}
+        files.worker = {k: v for k, v in worker.items() if k != "error" and isinstance(v, (int, float, str))}
+        if worker.get("ok", False) is not True:
+            files.error = str(worker.get("error", "worker failed"))[:4000]
     except (ValueError, AttributeError, TypeError) as err:
-        return {}, f"status.json is malformed ({type(err).__name__})"
+        files.status, files.error = {}, f"status.json is malformed ({type(err).__name__})"
 
 
-def read_outputs(out: Path, cases: list[str], max_mb: float) -> tuple[dict[str, Outputs], dict[str, str], str,
-                                                                       list[str]]:
-    """(outputs of the ok cases, status per reported case, worker-level error, stray file names) of a worker."""
-    status, error = _status(out, cases)
-    stray = sorted(n for n in os.listdir(out) if n not in ("outputs.safetensors", "status.json"))
-    outputs: dict[str, Outputs] = {}
-    ok = [c for c in cases if status.get(c) == "ok"]
+def read_outputs(out: Path, cases: list[str], max_mb: float) -> WorkerFiles:
+    """Read a worker's ``status.json`` and ``outputs.safetensors`` defensively (see :class:`WorkerFiles`)."""
+    files = WorkerFiles(stray=sorted(n for n in os.listdir(out) if n not in ("outputs.safetensors", "status.json")))
+    _status(out, cases, files)
+    ok = [c for c in cases if files.status.get(c) == "ok"]
     if not ok:
-        return outputs, status, error, stray
+        return files
     problem = _regular_file(out / "outputs.safetensors", int(max_mb * 2**20))
     tensors: dict[str, torch.Tensor] = {}
     if not problem:
@@ -83,13 +94,14 @@ def read_outputs(out: Path, cases: list[str], max_mb: float) -> tuple[dict[str, 
     for key, value in tensors.items():
         case, _, name = key.rpartition("/")
         if case in ok and name:
-            outputs.setdefault(case, {})[name] = value
+            files.outputs.setdefault(case, {})[name] = value
     for c in ok:
         if problem:
-            status[c] = problem
+            files.status[c] = problem
+            files.outputs.pop(c, None)
         else:
-            outputs.setdefault(c, {})
-    return {c: v for c, v in outputs.items() if status.get(c) == "ok"}, status, error, stray
+            files.outputs.setdefault(c, {})
+    return files
 
 
 def _finite_problem(expected: torch.Tensor, got: torch.Tensor) -> str:

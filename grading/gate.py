@@ -83,7 +83,7 @@ def _ruff() -> list[str] | None:
 _RUNNER = r"""
 import contextlib, io, json, runpy, sys
 commands, packages, pytest_args = json.loads(sys.argv[1])
-results = []
+results, outcomes = [], {}
 for argv in commands:  # each like ``python -m argv[0] argv[1:]``, output captured
     sys.argv, buf, code = list(argv), io.StringIO(), 0
     try:
@@ -94,51 +94,64 @@ for argv in commands:  # each like ``python -m argv[0] argv[1:]``, output captur
     except BaseException as exc:
         code, _ = 1, buf.write(f"\n{type(exc).__name__}: {exc}")
     results.append([code, (buf.getvalue().strip().splitlines() or [""])[-1]])
-if pytest_args:
+
+
+class Record:  # test node id -> passed / failed / skipped; a file that cannot be collected -> uncollectable
+    def pytest_runtest_logreport(self, report):
+        if report.failed:
+            outcomes[report.nodeid] = "failed"
+        elif report.skipped and outcomes.get(report.nodeid) != "failed":
+            outcomes[report.nodeid] = "skipped"
+        elif report.when == "call" and report.nodeid not in outcomes:
+            outcomes[report.nodeid] = "passed"
+
+    def pytest_collectreport(self, report):
+        if report.failed:
+            outcomes[report.nodeid or "<collection>"] = "uncollectable"
+
+
+if pytest_args is not None:
     import pytest
     sys.argv = ["pytest"]
-    pytest.main(pytest_args)
+    pytest.main(pytest_args, plugins=[Record()])
 origins = {p: getattr(sys.modules.get(p), "__file__", None) for p in packages}
-print("GATE-RUN " + json.dumps({"results": results, "origins": origins}))
+print("GATE-RUN " + json.dumps({"results": results, "outcomes": outcomes, "origins": origins}))
 """
 
 
 @dataclass(frozen=True)
 class TreeRun:
     """What one process in a release tree did: each command's (exit code, last output line), each test's outcome
-    (passed / failed / skipped / uncollectable), and the file each top-level package was imported from."""
+    (node id -> passed / failed / skipped / uncollectable), and the file each top-level package was imported from."""
 
     results: tuple[tuple[int, str], ...]
     outcomes: dict[str, str]
     origins: dict[str, str | None]
 
 
-def run_in_tree(root: Path, commands: list[tuple[str, ...]], tests: tuple[str, ...], work: Path, timeout: int,
-                step: str, first_failure: bool = False) -> TreeRun:
-    """Run ``commands`` (module argv, like ``python -m``), then pytest on ``tests``, in one process in ``root``."""
-    junit = work / f"{step}-{root.name}.xml"
-    args = ["-q", "-p", "no:cacheprovider", f"--junitxml={junit}", *(["-x"] if first_failure else []), *tests]
+def run_in_tree(root: Path, commands: list[tuple[str, ...]], timeout: int, step: str, pytest_args: list[str] | None
+                = None) -> TreeRun:
+    """Run ``commands`` (module argv, like ``python -m``), then ``pytest -q pytest_args`` if given (``[]`` is the
+    student's ``python -m pytest -q``), in one fresh process in ``root``."""
     packages = sorted({p.parent.name for p in root.glob("*/__init__.py")})
-    out = _run([sys.executable, "-c", _RUNNER, json.dumps([commands, packages, args if tests else []])], root,
-               timeout, step)
+    args = None if pytest_args is None else ["-q", "-p", "no:cacheprovider", *pytest_args]
+    out = _run([sys.executable, "-c", _RUNNER, json.dumps([commands, packages, args])], root, timeout, step)
     line = next((s for s in out.stdout.splitlines() if s.startswith("GATE-RUN ")), None)
-    if line is None or (tests and not junit.is_file()):
+    if line is None:
         tail = (out.stderr.strip() or out.stdout.strip() or "no output").splitlines()[-1]
         raise GateError(f"release gate ({step}): the run in the {root.name} tree crashed: {tail}")
     report = json.loads(line[len("GATE-RUN "):])
-    return TreeRun(tuple(map(tuple, report["results"])), _junit(junit) if tests else {}, report["origins"])
+    return TreeRun(tuple(map(tuple, report["results"])), report["outcomes"], report["origins"])
 
 
-def _junit(path: Path) -> dict[str, str]:
-    import xml.etree.ElementTree as ElementTree
-
-    outcomes = {}
-    for case in ElementTree.parse(path).iter("testcase"):
-        name, klass = case.get("name", ""), case.get("classname", "")
-        kinds = {child.tag for child in case}
-        outcome = "skipped" if "skipped" in kinds else "failed" if kinds & {"failure", "error"} else "passed"
-        outcomes[f"{klass}::{name}" if klass else name] = outcome if klass else "uncollectable"
-    return outcomes
+def check_collected(outcomes: dict[str, str], entries: tuple[str, ...], step: str) -> None:
+    """Every public test entry of the spec was collected by the student's ``pytest`` (and nothing else was)."""
+    missing = [e for e in entries if not any(tree.is_public(t, (e,)) for t in outcomes)]
+    if missing:
+        raise GateError(f"release gate ({step}): public test {missing[0]} is not collected by pytest in the tree")
+    extra = sorted(t for t, o in outcomes.items() if o != "uncollectable" and not tree.is_public(t, entries))
+    if extra:
+        raise GateError(f"release gate ({step}): pytest in the tree runs {extra[0]}, which is not a public test")
 
 
 def check_starter_tests(outcomes: dict[str, str]) -> str:
@@ -242,18 +255,18 @@ def run_gate(rel: Release, work: Path, timeout: int, echo: Callable[[str], None]
     steps = {"a": done("a", gate_static(rel, starter, timeout))}
     smoke = smoke_commands(rel, work / "smoke")
     raw = [argv for argv, graft in smoke if not graft]
-    first = run_in_tree(starter, raw, rel.tests, work, timeout, "b")
+    first = run_in_tree(starter, raw, timeout, "b", [])  # the student's `python -m pytest -q`
+    check_collected(first.outcomes, rel.tests, "b")
     steps["b"] = done("b", check_starter_tests(first.outcomes))
     for s in rel.stripped.values():
         tree.check_round_trip(s)
-    graft = run_in_tree(write_tree(rel.grafted(set(rel.hw.region_ids)), work / "graft"), [], rel.tests, work,
-                        timeout, "c", first_failure=True)
+    graft = run_in_tree(write_tree(rel.grafted(set(rel.hw.region_ids)), work / "graft"), [], timeout, "c", ["-x"])
     steps["c"] = done("c", check_graft_tests(graft.outcomes, first.outcomes, bool(rel.tests)))
     shown = check_smoke(raw, first, starter)
     for regions in sorted({g for _, g in smoke if g}):
         root = write_tree(rel.grafted(set(regions)), work / ("graft-" + "-".join(regions)))
         commands = [argv for argv, g in smoke if g == regions]
-        shown += check_smoke(commands, run_in_tree(root, commands, (), work, timeout, "d"), root, regions)
+        shown += check_smoke(commands, run_in_tree(root, commands, timeout, "d"), root, regions)
     steps["d"] = done("d", f"{len(shown)} outside-task commands run on the starter")
     auto = gate_autograder(rel, work, source)
     done("e", auto["detail"])

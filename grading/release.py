@@ -101,6 +101,10 @@ def build(hw: Homework, repo: Path) -> Release:
     entries = tuple(dict.fromkeys(e for t in hw.tasks for e in t.public_tests))
     for rel in tree.public_test_files(repo, list(entries)):
         student[rel] = source[rel] = (repo / rel).read_bytes()
+    if entries:
+        existing = student.get("tests/conftest.py", b"").decode()
+        student["tests/conftest.py"] = source["tests/conftest.py"] = tree.public_conftest(
+            existing, hw.id, entries).encode()
     pyproject = (repo / "pyproject.toml").read_text()
     student["pyproject.toml"] = source["pyproject.toml"] = tree.trim_pyproject(
         pyproject, packages + ["grading"]).encode()

@@ -34,6 +34,7 @@ from grading.submission import Limits, Submission, find_region_files, load_submi
 DEFAULT_THRESHOLD = 0.5  # from benchmarks/bench_similarity.py: see the module docstring there
 DEFAULT_NOISE = 25  # k, in characters of copydetect's filtered token string
 DEFAULT_MAX_SHARE = 10  # k-grams in more submissions than this are common code (MOSS's -m default)
+PRIOR_TOKENS = 50  # pseudo-count in the score's denominator: a nearly empty document cannot score high
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 119}  # as grading.cli (no import cycle)
 
 
@@ -125,24 +126,20 @@ def _submission_documents(subs: list[Submission], starters: dict[str, str], orde
     return docs, problems
 
 
-def _baseline(files: list[str], n_subs: int, boilerplate: list[str], noise: int, max_share: int | None):
-    """Token coverage of every file with only the starter removed, and the fingerprints found in more than
-    ``max_share`` of the first ``n_subs`` files (the submissions): code that many students write the same way is
-    no evidence of copying, so it is removed like the starter (MOSS's and Dolos' ``-m``)."""
+def _common_hashes(files: list[str], boilerplate: list[str], noise: int, max_share: int | None):
+    """Fingerprints (starter removed) found in more than ``max_share`` of ``files``: code that many students write
+    the same way is no evidence of copying, so it is removed like the starter (MOSS's and Dolos' ``-m``)."""
     import numpy as np
     from copydetect import CodeFingerprint
 
+    if not max_share or len(files) <= max_share:
+        return np.array([], dtype=np.int64)
     starter = np.unique(np.array([h for f in boilerplate for h in CodeFingerprint(f, noise, 1, language="python")
                                   .hashes], dtype=np.int64))
-    base, counts = {}, Counter()
-    for n, f in enumerate(files):
-        fp = CodeFingerprint(f, noise, 1, boilerplate=starter, language="python")
-        base[f] = float(fp.token_coverage)
-        if n < n_subs:
-            counts.update(fp.hashes)
-    cut = max_share if max_share and n_subs > max_share else None
-    common = np.array(sorted(h for h, c in counts.items() if cut and c > cut), dtype=np.int64)
-    return base, common
+    counts = Counter()
+    for f in files:
+        counts.update(CodeFingerprint(f, noise, 1, boilerplate=starter, language="python").hashes)
+    return np.array(sorted(h for h, c in counts.items() if c > max_share), dtype=np.int64)
 
 
 def _detector(extra_boilerplate):
@@ -173,9 +170,7 @@ def compare(docs: list[Document], boilerplate: list[str], work: Path, noise: int
     for i, text in enumerate(boilerplate):
         bp_files.append(str(work / "boilerplate" / f"starter_{i}.py"))
         Path(bp_files[-1]).write_text(text, encoding="utf-8")
-    ordered = [d for d in docs if d.kind == "submission"] + [d for d in docs if d.kind != "submission"]
-    base, common = _baseline([paths[d.key] for d in ordered], sum(d.kind == "submission" for d in docs), bp_files,
-                             noise, max_share)
+    common = _common_hashes([paths[d.key] for d in docs if d.kind == "submission"], bp_files, noise, max_share)
     det = _detector(common)(test_dirs=[], noise_t=noise, guarantee_t=noise, display_t=0.0, force_language="python",
                             silent=True, autoopen=False, out_file=str(work / "copydetect.html"))
     for f in bp_files:
@@ -195,13 +190,12 @@ def compare(docs: list[Document], boilerplate: list[str], work: Path, noise: int
             if sim_a < 0:  # copydetect skipped it (a file it could not read)
                 continue
             o_a, o_b = sim_a * cover[fa], sim_b * cover[fb]  # shared tokens that are neither starter nor common
-            share_a, share_b = o_a / base[fa] if base[fa] else 0.0, o_b / base[fb] if base[fb] else 0.0
             if b.kind == "ref":
-                score = share_a
+                score = o_a / (cover[fa] + PRIOR_TOKENS / 2)
             else:
-                score = (o_a + o_b) / (base[fa] + base[fb]) if base[fa] + base[fb] else 0.0
-            pairs.append(Pair(a.key, b.key, "ref" if b.kind == "ref" else "peer", round(score, 4), round(share_a, 4),
-                              round(share_b, 4), int(round(o_a))))
+                score = (o_a + o_b) / (cover[fa] + cover[fb] + PRIOR_TOKENS)
+            pairs.append(Pair(a.key, b.key, "ref" if b.kind == "ref" else "peer", round(score, 4), round(sim_a, 4),
+                              round(sim_b, 4), int(round(o_a))))
     pairs.sort(key=lambda p: (-p.score, -p.tokens, p.a, p.b))
     return pairs, det, paths
 

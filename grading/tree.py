@@ -429,3 +429,40 @@ def unshipped_imports(files: Files, packages: list[str]) -> list[str]:
                 if top in ours and top not in packages and top != "tests":
                     out.append(f"{path} imports {top}, which this release does not ship")
     return sorted(set(out))
+
+
+def is_public(nodeid: str, entries: tuple[str, ...]) -> bool:
+    """True when test ``nodeid`` is one of the public ``entries`` (a file, a test, or a test with its parameters)."""
+    return any(nodeid == e or nodeid.startswith((e + "::", e + "[")) for e in entries)
+
+
+_PUBLIC_HOOK = '''
+
+# Added by `python -m grading release`: `python -m pytest` in this tree runs the public tests of @@hw_id@@ only
+# (the shipped test files also test other homeworks' regions).
+_PUBLIC_TESTS = (
+@@entries@@
+)
+
+
+def _is_public(nodeid: str) -> bool:
+    return any(nodeid == e or nodeid.startswith((e + "::", e + "[")) for e in _PUBLIC_TESTS)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Deselect the collected tests that are not public tests of this homework."""
+    others = [item for item in items if not _is_public(item.nodeid)]
+    if others:
+        config.hook.pytest_deselected(items=others)
+        items[:] = [item for item in items if _is_public(item.nodeid)]
+'''
+
+
+def public_conftest(existing: str, hw_id: str, entries: tuple[str, ...]) -> str:
+    """``tests/conftest.py`` of the student tree: the repo's (``existing``, may be empty) plus a collection hook that
+    keeps only the public tests, so the Quickstart's ``pytest -q`` passes once the homework is done."""
+    if "def pytest_collection_modifyitems" in existing:
+        raise ValueError("tests/conftest.py already defines pytest_collection_modifyitems; merge the release's hook")
+    hook = fill(_PUBLIC_HOOK, hw_id=hw_id, entries="\n".join(f"    {e!r}," for e in entries))
+    head = existing.rstrip("\n") + "\n" if existing.strip() else '"""Shared test configuration."""\n'
+    return head + hook

@@ -130,6 +130,10 @@ def test_gate_checks_are_one_line_errors():
         gate.check_graft_tests({"t::a": "passed", "t::b": "failed"}, {"t::a": "failed", "t::b": "failed"}, True)
     with pytest.raises(gate.GateError, match=r"\(c\): t::a passes on the reference but did not fail"):
         gate.check_graft_tests({"t::a": "passed"}, {"t::a": "skipped"}, True)
+    with pytest.raises(gate.GateError, match=r"\(b\): public test t.py::c is not collected"):
+        gate.check_collected({"t.py::a[1]": "failed"}, ("t.py::a", "t.py::c"), "b")
+    with pytest.raises(gate.GateError, match=r"\(b\): pytest in the tree runs t.py::z, which is not a public test"):
+        gate.check_collected({"t.py::a[1]": "failed", "t.py::z": "failed"}, ("t.py::a",), "b")
     run = gate.TreeRun(((0, "ok"), (2, "Error: boom")), {}, {})
     with pytest.raises(gate.GateError, match=r"\(d\): python -m b --help exits 2: Error: boom"):
         gate.check_smoke([("a", "--help"), ("b", "--help")], run, Path("/x/starter"))
@@ -226,6 +230,7 @@ def released(tmp_path_factory):
     out = {}
     for hw_id, hw in HOMEWORKS.items():
         record = release.make_release(hw, base / hw_id, echo=lambda s: None)
+        release.make_release(hw, base / f"{hw_id}-again", skip_gate=True, echo=lambda s: None)
         out[hw_id] = (hw, base / hw_id, record)
     return out
 
@@ -245,6 +250,13 @@ def test_release_passes_the_gate_and_ships_no_answers(released, hw_id):
             assert region.body.strip() not in starter, f"{path}: the body of {region.id} ships"
             assert tree.stub_raises(starter, region.id)
         assert student[f".grading/starter/{path}"] == student[path]
+    again = out.parent / f"{hw_id}-again"
+    assert _tree_bytes(again / "student") == student  # the same checkout releases byte-identical trees
+    with zipfile.ZipFile(out / "autograder.zip") as zf, zipfile.ZipFile(again / "autograder.zip") as zg:
+        assert [(i.filename, i.CRC) for i in zf.infolist() if i.filename != "release.json"] == [
+            (i.filename, i.CRC) for i in zg.infolist() if i.filename != "release.json"]
+    conftest = student["tests/conftest.py"].decode()
+    assert all(repr(e) in conftest for t in hw.tasks for e in t.public_tests)
     readme = student["README.md"].decode()
     assert "bash .ci/env python -m pytest -q" in readme and all(t.title in readme for t in hw.tasks)
     with zipfile.ZipFile(out / "autograder.zip") as zf:
