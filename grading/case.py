@@ -36,6 +36,7 @@ class Case:
     partial: tuple[tuple[float, float], ...] = DEFAULT_PARTIAL
     feedback: str = ""  # what the case checks, shown when it fails
     timeout_s: float = 120.0
+    end_to_end: EndToEnd | None = None  # set: scored by the toy bands in the parent (grading.e2e), not vs reference
 
 
 @dataclass(frozen=True)
@@ -47,3 +48,25 @@ class Mistake:
     body: str  # region body text, indented as in the reference file
     feedback: str  # names the mistake, e.g. "PDS with the opposite sign (z_src - z_tgt)"
     caught_by: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class EndToEnd:
+    """What makes a :class:`Case` end-to-end (``Case.end_to_end``): a short toy run of the student's method whose
+    images the trusted parent scores itself (:mod:`grading.e2e`), instead of comparing them with the reference.
+
+    ``run(seed)`` returns ``{"images": [K, 3, S, S]}`` in [-1, 1], image k made for ``captions[k]``; the parent
+    scores them with ``metric`` against the captions it knows from here and maps the score through the task's
+    calibrated toy bands. ``regions``: the regions the run exercises (the case belongs to the task grading them);
+    ``results``: the submission folder with the student's own images and ``eval.json`` of the method (for the
+    reported-score checks). A ``role="baseline"`` case is the blank method (no update: the starting images), run
+    only when the toy bands are calibrated.
+    """
+
+    method: str  # e.g. "sds"
+    captions: tuple[str, ...]
+    regions: tuple[str, ...]
+    results: str = ""  # e.g. "outputs/sds"
+    metric: str = "toy-clip"
+    image_size: int = 64
+    role: str = "graded"  # "graded" or "baseline"

@@ -43,8 +43,8 @@ def _regular_file(path: Path, max_bytes: int) -> str:
         st = os.lstat(path)
     except FileNotFoundError:
         return f"{path.name} was not written"
-    if not stat.S_ISREG(st.st_mode):
-        return f"{path.name} is not a regular file"
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        return f"{path.name} is not a regular file"  # a link, FIFO, device, or a hard link to another file
     if st.st_size > max_bytes:
         return f"{path.name} is {st.st_size / 2**20:.1f} MB, over the {max_bytes / 2**20:g} MB limit"
     return ""

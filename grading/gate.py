@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import ast
 import importlib
+import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -24,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from common.cli import UserError
-from grading import tree
+from grading import markers, tree
 from grading.tree import write_tree
 
 if TYPE_CHECKING:
@@ -46,6 +48,8 @@ def _run(cmd: list[str], root: Path, timeout: int, step: str) -> subprocess.Comp
         return subprocess.run(cmd, cwd=root, env=_env(root), capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         raise GateError(f"release gate ({step}) ran past --timeout {timeout} s") from None
+
+
 def gate_static(rel: Release, root: Path, timeout: int = 600) -> str:
     """(a) Every Python file of the starter parses, every stub raises its TODO, ruff's F rules are clean."""
     py = [p for p in rel.student if p.endswith(".py")]
@@ -57,7 +61,7 @@ def gate_static(rel: Release, root: Path, timeout: int = 600) -> str:
     stubs = 0
     for path, s in rel.stripped.items():
         for region in s.regions:
-            if not tree.stub_raises(s.starter, region.id):
+            if not stub_raises(s.starter, region.id):
                 raise GateError(f"release gate (a): stub of {region.id} in {path} does not raise its TODO")
             stubs += 1
     linted = sorted(set(rel.stripped) | set(rel.stubbed))
@@ -181,12 +185,63 @@ def check_graft_tests(outcomes: dict[str, str], starter: dict[str, str], expecte
     return f"{len(passed)} public tests pass with the reference grafted back ({len(outcomes) - len(passed)} skipped)"
 
 
+def stub_raises(starter: str, region_id: str) -> bool:
+    """True when the starter's TODO block of ``region_id`` ends in ``raise NotImplementedError("TODO <id>: ...")``."""
+    lines = [s.strip() for s in starter.splitlines()]
+    try:
+        begin, end = lines.index(f"# BEGIN TODO {region_id}"), lines.index(f"# END TODO {region_id}")
+    except ValueError:
+        return False
+    body = [s for s in lines[begin + 1:end] if s]
+    return bool(body) and body[-1].startswith(f'raise NotImplementedError("TODO {region_id}: ')
+
+
+def fill_starter(starter: str, bodies: dict[str, str]) -> str:
+    """What a student hands in: the starter with ``bodies`` written between its TODO markers."""
+    lines = starter.splitlines(keepends=True)
+    for region_id, body in bodies.items():
+        stripped = [s.strip() for s in lines]
+        begin, end = stripped.index(f"# BEGIN TODO {region_id}"), stripped.index(f"# END TODO {region_id}")
+        lines[begin + 1:end] = body.splitlines(keepends=True)
+    return "".join(lines)
+
+
+def check_round_trip(s: tree.Stripped) -> None:
+    """The task bodies, written into the starter as a student would, come back out exactly and graft into
+    ``s.graded``; raises ValueError otherwise."""
+    bodies = {r.id: r.body for r in s.regions if r.id in s.task_ids}
+    submitted = fill_starter(s.starter, bodies)
+    got = markers.extract(submitted, s.starter)
+    if got.missing or got.outside_edited:
+        raise ValueError(f"{s.path}: the starter's TODO markers do not round-trip (missing {list(got.missing)})")
+    for region_id, body in bodies.items():
+        if markers.normalise(got.bodies[region_id]) != markers.normalise(body):
+            raise ValueError(f"{s.path}: region {region_id} does not come back out of the starter unchanged")
+    if markers.graft(s.reference, s.path, {i: got.bodies[i] for i in bodies}) != s.graded:
+        raise ValueError(f"{s.path}: grafting the extracted bodies does not give the graded reference")
+
+
+def cli_modules(files: dict[str, bytes], packages: list[str]) -> list[str]:
+    """Modules of ``packages`` runnable with ``python -m`` (an ``if __name__ == "__main__":`` block or a package
+    ``__main__.py``), sorted."""
+    out = []
+    for path, data in sorted(files.items()):
+        if not path.endswith(".py") or path.split("/")[0] not in packages:
+            continue
+        module = path[:-3].replace("/", ".")
+        if path.endswith("/__main__.py"):
+            out.append(module[: -len(".__main__")])
+        elif re.search(rb"(?m)^if __name__ == ['\"]__main__['\"]:", data):
+            out.append(module)
+    return sorted(set(out))
+
+
 def smoke_commands(rel: Release, scratch: Path) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
     """(argv, regions grafted first) of the outside-task runs: ``--help`` of every CLI of the shipped packages and,
     where DPS ships, a 2-step toy DPS run (``--scale 0`` on the raw starter; with only ``dps-update`` grafted, so
     DPS provably does not need the DDIM homework's regions)."""
     packages = ["common", *rel.hw.packages, "grading"]
-    runs = [((module, "--help"), ()) for module in tree.cli_modules(rel.student, packages)]
+    runs = [((module, "--help"), ()) for module in cli_modules(rel.student, packages)]
     if "dps" in rel.hw.packages:
         dps = ("dps.main", "--task", "inpainting", "--num_images", "1", "--batch_size", "1",
                "--num_inference_steps", "2", "--no-progress")
@@ -259,7 +314,10 @@ def run_gate(rel: Release, work: Path, timeout: int, echo: Callable[[str], None]
     check_collected(first.outcomes, rel.tests, "b")
     steps["b"] = done("b", check_starter_tests(first.outcomes))
     for s in rel.stripped.values():
-        tree.check_round_trip(s)
+        try:
+            check_round_trip(s)
+        except ValueError as err:
+            raise GateError(f"release gate (c): {err}") from None
     graft = run_in_tree(write_tree(rel.grafted(set(rel.hw.region_ids)), work / "graft"), [], timeout, "c", ["-x"])
     steps["c"] = done("c", check_graft_tests(graft.outcomes, first.outcomes, bool(rel.tests)))
     shown = check_smoke(raw, first, starter)

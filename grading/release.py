@@ -41,6 +41,7 @@ TEMPLATES = Path(__file__).resolve().parent / "templates"
 STORED = (".safetensors", ".png", ".gz", ".zip")  # already compressed: zip them as they are
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 OUTPUTS = frozenset({"student", "autograder.zip", "release.json"})
+LEFTOVERS = frozenset({".student.partial", "autograder.zip.partial", "release.json.tmp", ".write-probe"})
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 119}  # as grading.cli (no import cycle)
 
 
@@ -154,7 +155,7 @@ def _code(text: object) -> str:
 def render_readme(hw: Homework, stripped: dict[str, tree.Stripped], stubbed: dict[str, tuple[str, ...]]) -> str:
     """The student README: Quickstart, tasks and points with their commands, the regions, submission and rules."""
     hints = {r.id: (path, r.hint) for path, s in stripped.items() for r in s.regions}
-    first = next((t.command for t in hw.tasks if t.command), f"python -m {hw.packages[0]}.main --help")
+    first = next((t.command.split(" && ")[0] for t in hw.tasks if t.command), f"python -m {hw.packages[0]}.main -h")
     not_part = sorted(i for i, _ in hints.items() if i not in hw.region_ids)
     fixed = [f"`{t.id}`: " + ", ".join(f"`{k}={v}`" for k, v in t.fixed.items()) for t in hw.tasks if t.fixed]
     names = [f"`{p.removesuffix('.py').replace('/', '.')}.{n}`" for p, ns in stubbed.items() for n in ns]
@@ -220,11 +221,19 @@ def release_record(rel: Release, gate: dict) -> dict:
         "regions": {"files": files, "graded": list(hw.region_ids),
                     "not_part": sorted(i for ids in files.values() for i in ids if i not in hw.region_ids)},
         "strip_functions": {p: list(n) for p, n in rel.stubbed.items()}, "forbidden_calls": list(hw.forbidden_calls),
-        "calibration": (gate.get("autograder") or {}).get("result", {}).get("calibration")
-        if isinstance(gate.get("autograder"), dict) else None,
+        "calibration": _calibration(hw, gate),
         "warnings": list(rel.warnings), "gate": gate,
         "starter_sha256": {p: hashlib.sha256(d).hexdigest() for p, d in sorted(rel.student.items())},
     })
+
+
+def _calibration(hw: Homework, gate: dict) -> dict:
+    """Which tasks' toy bands the release calibrates, and what the autograder gate (e) measured for them."""
+    auto = gate.get("autograder")
+    result = auto.get("result") if isinstance(auto, dict) else None
+    measured = result.get("calibration") if isinstance(result, dict) else None
+    return {"tasks": [t.id for t in hw.tasks if t.bands is not None and t.bands.calibrated], "measured": measured,
+            "detail": "from the autograder gate (e)" if measured is not None else "not available (needs gate e)"}
 
 
 def _bands(bands: object) -> dict | None:
@@ -262,8 +271,9 @@ def prepare_out(out: Path, force: bool, repo: Path) -> bool:
     present = {p.name for p in out.iterdir()} if out.exists() else set()
     if present and not force:
         raise UserError(f"--out {out} is not empty (pass --force to replace the release in it)")
-    if present - OUTPUTS:
-        raise UserError(f"--out {out} holds files that are not a release ({', '.join(sorted(present - OUTPUTS))})")
+    foreign = present - OUTPUTS - LEFTOVERS
+    if foreign:
+        raise UserError(f"--out {out} holds files that are not a release ({', '.join(sorted(foreign))})")
     created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -109,12 +109,13 @@ class WorkerResult:
     outputs: dict[str, dict] = field(default_factory=dict)
     status: dict[str, str] = field(default_factory=dict)
     error: str = ""  # why cases have no status of their own ("" when the worker finished)
-    peak_rss_mb: float = 0.0
+    peak_rss_mb: float = 0.0  # of the worker (its own VmHWM when it reported one)
     stray_files: tuple[str, ...] = ()  # what the worker left in its out dir besides its two files (discarded)
     uid: int | None = None  # the sandbox uid it ran as
+    worker: dict = field(default_factory=dict)  # the worker's own report (versions, import_s): diagnostics only
 
     def summary(self) -> dict:
-        keep = ("returncode", "timed_out", "wall_s", "layers", "error", "peak_rss_mb", "stray_files", "uid")
+        keep = ("returncode", "timed_out", "wall_s", "layers", "error", "peak_rss_mb", "stray_files", "uid", "worker")
         return {k: getattr(self, k) for k in keep}
 
 
@@ -358,15 +359,25 @@ def _run(tree: Path, request: dict, cases: list[str], out_dir: Path, limits: Lim
     if launched != "R" and not (timed_out and not launched):
         detail = launched[1:].lstrip("E") if launched else stderr.strip()[-500:]
         raise SandboxError(f"sandbox setup failed ({p.mode}): {detail or f'exit code {rc}'}")
-    outputs, status, error, stray = read_outputs(work / "out", cases, limits.output_mb)
+    return _collect(work / "out", cases, out_dir, limits, uid,
+                    WorkerResult(rc, timed_out, round(wall, 3), stdout, stderr, dict(p.layers), peak_rss_mb=peak))
+
+
+def _collect(out: Path, cases: list[str], out_dir: Path, limits: Limits, uid: int | None,
+             res: WorkerResult) -> WorkerResult:
+    """Fill ``res`` with what the (dead) worker left in ``out``; copy its two files to ``out_dir``."""
+    files = read_outputs(out, cases, limits.output_mb)
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in ("outputs.safetensors", "status.json"):
-        src = work / "out" / name
-        if src.is_file() and not src.is_symlink():
+        src = out / name
+        if src.is_file() and not src.is_symlink() and src.stat().st_nlink == 1:
             shutil.copyfile(src, out_dir / name)
-    missing = [c for c in cases if c not in status]
-    if missing and not error:
-        error = _describe_exit(rc, timed_out, limits)
-    status.update({c: error for c in missing})
-    return WorkerResult(rc, timed_out, round(wall, 3), stdout, stderr, dict(p.layers), outputs, status, error,
-                        round(peak, 1), tuple(stray), uid)
+    missing = [c for c in cases if c not in files.status]
+    res.error = files.error or (_describe_exit(res.returncode, res.timed_out, limits) if missing else "")
+    res.status = {**files.status, **{c: res.error for c in missing}}
+    res.outputs, res.stray_files, res.uid, res.worker = files.outputs, tuple(files.stray), uid, files.worker
+    reported = files.worker.get("peak_rss_mb")  # the worker's own VmHWM (wait4 mixes in the launcher chain)
+    if isinstance(reported, (int, float)) and reported > 0:
+        res.peak_rss_mb = reported
+    res.peak_rss_mb = round(res.peak_rss_mb, 1)
+    return res

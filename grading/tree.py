@@ -131,7 +131,7 @@ def remove_unused_imports(original: str, stubbed: str) -> str:
              and not (isinstance(n, ast.ImportFrom) and n.module == "__future__")]
     for node in reversed(nodes):
         keep = [a for a in node.names if _bound(a, node) in after or _bound(a, node) not in before]
-        if len(keep) == len(node.names) or a_shared_line(lines, node):
+        if len(keep) == len(node.names) or _shares_a_line(lines, node):
             continue
         first, last = node.lineno - 1, node.end_lineno
         new = _import_text(node, keep, " " * node.col_offset) if keep else ""
@@ -141,7 +141,7 @@ def remove_unused_imports(original: str, stubbed: str) -> str:
     return "".join(lines)
 
 
-def a_shared_line(lines: list[str], node: ast.stmt) -> bool:
+def _shares_a_line(lines: list[str], node: ast.stmt) -> bool:
     """True when the statement shares a line with another (``import a; x = 1``): left alone."""
     first, last = lines[node.lineno - 1], lines[node.end_lineno - 1]
     return bool(first[:node.col_offset].strip()) or ";" in last[node.end_col_offset:].split("#")[0]
@@ -340,19 +340,6 @@ def requirements(pyproject: str) -> str:
     return "".join(f"{d}\n" for d in deps)
 
 
-def cli_modules(files: dict[str, bytes], packages: list[str]) -> list[str]:
-    """Modules of ``packages`` runnable with ``python -m`` (an ``if __name__ == "__main__":`` block or a package
-    ``__main__.py``), sorted."""
-    out = []
-    for path, data in sorted(files.items()):
-        if not path.endswith(".py") or path.split("/")[0] not in packages:
-            continue
-        module = path[:-3].replace("/", ".")
-        if path.endswith("/__main__.py"):
-            out.append(module[: -len(".__main__")])
-        elif re.search(rb"(?m)^if __name__ == ['\"]__main__['\"]:", data):
-            out.append(module)
-    return sorted(set(out))
 
 
 # ---------------------------------------------------------------- checks and file helpers
@@ -381,42 +368,6 @@ def write_tree(files: Files, root: Path) -> Path:
 def json_bytes(record: object) -> bytes:
     """The bytes ``common.runs.write_json_atomic`` writes for a JSON-native record (NaN refused)."""
     return (json.dumps(record, indent=2, allow_nan=False) + "\n").encode()
-
-
-def stub_raises(starter: str, region_id: str) -> bool:
-    """True when the starter's TODO block of ``region_id`` ends in ``raise NotImplementedError("TODO <id>: ...")``."""
-    lines = [s.strip() for s in starter.splitlines()]
-    try:
-        begin, end = lines.index(f"# BEGIN TODO {region_id}"), lines.index(f"# END TODO {region_id}")
-    except ValueError:
-        return False
-    body = [s for s in lines[begin + 1:end] if s]
-    return bool(body) and body[-1].startswith(f'raise NotImplementedError("TODO {region_id}: ')
-
-
-def fill_starter(starter: str, bodies: dict[str, str]) -> str:
-    """What a student hands in: the starter with ``bodies`` written between its TODO markers."""
-    lines = starter.splitlines(keepends=True)
-    for region_id, body in bodies.items():
-        stripped = [s.strip() for s in lines]
-        begin, end = stripped.index(f"# BEGIN TODO {region_id}"), stripped.index(f"# END TODO {region_id}")
-        lines[begin + 1:end] = body.splitlines(keepends=True)
-    return "".join(lines)
-
-
-def check_round_trip(s: Stripped) -> None:
-    """The task bodies, written into the starter as a student would, come back out exactly and graft into
-    ``s.graded``; raises ValueError otherwise."""
-    bodies = {r.id: r.body for r in s.regions if r.id in s.task_ids}
-    submitted = fill_starter(s.starter, bodies)
-    got = markers.extract(submitted, s.starter)
-    if got.missing or got.outside_edited:
-        raise ValueError(f"{s.path}: the starter's TODO markers do not round-trip (missing {list(got.missing)})")
-    for region_id, body in bodies.items():
-        if markers.normalise(got.bodies[region_id]) != markers.normalise(body):
-            raise ValueError(f"{s.path}: region {region_id} does not come back out of the starter unchanged")
-    if markers.graft(s.reference, s.path, {i: got.bodies[i] for i in bodies}) != s.graded:
-        raise ValueError(f"{s.path}: grafting the extracted bodies does not give the graded reference")
 
 
 def unshipped_imports(files: Files, packages: list[str]) -> list[str]:

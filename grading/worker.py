@@ -59,7 +59,7 @@ def check_imports(tree: Path = TREE) -> None:
         if name.split(".")[0] not in tops:
             continue
         where = getattr(module, "__file__", None) or next(iter(getattr(module, "__path__", [])), "")
-        if not os.path.realpath(where).startswith(root):
+        if not os.path.abspath(where).startswith(root):  # abspath: links inside the tree (toy models) count
             raise RuntimeError(f"module {name} was imported from {where}, not from the tree {tree}")
     if any("__editable__" in (getattr(f, "__module__", "") or "") for f in sys.meta_path):
         raise RuntimeError("an editable-install finder is still on sys.meta_path")
@@ -145,12 +145,22 @@ def run(request: dict) -> tuple[dict, dict, dict]:
             continue
         try:
             out = run_case(torch, by_id[cid], request["seed"])
+            check_imports()  # a case may import lazily
             tensors.update({f"{cid}/{name}": t for name, t in out.items()})
             cases[cid] = {"ok": True, "error": ""}
         except BaseException as err:  # noqa: B036 - SystemExit/KeyboardInterrupt in a case fail that case only
             cases[cid] = {"ok": False, "error": describe(err)}
         cases[cid]["wall_s"] = round(time.monotonic() - t0, 3)
     return tensors, cases, worker
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM of its own image, not inherited across exec)."""
+    try:
+        line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmHWM:"))
+        return round(int(line.split()[1]) / 1024, 1)
+    except (OSError, StopIteration, ValueError):
+        return 0.0
 
 
 def main(argv: list[str]) -> int:
@@ -168,7 +178,7 @@ def main(argv: list[str]) -> int:
         for cid in {k.rpartition("/")[0] for k in tensors}:
             cases[cid] = {"ok": False, "error": f"outputs could not be saved: {describe(err)}"}
         save_file({}, str(out / "outputs.safetensors"))
-    status = {"worker": worker, "cases": cases}
+    status = {"worker": {**worker, "peak_rss_mb": peak_rss_mb()}, "cases": cases}
     (out / "status.json").write_text(json.dumps(status, allow_nan=False) + "\n")
     return 0
 

@@ -78,27 +78,32 @@ def _write_outputs(out, tensors, cases, worker=None):
 def test_read_outputs_splits_keys_on_the_last_slash(tmp_path):
     _write_outputs(tmp_path, {"sds/b3/grad": torch.ones(2), "other/x": torch.ones(1)},
                    {"sds/b3": {"ok": True}, "bad": {"ok": False, "error": "ZeroDivisionError"}})
-    outputs, status, error, stray = read_outputs(tmp_path, ["sds/b3", "bad", "never"], 10)
-    assert list(outputs) == ["sds/b3"] and torch.equal(outputs["sds/b3"]["grad"], torch.ones(2))
-    assert status == {"sds/b3": "ok", "bad": "ZeroDivisionError"} and error == "" and stray == []
+    files = read_outputs(tmp_path, ["sds/b3", "bad", "never"], 10)
+    assert list(files.outputs) == ["sds/b3"] and torch.equal(files.outputs["sds/b3"]["grad"], torch.ones(2))
+    assert files.status == {"sds/b3": "ok", "bad": "ZeroDivisionError"} and files.error == "" and not files.stray
 
 
 def test_read_outputs_refuses_links_fifos_oversize_and_garbage(tmp_path):
     cases = {"a": {"ok": True}}
     _write_outputs(tmp_path, {"a/x": torch.ones(1000)}, cases)
-    assert "over the" in read_outputs(tmp_path, ["a"], 1e-3)[1]["a"]
+    assert "over the" in read_outputs(tmp_path, ["a"], 1e-3).status["a"]
     (tmp_path / "outputs.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{garbage")
-    assert "malformed" in read_outputs(tmp_path, ["a"], 10)[1]["a"]
+    assert "malformed" in read_outputs(tmp_path, ["a"], 10).status["a"]
     (tmp_path / "outputs.safetensors").unlink()
     os.symlink("/etc/passwd", tmp_path / "outputs.safetensors")
-    assert "not a regular file" in read_outputs(tmp_path, ["a"], 10)[1]["a"]
+    assert "not a regular file" in read_outputs(tmp_path, ["a"], 10).status["a"]
+    (tmp_path / "outputs.safetensors").unlink()
+    (tmp_path / "elsewhere").write_bytes(b"")
+    os.link(tmp_path / "elsewhere", tmp_path / "outputs.safetensors")
+    assert "not a regular file" in read_outputs(tmp_path, ["a"], 10).status["a"]
     (tmp_path / "outputs.safetensors").unlink()
     os.mkfifo(tmp_path / "outputs.safetensors")  # opening it would block the grader forever
-    assert "not a regular file" in read_outputs(tmp_path, ["a"], 10)[1]["a"]
+    assert "not a regular file" in read_outputs(tmp_path, ["a"], 10).status["a"]
     (tmp_path / "status.json").write_text("[1, 2")
-    assert read_outputs(tmp_path, ["a"], 10)[:3] == ({}, {}, "status.json is malformed (JSONDecodeError)")
+    files = read_outputs(tmp_path, ["a"], 10)
+    assert (files.outputs, files.status, files.error) == ({}, {}, "status.json is malformed (JSONDecodeError)")
     (tmp_path / "status.json").write_text(json.dumps({"worker": {"ok": False, "error": "import failed"}}))
-    assert read_outputs(tmp_path, ["a"], 10)[2] == "import failed"
+    assert read_outputs(tmp_path, ["a"], 10).error == "import failed"
 
 
 def test_results_json_has_explicit_score_and_gradescope_fields(tmp_path):

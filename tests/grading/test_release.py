@@ -58,11 +58,11 @@ def test_strip_file_stubs_tasks_and_marks_the_others_not_part():
     assert "# TODO: the other homework's part (not part of hw-x)" in s.starter
     assert 'raise NotImplementedError("TODO g-other: the other homework\'s part (not part of hw-x)")' in s.starter
     assert "torch.mul" not in s.starter and "nn.Identity" not in s.starter
-    assert tree.stub_raises(s.starter, "f-scale") and tree.stub_raises(s.starter, "g-other")
+    assert gate.stub_raises(s.starter, "f-scale") and gate.stub_raises(s.starter, "g-other")
     # the graded form keeps the task's body, stubs the other homework's region, keeps SOLUTION markers
     assert "torch.mul(x, scale)" in s.graded and "nn.Identity" not in s.graded
     assert [r.id for r in markers.find_regions(s.graded, "pkg/mod.py")] == ["f-scale", "g-other"]
-    tree.check_round_trip(s)
+    gate.check_round_trip(s)
 
 
 def test_lint_clean_drops_only_imports_the_stub_left_unused_and_silences_handed_over_locals():
@@ -248,7 +248,7 @@ def test_release_passes_the_gate_and_ships_no_answers(released, hw_id):
         starter = student[path].decode()
         for region in markers.find_regions((ROOT / path).read_text(), path):
             assert region.body.strip() not in starter, f"{path}: the body of {region.id} ships"
-            assert tree.stub_raises(starter, region.id)
+            assert gate.stub_raises(starter, region.id)
         assert student[f".grading/starter/{path}"] == student[path]
     again = out.parent / f"{hw_id}-again"
     assert _tree_bytes(again / "student") == student  # the same checkout releases byte-identical trees
