@@ -37,9 +37,10 @@ def run_autograder(submission: Path, results: Path, source: Path, homework: str 
         hw = get_homework(homework or info["homework"])
         with tempfile.TemporaryDirectory(prefix="autograder-") as tmp:
             work = Path(tmp)
-            subs = load_submissions([submission], work / "submission", zip_name=hw.zip_name)
+            subs = load_submissions([submission], work / "submission")
             if len(subs) != 1:
                 return write_results(target, error_results(f"expected one submission, found {len(subs)}"))
+            _who(subs[0], submission.parent / "submission_metadata.json")
             ref = Reference(hw, int(info.get("grading_seed", 0)), work, source)
             out = work / "out"
             out.mkdir()
@@ -48,6 +49,18 @@ def run_autograder(submission: Path, results: Path, source: Path, homework: str 
     except BaseException as err:  # noqa: B036 - results.json must exist whatever happened
         detail = "".join(traceback.format_exception_only(type(err), err)).strip()
         return write_results(target, error_results(f"Autograder error: {detail}"))
+
+
+def _who(sub, metadata: Path) -> None:
+    """Name and student id from Gradescope's ``submission_metadata.json`` (the folder name says nothing there)."""
+    try:
+        users = json.loads(metadata.read_text()).get("users") or []
+    except (OSError, ValueError, AttributeError):
+        return
+    if users and isinstance(users[0], dict):
+        sub.name = str(users[0].get("name", "")) or sub.name
+        sub.sid = str(users[0].get("sid", "") or users[0].get("email", "")) or sub.sid
+        sub.problems[:] = [p for p in sub.problems if "does not match" not in p]
 
 
 def _copy(written: dict, target: Path) -> dict:

@@ -70,7 +70,8 @@ def grade_submission(hw: Homework, sub: Submission, ref: Reference, out_dir: Pat
         with tempfile.TemporaryDirectory(prefix="grade-", dir=ref.work) as work:
             tests, extracted = grade_files(hw, files, ref, Path(work))
         missing = missing_items(hw, sub.root)
-        notes = [f"Missing item (-{hw.missing_item_penalty:.0%}): {m}" for m in missing]
+        cost = f"-{hw.missing_item_penalty:.0%}" if hw.missing_item_penalty else "graded by hand"
+        notes = [f"Missing item ({cost}): {m}" for m in missing]
         extra = {"flags": extracted.flags + sub.problems, "outside_edits": extracted.diffs,
                  "missing_items": missing, "student": {"sid": sub.sid, "name": sub.name}, "seed": ref.seed,
                  "sandbox": ref.limits.describe() if hasattr(ref.limits, "describe") else {}}

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from grading import markers, scan, workspace
+from grading import e2e, markers, scan, workspace
 from grading.case import Case, Mistake, Outputs
 from grading.compare import CaseResult, score_case
 from grading.results import TestResult
@@ -63,6 +63,8 @@ class Reference:
 
     def outputs(self, module: str) -> RunOutputs:
         key = (module, "reference")
+        if key not in self._runs and e2e.is_end_to_end(importlib.import_module(module)):  # e2e hook: scored by
+            self._runs[key] = RunOutputs({}, {})  # calibrated toy bands (grading/e2e.py), no reference outputs
         if key not in self._runs:
             cases = list(importlib.import_module(module).CASES)
             tree = self._tree("reference", self._bodies)
@@ -156,9 +158,10 @@ def _score_module(module, tree: Path, ref: Reference, work: Path, seed: int) -> 
 
 
 def grade_task(task: Task, number: int, tree: Path, ref: Reference, extracted: Extracted, work: Path,
-               seed: int) -> list[TestResult]:
+               seed: int, items: Path | None = None) -> list[TestResult]:
     """The tests of one task: every case scored against the reference (0 for all when a region is blocked)."""
-    modules = case_modules(task)
+    all_modules = case_modules(task)
+    modules = [m for m in all_modules if not e2e.is_end_to_end(m)]
     blocked = [f"{r}: {extracted.blocked[r]}" for r in task.regions if r in extracted.blocked]
     scored = []
     for module in modules:
@@ -167,19 +170,25 @@ def grade_task(task: Task, number: int, tree: Path, ref: Reference, extracted: E
         else:
             scored += _score_module(module, tree, ref, work, seed)
     total = sum(c.points for c, _ in scored) or 1.0
-    return [_case_test(task, f"{number}.{k + 1}", c, task.points * c.points / total, r)
-            for k, (c, r) in enumerate(scored)]
+    tests = [_case_test(task, f"{number}.{k + 1}", c, task.points * c.points / total, r)
+             for k, (c, r) in enumerate(scored)]
+    # e2e hook (grading/e2e.py): the band tests of the end-to-end modules (toy run scored in this process, reported
+    # CLIP score re-scored from ``items``); the implementation tests above are rescaled to the handout's share
+    ctx = {"ref": ref, "tree": tree, "work": work, "seed": seed, "blocked": blocked, "items": items}
+    return e2e.band_tests(task, number, tests, [m for m in all_modules if e2e.is_end_to_end(m)], ctx)
 
 
-def grade_files(hw: Homework, files: dict[str, str], ref: Reference, work: Path) -> tuple[list[TestResult], Extracted]:
-    """Every task's tests for a submission given as relpath -> text (the trusted part of grading)."""
+def grade_files(hw: Homework, files: dict[str, str], ref: Reference, work: Path,
+                items: Path | None = None) -> tuple[list[TestResult], Extracted]:
+    """Every task's tests for a submission given as relpath -> text (the trusted part of grading); ``items``: the
+    submission's folder of deliverables (result images and eval.json), for the reported-score checks."""
     extracted = extract_submission(hw, files, ref.root)
     tree = workspace.build_tree(hw, work / "tree", extracted.bodies, ref.root)
     try:
         tests = []
         for k, task in enumerate(hw.tasks, 1):
             if task.cases:
-                tests += grade_task(task, k, tree, ref, extracted, work / "runs", ref.seed)
+                tests += grade_task(task, k, tree, ref, extracted, work / "runs", ref.seed, items)
     finally:
         shutil.rmtree(tree, ignore_errors=True)
     return tests, extracted

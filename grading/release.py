@@ -32,8 +32,8 @@ import click
 from common.cli import UserError, user_errors
 from common.runs import write_json_atomic
 from grading import markers, tree
-from grading.gate import run_gate
-from grading.spec import Homework
+from grading.gate import run_gate, stub_callers
+from grading.spec import Homework, Task
 from grading.tree import EXECUTABLE, Files, json_bytes, write_tree
 
 REPO = Path(__file__).resolve().parents[1]
@@ -116,7 +116,7 @@ def build(hw: Homework, repo: Path) -> Release:
     torch = _torch_pins((repo / ".ci/env").read_text())
     for name in ("setup.sh", "run_autograder"):
         source[name] = tree.fill((TEMPLATES / name).read_text(), hw_id=hw.id, **torch).encode()
-    warnings = tree.unshipped_imports(student, packages + ["grading"])
+    warnings = tree.unshipped_imports(student, packages + ["grading"]) + stub_callers(student, stubbed)
     return Release(hw, repo, student, source, stripped, stubbed, entries, tuple(warnings))
 
 
@@ -148,8 +148,25 @@ def _cell(text: object) -> str:
     return str(text).replace("|", "\\|") if text else "-"
 
 
-def _code(text: object) -> str:
-    return f"`{_cell(text)}`" if text else "-"
+def _title(task: Task) -> str:
+    optional = " (optional)" if task.optional and "optional" not in task.title.lower() else ""
+    return f"{_cell(task.title)}{optional} (`{task.id}`)"
+
+
+def _commands(command: str) -> str:
+    lines = "".join(f"bash .ci/env {c.strip()}\n" for c in command.split(" && "))
+    return f"```bash\n{lines}```\n"
+
+
+def _task_section(task: Task) -> str:
+    """One task of the README: its commands on the toy default and on the real model, and its public tests."""
+    out = f"### {_title(task)}\n\n"
+    if task.command:
+        out += f"Toy model (the default):\n\n{_commands(task.command)}\n"
+    if task.real_command:
+        out += f"Real model (a GPU):\n\n{_commands(task.real_command)}\n"
+    tests = "".join(f"- `{e}`\n" for e in task.public_tests)
+    return out + (f"Public tests:\n\n{tests}" if tests else "Graded by the hidden tests and by hand.\n")
 
 
 def render_readme(hw: Homework, stripped: dict[str, tree.Stripped], stubbed: dict[str, tuple[str, ...]]) -> str:
@@ -162,13 +179,9 @@ def render_readme(hw: Homework, stripped: dict[str, tree.Stripped], stubbed: dic
     values = {
         "title": hw.title, "hw_id": hw.id, "handout": hw.handout, "quickstart": first,
         "packages": ", ".join(f"`{p}`" for p in hw.packages), "total_points": f"{hw.total_points:.4g}",
-        "task_rows": "\n".join(
-            f"| {_cell(t.title)} (`{t.id}`){' (optional)' if t.optional else ''} | {t.points:.4g} | "
-            f"{', '.join(f'`{r}`' for r in t.regions) or 'graded by hand'} | {_code(t.command)} | "
-            f"{_code(t.real_command)} |"
-            for t in hw.tasks),
-        "test_rows": "\n".join(f"- `{t.id}`: " + (", ".join(f"`{e}`" for e in t.public_tests) or "hidden tests only")
-                               for t in hw.tasks),
+        "task_rows": "\n".join(f"| {_title(t)} | {t.points:.4g} | "
+                               f"{', '.join(f'`{r}`' for r in t.regions) or 'graded by hand'} |" for t in hw.tasks),
+        "task_sections": "\n".join(_task_section(t) for t in hw.tasks),
         "region_rows": "\n".join(f"- `{i}` in `{hints[i][0]}`: {hints[i][1]}" for i in hw.region_ids),
         "not_part": (f"\nRegions hinted `(not part of {hw.id})` ({', '.join(f'`{i}`' for i in not_part)}) belong to "
                      "other homeworks of the course: leave their stubs as they are.\n") if not_part else "",

@@ -33,7 +33,7 @@ from grading.submission import Limits, Submission, find_region_files, load_submi
 
 DEFAULT_THRESHOLD = 0.5  # from benchmarks/bench_similarity.py: see the module docstring there
 DEFAULT_NOISE = 25  # k, in characters of copydetect's filtered token string
-DEFAULT_MAX_SHARE = 10  # k-grams in more submissions than this are common code (MOSS's -m default)
+DEFAULT_MAX_SHARE = None  # auto: k-grams in more than clamp(N / 20, 5, 10) of N submissions are common code
 PRIOR_TOKENS = 50  # pseudo-count in the score's denominator: a nearly empty document cannot score high
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 119}  # as grading.cli (no import cycle)
 
@@ -119,11 +119,16 @@ def _submission_documents(subs: list[Submission], starters: dict[str, str], orde
                 docs.append(Document(f"{prefix}{sub.key}/{rel}", f"{prefix}{sub.key}/{rel}", kind, clean_code(code)))
             continue
         if not text.strip():
-            notes.append("no implemented region found; not compared")
+            notes += [] if sub.root is None else ["no implemented region found; not compared"]
         else:
             docs.append(Document(prefix + sub.key, prefix + sub.label, kind, text))
         problems[prefix + sub.label] = sub.problems + notes
     return docs, problems
+
+
+def auto_max_share(n: int) -> int:
+    """The default common-code cut-off for ``n`` submissions: n / 20 clamped to [5, 10] (MOSS's ``-m`` is 10)."""
+    return max(5, min(10, n // 20))
 
 
 def _common_hashes(files: list[str], boilerplate: list[str], noise: int, max_share: int | None):
@@ -132,6 +137,8 @@ def _common_hashes(files: list[str], boilerplate: list[str], noise: int, max_sha
     import numpy as np
     from copydetect import CodeFingerprint
 
+    if max_share is None:
+        max_share = auto_max_share(len(files))
     if not max_share or len(files) <= max_share:
         return np.array([], dtype=np.int64)
     starter = np.unique(np.array([h for f in boilerplate for h in CodeFingerprint(f, noise, 1, language="python")
@@ -308,7 +315,7 @@ def run_similarity(homework, paths: list[Path], refs: list[Path], out: Path, thr
                              "\n".join(f"# region {r}\n{clean_code(bodies[r])}" for r in order if r in bodies)))
     n_subs = sum(d.kind == "submission" for d in docs)
     if n_subs < 2 and not (n_subs == 1 and any(d.kind == "ref" for d in docs)):
-        notes = "; ".join(f"{k}: {v[-1]}" for k, v in problems.items() if v)[:300]
+        notes = "; ".join(f"{k}: {v[0]}" for k, v in problems.items() if v)[:300]
         raise UserError(f"need at least two submissions with implemented regions to compare, found {n_subs} of "
                         f"{len(subs)}" + (f" ({notes})" if notes else ""))
     boilerplate = [t for s in starters.values() for t in (s, clean_code(s))]
@@ -330,7 +337,7 @@ def run_similarity(homework, paths: list[Path], refs: list[Path], out: Path, thr
               help="Flag pairs whose score is at least this.")
 @click.option("--noise", type=click.IntRange(8, 200), default=DEFAULT_NOISE, show_default=True,
               help="k-gram length in filtered characters: shorter shared runs are ignored.")
-@click.option("--max-share", type=click.IntRange(0), default=DEFAULT_MAX_SHARE, show_default=True,
+@click.option("--max-share", type=click.IntRange(0), default=None, show_default="N/20 clamped to 5..10",
               help="k-grams found in more than this many submissions count as common code, like the starter "
                    "(0: off).")
 @click.option("--include-reference/--no-include-reference", default=False, show_default=True,
