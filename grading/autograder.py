@@ -37,7 +37,7 @@ def run_autograder(submission: Path, results: Path, source: Path, homework: str 
         hw = get_homework(homework or info["homework"])
         with tempfile.TemporaryDirectory(prefix="autograder-") as tmp:
             work = Path(tmp)
-            subs = load_submissions([submission], work / "submission")
+            subs = load_submissions([submission], work / "submission", single=True)
             if len(subs) != 1:
                 return write_results(target, error_results(f"expected one submission, found {len(subs)}"))
             _who(subs[0], submission.parent / "submission_metadata.json")

@@ -20,8 +20,9 @@ from pathlib import Path
 import click
 
 from common.cli import UserError, user_errors
-from grading import workspace
+from grading import e2e, workspace
 from grading.grade import Reference, grade_files
+from grading.homeworks import items_root
 from grading.results import TestResult, error_results, write_results
 from grading.sandbox import Limits
 from grading.spec import Homework
@@ -41,6 +42,7 @@ class GradeConfig:
     timeout: float = 300.0
     force: bool = False
     seed: int = 0
+    clip_model: str | None = None  # e2e: also re-score real-model outputs with this CLIP (grading/e2e_scores.py)
 
 
 def missing_items(hw: Homework, root: Path | None) -> list[str]:
@@ -68,7 +70,7 @@ def grade_submission(hw: Homework, sub: Submission, ref: Reference, out_dir: Pat
             return write_results(path, error_results("Submission unreadable: " + "; ".join(sub.problems)))
         files = find_region_files(sub, hw)
         with tempfile.TemporaryDirectory(prefix="grade-", dir=ref.work) as work:
-            tests, extracted = grade_files(hw, files, ref, Path(work))
+            tests, extracted = grade_files(hw, files, ref, Path(work), items=items_root(sub.root, hw))
         missing = missing_items(hw, sub.root)
         cost = f"-{hw.missing_item_penalty:.0%}" if hw.missing_item_penalty else "graded by hand"
         notes = [f"Missing item ({cost}): {m}" for m in missing]
@@ -119,6 +121,7 @@ def grade_batch(hw: Homework, subs: list[Submission], cfg: GradeConfig,
     # Trees live outside the grader's checkout, which the sandbox hides from workers (it holds the reference).
     work = Path(tempfile.mkdtemp(prefix=f"grading-{hw.id}-"))
     ref = Reference(hw, cfg.seed, work, workspace.ROOT, Limits(wall_s=cfg.timeout))
+    e2e.configure(ref, reproduce=cfg.reproduce, clip_model=cfg.clip_model)  # e2e hook: reported-score checks
 
     def one(sub: Submission) -> tuple[Submission, dict]:
         target = out / sub.key / "results.json"
@@ -166,8 +169,10 @@ def _homework_choice() -> click.Choice:
 @click.option("--force", is_flag=True, help="Grade again submissions that already have a results.json.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**31 - 1),
               help="Seed of the hidden cases (keep it private; the same seed grades the same).")
+@click.option("--clip_model", default=None, type=click.Choice(["clip-vit-b-32"]),
+              help="Also re-score reported real-model CLIP scores with OpenAI ViT-B/32 (toy outputs: toy-clip).")
 @user_errors
-def grade_command(homework, submissions, out, jobs, reproduce, device, timeout, force, seed) -> None:
+def grade_command(homework, submissions, out, jobs, reproduce, device, timeout, force, seed, clip_model) -> None:
     """Grade SUBMISSIONS (zips, folders or a Gradescope export folder) of HOMEWORK.
 
     Writes OUT/<student>/results.json (Gradescope format), OUT/grades.csv and OUT/gradebook.sqlite. Student code
@@ -184,7 +189,7 @@ def grade_command(homework, submissions, out, jobs, reproduce, device, timeout, 
     from grading.submission import load_submissions
 
     hw = get_homework(homework)
-    cfg = GradeConfig(homework, tuple(submissions), out, jobs, reproduce, device, timeout, force, seed)
+    cfg = GradeConfig(homework, tuple(submissions), out, jobs, reproduce, device, timeout, force, seed, clip_model)
     out_dir = Path(out)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)

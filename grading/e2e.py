@@ -12,42 +12,38 @@ of the student's method in the sandboxed worker and returns its images; this tru
 - points (:data:`RULES`, the handouts' grading rules): KAIST A4 / A5 give a task's points from the band, gated by
   the implementation cases (band points x the fraction of them passed); NYCU Lab 3 is half implementation, half
   band ("correct implementation + results");
-- reported scores: the submitted PNGs of the method's result folder (8-bit RGB, pixel-capped) are re-scored with
-  the metric ``eval.json`` names (toy-clip for toy outputs; ``clip-vit-b-32`` only with ``--clip_model``) and
-  compared with its ``score``: |delta| > 1e-3, or an unreadable ``eval.json``, is a failed test "Reported CLIP score
-  reproduces" and the task's band points become 0 ("failing to reproduce the reported CLIP score will result in a
-  score of zero", KAIST A5). With ``--reproduce toy`` the reported cosines of the case's captions must also lie
-  within a calibrated tolerance above the end-to-end score of the student's own code.
-Nothing here unpickles; ``eval.json`` is parsed as strict JSON (no NaN) with a size cap.
+- reported scores (:mod:`grading.e2e_scores`): the submitted PNGs of the method's result folder are re-scored
+  with the metric ``eval.json`` names and compared with its ``score``; a failed "Reported CLIP score reproduces"
+  (or, with ``--reproduce toy``, a reported score far above what the student's own code reaches end to end)
+  makes the task's band points 0 ("failing to reproduce the reported CLIP score will result in a score of zero",
+  KAIST A5).
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import math
-import os
-import stat
 import statistics
 import tempfile
-import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import torch
-
 from grading import workspace
 from grading.case import Case
+from grading.e2e_scores import (
+    REAL_CLIP,
+    TOY_CLIP,
+    Scored,
+    images_problem,
+    reported_check,
+    reproduce_check,
+    score_images,
+)
 from grading.results import TestResult
 from grading.sandbox import Limits
 from grading.spec import Band, Bands, Homework, Task
 
-TOY_CLIP, REAL_CLIP = "toy-clip", "clip-vit-b-32"
-REPORT_TOL = 1e-3  # |re-scored - reported| above this fails "Reported CLIP score reproduces"
 SIGMA_FLOOR = 0.005  # the reference's spread is at least this (cross-machine CPU noise)
-MAX_PIXELS = 4096 * 4096  # per submitted PNG (PIL's own bomb check stays on as well)
-MAX_IMAGES = 200  # PNGs re-scored per result folder
-MAX_JSON_BYTES = 1 << 20
 DEFAULT_SEEDS = (0, 1, 2)
 
 
@@ -106,7 +102,7 @@ def band_edges(fractions: tuple[float, ...], mu: float, sigma: float, baseline: 
         edge = full if f >= 1.0 else baseline + f * (mu - baseline)
         if edges and edge >= edges[-1]:
             edge = edges[-1] - 1e-3
-        edges.append(round(edge, 4))
+        edges.append(math.floor(edge * 1e4) / 1e4)  # rounded down: a score at the edge stays in the band
     return tuple(edges)
 
 
@@ -277,11 +273,11 @@ def case_tests(task: Task, number: int, first: int, module, case: Case, points: 
         scored, error = _run_case(module, case, ctx["tree"], ctx["ref"], ctx["work"], ctx["seed"])
     side: list[tuple[str, bool | None, str]] = []
     if ctx["items"] is not None and spec.results:
-        reported = reported_check(spec.results, ctx["items"], sess)
+        reported = reported_check(spec.results, ctx["items"], sess.clip_model)
         side.append(("Reported CLIP score reproduces", reported.ok, reported.message))
         if sess.reproduce == "toy" and scored is not None:
             side.append(("Reported CLIP score reproduces (toy re-run)",
-                         *reproduce_check(spec.captions, scored, reported, rec)))
+                         *reproduce_check(spec.captions, scored, reported, (rec or {}).get("reproduce_tolerance"))))
     zeroed = any(ok is False for _, ok, _ in side)
     fraction = bands.fraction(scored.score) if scored is not None else 0.0
     earned = round(points * fraction * gate * (not zeroed), 6)

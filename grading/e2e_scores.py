@@ -1,4 +1,36 @@
-# ---------------------------------------------------------------------------------------------- scoring images
+"""Scores of generated images for grading: end-to-end images and the submission's reported CLIP scores.
+
+Both use the handouts' ``eval.py`` score (``common.eval``): raw cosine of each image with the prompt of its file
+name (end-to-end: of its caption), mean per prompt, then mean over prompts; toy images also get the toy judge's
+share fully correct (shown only). End-to-end images are quantised to 8 bits first, as their PNGs would be.
+
+Reported scores: the final PNGs of a result folder (regular files, PNG format, at most :data:`MAX_PIXELS` with
+PIL's own decompression-bomb cap on as well, 8-bit RGB only) are re-scored with the metric the folder's
+``eval.json`` names (``clip_model``/``metric``; else toy-clip when it carries the toy judge or ``config.json``
+names a toy model; else the handouts' OpenAI CLIP ViT-B/32, loaded only when the grader asks for it) and compared
+with its ``score``: |delta| > :data:`REPORT_TOL` fails. ``eval.json`` is strict JSON (no NaN/Infinity), at most
+1 MB and an object with a finite ``score``; anything else is a failed check with one line, never a crash. Nothing
+here unpickles.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import stat
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+TOY_CLIP, REAL_CLIP = "toy-clip", "clip-vit-b-32"
+REPORT_TOL = 1e-3  # |re-scored - reported| above this fails "Reported CLIP score reproduces"
+MAX_PIXELS = 4096 * 4096  # per submitted PNG
+MAX_IMAGES = 200  # PNGs re-scored per result folder
+MAX_JSON_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -150,7 +182,7 @@ def rescore_folder(folder: Path, metric: str) -> tuple[float, int]:
     return score_pils(pils, [prompt_from_filename(p) for p in paths], metric).score, len(pils)
 
 
-def reported_check(results: str, items: Path, sess: Session) -> Reported:
+def reported_check(results: str, items: Path, clip_model: str | None = None) -> Reported:
     """Re-score ``items/results``'s PNGs with the metric its eval.json names and compare with the reported score."""
     folder = Path(items) / results
     if not (folder / "eval.json").exists() and not (folder / "eval.json").is_symlink():
@@ -159,7 +191,7 @@ def reported_check(results: str, items: Path, sess: Session) -> Reported:
         score, per_image, metric = read_eval(folder)
     except (OSError, ValueError) as err:
         return Reported(False, f"{results}/eval.json cannot be used: {err}.")
-    if metric == REAL_CLIP and sess.clip_model != REAL_CLIP:
+    if metric == REAL_CLIP and clip_model != REAL_CLIP:
         return Reported(None, f"{results}/eval.json reports {score:.4f} with {REAL_CLIP}; real-CLIP scores are "
                               f"re-scored only when grading with --clip_model {REAL_CLIP}.", score, per_image, metric)
     try:
@@ -179,21 +211,19 @@ def reported_check(results: str, items: Path, sess: Session) -> Reported:
 
 
 def reproduce_check(captions: tuple[str, ...], scored: Scored, reported: Reported,
-                    rec: dict | None) -> tuple[bool | None, str]:
+                    tolerance: float | None) -> tuple[bool | None, str]:
     """--reproduce toy: the reported cosines of ``captions`` (else the reported score) must not exceed the
-    end-to-end score of the student's own code by more than the calibrated tolerance."""
+    end-to-end score ``scored`` of the student's own code by more than the calibrated ``tolerance``."""
     if reported.score is None or reported.metric != TOY_CLIP:
         return None, "Not compared: no reported toy-clip score."
-    if rec is None or not isinstance(rec.get("reproduce_tolerance"), (int, float)):
+    if not isinstance(tolerance, (int, float)) or isinstance(tolerance, bool):
         return None, "Not compared: the toy bands are not calibrated."
     cosines = dict(reported.per_image)
     stems = [c.replace(" ", "_") for c in captions]
-    claimed = statistics.fmean(cosines[s] for s in stems) if all(s in cosines for s in stems) else reported.score
-    what = f"the reported cosines of these {len(stems)} captions" if all(s in cosines for s in stems) \
-        else "the reported score"
-    tol = float(rec["reproduce_tolerance"])
-    ok = claimed - scored.score <= tol
-    return ok, (f"{what}: {claimed:.4f}; the end-to-end run of this code: {scored.score:.4f} (allowed excess "
-                f"{tol:.3f}, calibrated)." + ("" if ok else " Failing to reproduce the reported CLIP score: the "
-                                              "band points of this task are 0."))
-
+    each = all(s in cosines for s in stems)
+    claimed = statistics.fmean(cosines[s] for s in stems) if each else reported.score
+    what = f"the reported cosines of these {len(stems)} captions" if each else "the reported score"
+    ok = claimed - scored.score <= tolerance
+    text = (f"{what}: {claimed:.4f}; the end-to-end run of this code: {scored.score:.4f} (allowed excess "
+            f"{tolerance:.3f}, calibrated).")
+    return ok, text if ok else text + " Failing to reproduce the reported CLIP score: the band points are 0."

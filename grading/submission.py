@@ -66,9 +66,6 @@ class Submission:
         return who or self.key
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Names
-
 
 def parse_name(filename: str, pattern: str | None = None) -> tuple[str, str, str | None]:
     """(name, sid, problem) from a submission's file or folder name, e.g. ``Kim Minji_20261234.zip``.
@@ -106,9 +103,6 @@ def _unique(key: str, taken: set[str]) -> str:
     taken.add(out)
     return out
 
-
-# ---------------------------------------------------------------------------------------------------------------
-# Safe extraction and copy
 
 
 class _Abort(Exception):
@@ -172,8 +166,7 @@ def _check_archive(path: Path, infos: list[zipfile.ZipInfo], limits: Limits) -> 
 
 
 def _write(src, target: Path, budget: list[int]) -> None:
-    """Stream ``src`` into a new file, counting against ``budget[0]`` remaining bytes (the real sizes, not the
-    header's)."""
+    """Stream ``src`` into a new file against ``budget[0]`` remaining bytes (real sizes, not the header's)."""
     with open(target, "xb") as out:
         while chunk := src.read(_MB):
             budget[0] -= len(chunk)
@@ -282,9 +275,6 @@ def _materialise(sub: Submission, path: Path, dest: Path, limits: Limits) -> Sub
     return sub
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Discovery
-
 
 def _children(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.name not in _SKIP and not p.name.startswith("."))
@@ -312,7 +302,7 @@ def _read_metadata(folder: Path) -> dict:
     _Loader.add_multi_constructor("!", lambda loader, suffix, node: (
         loader.construct_scalar(node) if isinstance(node, yaml.ScalarNode) else None))
     try:
-        data = yaml.load((folder / METADATA).read_text(encoding="utf-8"), Loader=_Loader)  # noqa: S506 (safe)
+        data = yaml.load((folder / METADATA).read_text(encoding="utf-8"), Loader=_Loader)  # a SafeLoader
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return {}
     return data if isinstance(data, dict) else {}
@@ -334,11 +324,11 @@ def _export_entries(folder: Path) -> list[tuple]:
     return entries
 
 
-def _entries(path: Path, zip_name: str | None, packages: tuple[str, ...]) -> list[tuple]:
+def _entries(path: Path, zip_name: str | None, packages: tuple[str, ...], single: bool = False) -> list[tuple]:
     """(path, name, sid, members, problems) of every submission that ``path`` stands for."""
-    if path.is_dir() and (path / METADATA).is_file():
+    if path.is_dir() and (path / METADATA).is_file() and not single:
         return _export_entries(path)
-    if path.is_file() or _is_tree(path, packages):
+    if path.is_file() or single or _is_tree(path, packages):
         name, sid, problem = parse_name(path.name, zip_name)
         kids = [] if path.is_file() else [p for p in _children(path) if p.is_dir()]
         if len(kids) == 1 and not any(c.isdigit() for c in sid) and any(c.isdigit() for c in kids[0].name):
@@ -357,12 +347,15 @@ def _entries(path: Path, zip_name: str | None, packages: tuple[str, ...]) -> lis
 
 
 def load_submissions(paths: Iterable[str | os.PathLike], dest: str | os.PathLike, *, zip_name: str | None = None,
-                     limits: Limits = Limits(), packages: Iterable[str] = PACKAGES) -> list[Submission]:
+                     limits: Limits = Limits(), packages: Iterable[str] = PACKAGES,
+                     single: bool = False) -> list[Submission]:
     """Every submission under ``paths``, each extracted or copied into a new folder ``dest/<key>``.
 
     Never raises for a bad submission: a path that is missing, unreadable, oversize, corrupt or unsafe gives a
     :class:`Submission` with ``root=None`` (or a partial tree) and one-line ``problems``. Keys are unique, file-system
-    safe slugs of the student id. ``dest`` must not lie inside any of ``paths``.
+    safe slugs of the student id. ``dest`` must not lie inside any of ``paths``. ``single=True`` takes each path as
+    exactly one submission (Gradescope's ``/autograder/submission``) instead of guessing whether a folder holds one
+    student's files or several submissions.
     """
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
@@ -371,7 +364,7 @@ def load_submissions(paths: Iterable[str | os.PathLike], dest: str | os.PathLike
     for raw in paths:
         path = Path(raw)
         try:
-            entries = _entries(path, zip_name, tuple(packages)) if path.exists() else None
+            entries = _entries(path, zip_name, tuple(packages), single) if path.exists() else None
         except OSError as err:
             entries = [(path, "", path.name, (), [f"cannot read it ({err.strerror or err}); skipped"])]
         if entries is None:
@@ -384,9 +377,6 @@ def load_submissions(paths: Iterable[str | os.PathLike], dest: str | os.PathLike
             out.append(sub)
     return out
 
-
-# ---------------------------------------------------------------------------------------------------------------
-# Region files
 
 
 def reference_files(packages: Iterable[str], region_ids: Iterable[str] | None = None,

@@ -43,17 +43,18 @@ def _regions(method: str) -> tuple[str, ...]:
 SETTINGS: dict[str, tuple[tuple[str, ...], int, float]] = {
     "sds": (_TEXT, 80, 25.0),
     "pds": (_EDITS, 50, 7.5),
-    "vsd": (_TEXT[:4], 40, 7.5),
-    "sdi": (_TEXT, 100, 7.5),
+    "vsd": (_TEXT[:4], 50, 7.5),
+    "sdi": (_TEXT, 150, 7.5),
 }
 CAPTIONS = {method: captions for method, (captions, _, _) in SETTINGS.items()}
 
 
-def run_toy(seed: int, method: str, steps: int) -> Outputs:
+def run_toy(seed: int, method: str, steps: int, pipe=None) -> Outputs:
     """The first K toy items of ``method`` optimised for ``steps`` steps on toy-sd (CPU, one thread).
 
     Warm-up is a fifth of the steps (the toy default, 100, would keep a short run in warm-up); everything else
-    is ``distillation.evaluate``'s toy setting. Returns ``{"images": [K, 3, 64, 64]}`` in [-1, 1].
+    is ``distillation.evaluate``'s toy setting. ``pipe``: a loaded toy-sd to reuse (in-process callers; VSD adds
+    a LoRA to it), else a fresh one. Returns ``{"images": [K, 3, 64, 64]}`` in [-1, 1].
     """
     from common.gpu import seed_everything
     from common.registry import load_sd
@@ -71,7 +72,8 @@ def run_toy(seed: int, method: str, steps: int) -> Outputs:
     torch.set_num_threads(1)
     seed_everything(seed)
     device = torch.device("cpu")
-    images = Run(cfg, load_sd("toy-sd", device, torch.float32), device).optimise(progress=False)  # [K, 3, 64, 64]
+    pipe = pipe if pipe is not None else load_sd("toy-sd", device, torch.float32)
+    images = Run(cfg, pipe, device).optimise(progress=False)  # [K, 3, 64, 64]
     return {"images": images.detach().float().contiguous()}
 
 

@@ -115,9 +115,13 @@ def test_folders_are_copied_without_links_or_special_files(tmp_path, dirs):
     (student / "gan" / "augment.py").write_bytes(b"\xff\xfe not utf8")
     (student / "secret.py").symlink_to("/etc/passwd")
     os.mkfifo(student / "pipe")
+    with open(os.fsencode(student) + b"/\xff\xfe.py", "w") as fh:  # a name that is not UTF-8
+        fh.write("x")
     (sub,) = load_submissions([student], dest)
     assert sub.sid == "777" and sub.root == dest / "777"
     assert {"'secret.py' is a link; skipped", "'pipe' is a device, pipe or socket; skipped"} <= set(sub.problems)
+    assert any("is not a UTF-8 name; skipped" in p for p in sub.problems)
+    assert sorted(p.name for p in sub.root.iterdir()) == ["gan"]
     files = find_region_files(sub, ["gan/loss.py", "gan/augment.py", "gan/missing.py"])
     assert files == {"gan/loss.py": "x = 1\n"}  # BOM dropped
     assert any("augment.py is not UTF-8" in p for p in sub.problems)
@@ -159,3 +163,25 @@ def test_duplicate_ids_get_unique_keys(dirs):
     _zip(src / "again" / "Kim_1.zip", {"a.py": "y"})
     subs = load_submissions([src / "Kim_1.zip", src / "again" / "Kim_1.zip"], dest)
     assert [s.key for s in subs] == ["1", "1-2"] and [s.sid for s in subs] == ["1", "1"]
+
+
+def test_region_files_of_a_real_homework_under_its_zip_root(dirs):
+    homeworks = pytest.importorskip("grading.homeworks")
+    hw = homeworks.get_homework("umich-hw5-gan")  # zip_root "GAN", regions in gan/loss.py and gan/augment.py
+    src, dest = dirs
+    _zip(src / "Kim_Minji_20261234_hw5_gan.zip", {"GAN/gan/loss.py": CODE, "GAN/log.txt": "x"})
+    (sub,) = load_submissions([src / "Kim_Minji_20261234_hw5_gan.zip"], dest, zip_name=hw.zip_name)
+    assert (sub.name, sub.sid) == ("Kim_Minji", "20261234")
+    assert find_region_files(sub, hw) == {"gan/loss.py": CODE}
+    assert sub.problems == ["gan/augment.py is missing"]
+
+
+def test_single_takes_a_folder_as_one_submission(dirs):
+    src, dest = dirs
+    upload = src / "submission"  # Gradescope's unpacked upload: two top folders, so not obviously one tree
+    (upload / "GAN" / "gan").mkdir(parents=True)
+    (upload / "GAN" / "gan" / "loss.py").write_text("x = 1\n")
+    (upload / "images").mkdir()
+    assert len(load_submissions([upload], dest / "guess")) == 2  # read as a folder of two submissions
+    (sub,) = load_submissions([upload], dest / "one", single=True)
+    assert find_region_files(sub, ["gan/loss.py"], zip_root="GAN") == {"gan/loss.py": "x = 1\n"}
