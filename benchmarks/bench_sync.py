@@ -3,9 +3,12 @@
 Builds the SD 2 base ``UNet2DConditionModel`` architecture (sample_size 64, channels 320/640/1280/1280, heads
 5/10/20/20, cross-attention 1024, linear projections) and the SD VAE with random weights (weights do not change
 the cost), fp16. A 512 x 3072 panorama = 64 x 384 latent, 41 windows of 64 with stride 8, 50 DDIM steps with
-CFG (x0 synchronization, the real sampler of ``synchronization.core``). Rows: all 41 views x 2 CFG branches in
-one UNet call per step (82 rows), chunks of 16 rows, and one view at a time (2 rows per call, as MultiDiffusion
-and diffusers' default ``view_batch_size=1``); then the decode of the final latent, whole vs per window.
+CFG (x0 synchronization, SyncTweedies case 2). The math is the reference of ``common.sync`` (``WindowGrid``,
+``sync_sample_loop``), never the homework's exercises, so a stubbed ``synchronization`` does not change it; the UNet
+calls go through ``synchronization.denoisers.TextDenoiser`` (CFG batching, no exercise). Rows: all 41 views x 2 CFG
+branches in one UNet call per step (82 rows), chunks of 16 rows, and one view at a time (2 rows per call, as
+MultiDiffusion and diffusers' default ``view_batch_size=1``); then the decode of the final latent, whole vs per
+window.
 
     python benchmarks/bench_sync.py            # ~1-2 min on one H100
     python benchmarks/bench_sync.py --quick    # 5 steps
@@ -24,10 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common.cli import user_errors  # noqa: E402
 from common.gpu import CudaTimer, peak_memory_mb, reset_peak_memory  # noqa: E402
-from synchronization.core import initial_noise, sample, schedule_from_config  # noqa: E402
+from common.sync import WindowGrid, sync_sample_loop  # noqa: E402
+from synchronization.core import initial_noise, schedule_from_config  # noqa: E402
 from synchronization.denoisers import TextDenoiser  # noqa: E402
 from synchronization.wide_image import decode_latent  # noqa: E402
-from synchronization.windows import WindowMapping  # noqa: E402
 
 SD2_BASE_UNET = dict(  # stabilityai/stable-diffusion-2-base unet/config.json
     sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
@@ -42,8 +45,9 @@ SD_SCHEDULER = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 
                 "beta_schedule": "scaled_linear", "steps_offset": 1, "set_alpha_to_one": False}
 
 
-def run_panorama(unet, mapping: WindowMapping, steps: int, max_batch: int | None, device: torch.device):
-    """One synchronized panorama; returns (seconds, UNet calls, peak MiB, final latent)."""
+def run_panorama(unet, mapping: WindowGrid, steps: int, max_batch: int | None, device: torch.device):
+    """One synchronized panorama (x0 case, instances from one canonical noise); returns (seconds, UNet calls,
+    peak MiB, final canonical latent [1, 4, H, W])."""
     n = len(mapping)
     g = torch.Generator().manual_seed(0)
     cond = torch.randn(1, 77, 1024, generator=g).to(device, torch.float16).expand(n, -1, -1)
@@ -53,7 +57,7 @@ def run_panorama(unet, mapping: WindowMapping, steps: int, max_batch: int | None
     x_T = initial_noise(mapping, (1, 4, mapping.height, mapping.width), n, (4, 64, 64), "canonical", g).to(device)
     reset_peak_memory(device)
     with CudaTimer(device) as timer:
-        z, _ = sample(mapping, eps_fn, schedule, x_T, "x0", progress=False)
+        z = mapping.inverse_mapping(sync_sample_loop(mapping, eps_fn, schedule.steps(), x_T, "x0"))  # g(x_0)
     return timer.ms / 1e3, eps_fn.calls, peak_memory_mb(device), z
 
 
@@ -78,7 +82,7 @@ def main(quick: bool, steps: int) -> None:
     torch.manual_seed(0)
     unet = UNet2DConditionModel(**SD2_BASE_UNET).to(device, torch.float16).eval()
     vae = AutoencoderKL(**SD_VAE).to(device, torch.float16).eval()
-    mapping = WindowMapping(64, 384, 64, 8)
+    mapping = WindowGrid(64, 384, 64, 8)
     run_panorama(unet, mapping, 1, None, device)  # warm-up (cuDNN autotune, allocator)
     rows = []
     for label, max_batch in (("all views batched", None), ("chunks of 16 rows", 16), ("one view at a time", 2)):

@@ -23,25 +23,20 @@ A *mapping* is any object with ``forward_mapping(z [1, ...]) -> x [N, ...]`` and
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
 from common._broadcast import expand_as
+from common.sampling import grid_alpha_bars
 from common.schedules import alpha_bar_at, inference_timesteps, make_betas, previous_timesteps
+from common.sync import SYNC_CASES, EpsFn, Mapping, sync_sample_loop, synchronize
 
-SYNC_VARIABLES = ("x0", "eps", "xt", "none")
+SYNC_VARIABLES = SYNC_CASES  # ("x0", "eps", "xt", "none")
 INITS = ("canonical", "independent")
-EpsFn = Callable[[torch.Tensor, int], torch.Tensor]
-
-
-class Mapping(Protocol):
-    def forward_mapping(self, z: torch.Tensor) -> torch.Tensor: ...  # canonical [1, ...] -> instances [N, ...]
-
-    def inverse_mapping(self, x: torch.Tensor) -> torch.Tensor: ...  # instances [N, ...] -> canonical [1, ...]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -86,11 +81,6 @@ def compute_prev_state(x_t: torch.Tensor, x0_hat: torch.Tensor, alpha_bar_t: flo
     x_prev = torch.sqrt(alpha_bar_prev) * x0_hat + torch.sqrt(1 - alpha_bar_prev) * eps_hat
     # END SOLUTION
     return x_prev.to(dtype)
-
-
-def synchronize(mapping: Mapping, x: torch.Tensor) -> torch.Tensor:
-    """f(g(x)): average the instances in canonical space and project back."""
-    return mapping.forward_mapping(mapping.inverse_mapping(x))
 
 
 def one_step_process(mapping: Mapping, eps_fn: EpsFn, x_t: torch.Tensor, t: int, alpha_bar_t: torch.Tensor,
@@ -158,6 +148,10 @@ class DDIMSchedule:
         return (alpha_bar_at(self.alphas_cumprod, t, self.final_alpha_cumprod),
                 alpha_bar_at(self.alphas_cumprod, t_prev, self.final_alpha_cumprod))
 
+    def steps(self) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+        """(t, alpha_bar_t, alpha_bar_prev) of every grid step, in order (the loop of ``common.sync``)."""
+        return grid_alpha_bars(self.timesteps, self.alphas_cumprod, self.final_alpha_cumprod)
+
 
 def schedule_from_config(config: dict[str, Any], num_inference_steps: int) -> DDIMSchedule:
     """DDIM grid from a diffusers scheduler config (SD: 981, 961, ..., 1; IF at 30 steps: 957, ..., 0)."""
@@ -211,15 +205,10 @@ def sample(mapping: Mapping, eps_fn: EpsFn, schedule: DDIMSchedule, x_T: torch.T
     then shows f(z_0)); with ``sync="none"`` x_0 are the independent samples. With ``canonical=True`` the
     canonical sample starts at g(x_T) (= z_T when x_T = f(z_T)) and is denoised directly; x_0 = f(z_0).
     """
-    steps = range(len(schedule.timesteps))
-    bar = tqdm(steps, desc=desc, disable=not progress, leave=False)
     step = canonical_one_step_process if canonical else one_step_process
     x = mapping.inverse_mapping(x_T) if canonical else x_T  # canonical: z_T [1, ...]; else instances [N, ...]
-    for i in bar:
-        a_t, a_prev = schedule.alpha_bars(i)
-        t = int(schedule.timesteps[i])
-        x, _ = step(mapping, eps_fn, x, t, a_t, a_prev, sync)
-        check_step_finite(x, i, t)
+    with tqdm(total=len(schedule.timesteps), desc=desc, disable=not progress, leave=False) as bar:
+        x = sync_sample_loop(mapping, eps_fn, schedule.steps(), x, sync, step, check_step_finite, bar)
     if canonical:
         return x, mapping.forward_mapping(x)
     return mapping.inverse_mapping(x), x

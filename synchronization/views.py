@@ -18,7 +18,10 @@ import math
 import torch
 import torch.nn.functional as F
 
-INNER_RADIUS_FRACTION = 24 / 64
+from common.sync import INNER_RADIUS_FRACTION, circle_mask, inverse_permutation, permute_pixels
+
+__all__ = ["INNER_RADIUS_FRACTION", "VIEW_NAMES", "Flip", "InnerRotate", "Negate", "Rotate", "View", "ViewMapping",
+           "circle_mask", "get_view", "inner_rotation_index", "rotate_image"]
 
 
 class View:
@@ -85,13 +88,6 @@ class Negate(View):
         return -x
 
 
-def circle_mask(size: int, radius: float | None = None, device: torch.device | str | None = None) -> torch.Tensor:
-    """Bool [S, S]: pixel centres strictly inside the circle centred on the true centre ((S-1)/2, (S-1)/2)."""
-    radius = INNER_RADIUS_FRACTION * size if radius is None else radius
-    c = torch.arange(size, dtype=torch.float64, device=device) - (size - 1) / 2
-    return c.view(-1, 1) ** 2 + c.view(1, -1) ** 2 < radius**2
-
-
 def inner_rotation_index(size: int, angle_deg: float, radius: float | None = None) -> torch.Tensor:
     """Flat source index [S*S] such that ``out.flatten()[q] = x.flatten()[index[q]]`` rotates the inner disc
     clockwise by ``angle_deg`` (nearest neighbour) and leaves the outside unchanged."""
@@ -132,18 +128,14 @@ class InnerRotate(View):
         h, w = x.shape[-2:]
         if h != w:
             raise ValueError(f"inner_rotate needs square images, got {h}x{w}")
-        index = self._index(h, angle).to(x.device)
-        return x.flatten(-2)[..., index].reshape(x.shape)
+        return permute_pixels(x, self._index(h, angle))
 
     def view(self, x: torch.Tensor) -> torch.Tensor:
         return self._apply(x, self.angle)
 
     def inverse_view(self, x: torch.Tensor) -> torch.Tensor:
         if self.is_permutation:  # exact inverse permutation
-            index = self._index(x.shape[-1], self.angle).to(x.device)
-            inverse = torch.empty_like(index)
-            inverse[index] = torch.arange(index.numel(), device=x.device)
-            return x.flatten(-2)[..., inverse].reshape(x.shape)
+            return permute_pixels(x, inverse_permutation(self._index(x.shape[-1], self.angle)))
         return self._apply(x, -self.angle)
 
     def frame(self, x: torch.Tensor, progress: float) -> torch.Tensor:

@@ -15,46 +15,17 @@ from __future__ import annotations
 
 import torch
 
+from common.sync import WindowLayout, window_starts
 
-def window_starts(length: int, window: int, stride: int, circular: bool = False, what: str = "width") -> list[int]:
-    """Start offsets along one side; ValueError (one line) when the side is not reachable."""
-    if window < 1 or stride < 1:
-        raise ValueError(f"window and stride must be positive, got window {window}, stride {stride}")
-    if circular:
-        if length < window or length % stride:
-            raise ValueError(f"circular {what} {length} must be >= the window {window} and a multiple of the "
-                             f"stride {stride} (latent px)")
-        return list(range(0, length, stride))
-    if length < window or (length - window) % stride:
-        near = window + max(0, round((length - window) / stride)) * stride
-        raise ValueError(f"{what} {length} (latent px) is not reachable with window {window} and stride {stride}: "
-                         f"need {what} = {window} + k * {stride}, e.g. {near}")
-    return list(range(0, length - window + 1, stride))
+__all__ = ["WindowMapping", "window_starts"]
 
 
-class WindowMapping:
-    """Canonical [1, C, H, W] <-> N windows [N, C, window_h, window_w] (row-major order of window starts)."""
+class WindowMapping(WindowLayout):
+    """Canonical [1, C, H, W] <-> N windows [N, C, window_h, window_w] (row-major order of window starts).
 
-    def __init__(self, height: int, width: int, window: int | tuple[int, int], stride: int, circular: bool = False):
-        self.window = (window, window) if isinstance(window, int) else tuple(window)
-        wh, ww = self.window
-        self.height, self.width, self.stride, self.circular = height, width, stride, circular
-        self.rows = window_starts(height, wh, stride, False, "height")
-        self.cols = window_starts(width, ww, stride, circular, "width")
-        self.views = [(h0, w0) for h0 in self.rows for w0 in self.cols]  # (top, left) of each window
-        ys = torch.tensor(self.rows).view(-1, 1) + torch.arange(wh)  # [R, wh]
-        xs = (torch.tensor(self.cols).view(-1, 1) + torch.arange(ww)) % width  # [K, ww], wraps when circular
-        flat = ys.view(-1, 1, wh, 1) * width + xs.view(1, -1, 1, ww)  # [R, K, wh, ww]
-        self.index = flat.reshape(len(self.views), wh * ww)  # [N, wh*ww] into the H*W canonical pixels
-        self.count = torch.bincount(self.index.flatten(), minlength=height * width).float()  # windows per pixel
-
-    def __len__(self) -> int:
-        return len(self.views)
-
-    def scaled(self, factor: int) -> WindowMapping:
-        """The same windows on a grid ``factor`` times finer (latent windows -> decoded RGB windows)."""
-        return WindowMapping(self.height * factor, self.width * factor,
-                             (self.window[0] * factor, self.window[1] * factor), self.stride * factor, self.circular)
+    The layout (``views``, flat ``index`` [N, wh*ww], cover ``count`` [H*W], ``scaled``) is
+    ``common.sync.WindowLayout``; f and g below are the exercise (``common.sync.WindowGrid`` is the reference).
+    """
 
     def forward_mapping(self, z: torch.Tensor) -> torch.Tensor:
         """f: crop every window, [1, C, H, W] -> [N, C, wh, ww]."""

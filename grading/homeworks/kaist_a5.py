@@ -50,6 +50,11 @@ def inner_rotate(real: bool) -> str:
                        for sync in ("eps", "x0", "xt"))
 
 
+# The reference SyncTweedies core (common/sync.py) answers the tasks; nothing in synchronization calls these.
+SYNC_ANSWERS = tuple(f"common.sync.{name}" for name in (
+    "crop_windows", "paste_windows", "rotate_quarter_turns", "inner_rotation_index", "tweedie_x0", "ddim_from_x0",
+    "sync_ddim_step"))
+
 HOMEWORK = Homework(
     id="kaist-a5",
     title="KAIST CS492D Assignment 5: Diffusion Synchronization",
@@ -108,8 +113,8 @@ HOMEWORK = Homework(
     zip_name="{name}_{sid}.zip",
     # Tweedie helpers no shipped code calls (distillation is not shipped here); add_noise and ddim_step are used by
     # synchronization.ambiguous_image and common.sampling, so they are only flagged.
-    strip_functions=("common.tweedie.x0_from_eps", "common.tweedie.eps_from_x0"),
+    strip_functions=("common.tweedie.x0_from_eps", "common.tweedie.eps_from_x0", *SYNC_ANSWERS),
     forbidden_calls=("common.tweedie.x0_from_eps", "common.tweedie.eps_from_x0", "common.tweedie.add_noise",
-                     "common.ddim.ddim_step"),
+                     "common.ddim.ddim_step", *SYNC_ANSWERS),
     missing_item_penalty=0.1,
 )

@@ -90,8 +90,9 @@ HOMEWORK = Homework(
     zip_root="GAN",
     size_cap_mb=10.0,
     # Helpers of common that would hand over the R1 and cutout answers (nothing else calls them: grep).
-    strip_functions=("common.r1.r1_penalty", "common.diffaugment.draw_cutout_random",
+    strip_functions=("common.r1.r1_penalty", "common.r1.non_saturating_generator_loss",
+                     "common.r1.non_saturating_discriminator_loss", "common.diffaugment.draw_cutout_random",
                      "common.diffaugment.rand_cutout"),
-    forbidden_calls=("common.r1.r1_penalty", "common.diffaugment.*cutout*"),
+    forbidden_calls=("common.r1.r1_penalty", "common.r1.non_saturating_*", "common.diffaugment.*cutout*"),
     missing_item_penalty=0.0,
 )
