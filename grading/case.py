@@ -70,3 +70,4 @@ class EndToEnd:
     metric: str = "toy-clip"
     image_size: int = 64
     role: str = "graded"  # "graded" or "baseline"
+    app: str = "default"  # how eval.json names the result folder's images (common.eval: "wide_images" crops)

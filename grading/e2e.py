@@ -139,10 +139,11 @@ def calibration_record(task: Task, ref) -> dict | None:
     return found if _valid_record(found) else None
 
 
-def toy_bands(task: Task, ref) -> tuple[Bands | None, dict | None]:
-    """(bands, calibration record): calibrated bands when a record exists, else the task's placeholders."""
+def toy_bands(task: Task, ref, case_id: str | None = None) -> tuple[Bands | None, dict | None]:
+    """(bands, calibration record): calibrated bands when a record exists (for ``case_id`` when given), else the
+    task's placeholders."""
     rec = calibration_record(task, ref)
-    if rec is None:
+    if rec is None or (case_id is not None and rec.get("case", case_id) != case_id):
         return task.toy_bands, None
     bands = tuple(Band(float(b["lower"]), float(b["fraction"])) for b in rec["bands"])
     return Bands(rec.get("metric", TOY_CLIP), bands, calibrated=True), rec
@@ -266,14 +267,14 @@ def case_tests(task: Task, number: int, first: int, module, case: Case, points: 
                ) -> list[TestResult]:
     """The band test of one end-to-end case, then its reported-score tests (0 points each)."""
     spec, sess = case.end_to_end, session(ctx["ref"])
-    bands, rec = toy_bands(task, ctx["ref"])
+    bands, rec = toy_bands(task, ctx["ref"], case.id)
     if ctx["blocked"]:
         scored, error = None, "Not run: " + "; ".join(ctx["blocked"])
     else:
         scored, error = _run_case(module, case, ctx["tree"], ctx["ref"], ctx["work"], ctx["seed"])
     side: list[tuple[str, bool | None, str]] = []
     if ctx["items"] is not None and spec.results:
-        reported = reported_check(spec.results, ctx["items"], sess.clip_model)
+        reported = reported_check(spec.results, ctx["items"], sess.clip_model, spec.app)
         side.append(("Reported CLIP score reproduces", reported.ok, reported.message))
         if sess.reproduce == "toy" and scored is not None:
             side.append(("Reported CLIP score reproduces (toy re-run)",

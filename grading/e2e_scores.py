@@ -171,18 +171,18 @@ def open_png(path: Path):
         raise ValueError(f"{path.name} is not a readable PNG ({type(err).__name__})") from None
 
 
-def rescore_folder(folder: Path, metric: str) -> tuple[float, int]:
+def rescore_folder(folder: Path, metric: str, app: str = "default") -> tuple[float, int]:
     """(score, number of images) of the final PNGs of ``folder`` under ``metric``, as eval.py computes it."""
     from common.eval import find_final_images, prompt_from_filename
 
-    paths = find_final_images(folder)
+    paths = find_final_images(folder, app)
     if len(paths) > MAX_IMAGES:
         raise ValueError(f"{len(paths)} images, over {MAX_IMAGES}")
     pils = [open_png(p) for p in paths]
-    return score_pils(pils, [prompt_from_filename(p) for p in paths], metric).score, len(pils)
+    return score_pils(pils, [prompt_from_filename(p, app) for p in paths], metric).score, len(pils)
 
 
-def reported_check(results: str, items: Path, clip_model: str | None = None) -> Reported:
+def reported_check(results: str, items: Path, clip_model: str | None = None, app: str = "default") -> Reported:
     """Re-score ``items/results``'s PNGs with the metric its eval.json names and compare with the reported score."""
     folder = Path(items) / results
     if not (folder / "eval.json").exists() and not (folder / "eval.json").is_symlink():
@@ -200,7 +200,7 @@ def reported_check(results: str, items: Path, clip_model: str | None = None) -> 
         return Reported(None, f"{metric} cannot be loaded here ({str(err)[:120]}): not re-scored.", score,
                         per_image, metric)
     try:
-        got, n = rescore_folder(folder, metric)
+        got, n = rescore_folder(folder, metric, app)
     except (OSError, ValueError) as err:
         return Reported(False, f"The images in {results}/ cannot be re-scored: {err}.", score, per_image, metric)
     ok = abs(got - score) <= REPORT_TOL

@@ -8,6 +8,7 @@ the reference, once per grading session (:class:`Reference`).
 
 from __future__ import annotations
 
+import ast
 import importlib
 import shutil
 import time
@@ -17,7 +18,7 @@ from pathlib import Path
 from grading import e2e, markers, scan, workspace
 from grading.case import Case, Mistake, Outputs
 from grading.compare import CaseResult, score_case
-from grading.results import TestResult
+from grading.results import TestResult, md_code
 from grading.sandbox import Limits, run_worker
 from grading.spec import Homework, Task
 
@@ -84,6 +85,33 @@ class Reference:
         return self._runs[key]
 
 
+# Modules a submission may import at the top of a region file for its regions; any other added import is ignored
+# (and reported), so a region cannot reach os/sys/subprocess through an import the scan does not see.
+ALLOWED_IMPORT_ROOTS = frozenset({"math", "cmath", "numbers", "functools", "itertools", "operator", "typing",
+                                  "collections", "dataclasses", "torch", "numpy", "einops",
+                                  "common", "gan", "ddpm_ddim", "dps", "distillation", "synchronization"})
+
+
+def added_imports(submitted: str, starter: str) -> tuple[list[str], list[str]]:
+    """(allowed, refused) top-level import statements of ``submitted`` that ``starter`` lacks, as source lines."""
+    def imports(text: str) -> dict[str, ast.stmt]:
+        try:
+            tree = ast.parse(text)
+        except SyntaxError:
+            return {}
+        return {ast.unparse(n): n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))}
+
+    have = imports(starter)
+    allowed, refused = [], []
+    for line, node in imports(submitted).items():
+        if line in have:
+            continue
+        roots = [a.name.split(".")[0] for a in node.names] if isinstance(node, ast.Import) else [
+            (node.module or "").split(".")[0] if node.level == 0 else ""]
+        (allowed if all(r in ALLOWED_IMPORT_ROOTS for r in roots) else refused).append(line)
+    return allowed, refused
+
+
 @dataclass
 class Extracted:
     """A submission's region bodies and what is wrong with them, before anything runs."""
@@ -92,11 +120,12 @@ class Extracted:
     blocked: dict[str, str]  # region id -> why its task scores 0 without running (missing, banned construct)
     flags: list[str]  # integrity notes for the instructor (outside edits, forbidden calls)
     diffs: dict[str, str]  # relative path -> diff of the outside-region edits
+    imports: dict[str, list[str]] = field(default_factory=dict)  # relative path -> allowed added import lines
 
 
 def extract_submission(hw: Homework, files: dict[str, str], root: Path = workspace.ROOT) -> Extracted:
     """Read every region file of the homework from ``files`` (relpath -> submitted text) against its starter."""
-    bodies, blocked, flags, diffs = {}, {}, [], {}
+    bodies, blocked, flags, diffs, imports = {}, {}, [], {}, {}
     for rel, reference in workspace.region_files(hw, root).items():
         regions = {r.id: r for r in markers.find_regions(reference, rel) if r.id in hw.region_ids}
         if not regions:
@@ -106,6 +135,11 @@ def extract_submission(hw: Homework, files: dict[str, str], root: Path = workspa
             blocked.update({i: f"{rel} is missing from the submission" for i in regions})
             continue
         got = markers.extract(files[rel], starter)
+        allowed, refused = added_imports(files[rel], starter)
+        if allowed:
+            imports[rel] = allowed
+        flags += [f"{rel}: import not carried into grading (only {', '.join(sorted(ALLOWED_IMPORT_ROOTS))}"
+                  f" are): {line}" for line in refused]
         for rid in got.missing:
             if rid in regions:
                 blocked[rid] = f"the markers '# BEGIN TODO {rid}' / '# END TODO {rid}' in {rel} are missing or moved"
@@ -119,7 +153,7 @@ def extract_submission(hw: Homework, files: dict[str, str], root: Path = workspa
             for flag in scan.scan_region(body, files[rel], hw.forbidden_calls):
                 flags.append(f"{rel} region {rid}: {flag.message}")
                 blocked.setdefault(rid, flag.message)
-    return Extracted(bodies, blocked, flags, diffs)
+    return Extracted(bodies, blocked, flags, diffs, imports)
 
 
 def _case_test(task: Task, number: str, case: Case, share: float, result: CaseResult) -> TestResult:
@@ -150,7 +184,8 @@ def _score_module(module, tree: Path, ref: Reference, work: Path, seed: int) -> 
     scored = []
     for case in cases:
         got = run.outputs.get(case.id)
-        res = score_case(case, expected[case.id], got, run.status.get(case.id, run.info.get("error") or "no output"))
+        status = run.status.get(case.id, run.info.get("error") or "no output")  # the worker's text: untrusted
+        res = score_case(case, expected[case.id], got, status if status == "ok" else "\n\n" + md_code(status))
         if res.fraction < 1.0:
             res = CaseResult(res.fraction, res.message + _name_mistake(module, case, got, ref), res.max_rel_err)
         scored.append((case, res))
@@ -183,7 +218,7 @@ def grade_files(hw: Homework, files: dict[str, str], ref: Reference, work: Path,
     """Every task's tests for a submission given as relpath -> text (the trusted part of grading); ``items``: the
     submission's folder of deliverables (result images and eval.json), for the reported-score checks."""
     extracted = extract_submission(hw, files, ref.root)
-    tree = workspace.build_tree(hw, work / "tree", extracted.bodies, ref.root)
+    tree = workspace.build_tree(hw, work / "tree", extracted.bodies, ref.root, extracted.imports)
     try:
         tests = []
         for k, task in enumerate(hw.tasks, 1):
@@ -192,3 +227,29 @@ def grade_files(hw: Homework, files: dict[str, str], ref: Reference, work: Path,
     finally:
         shutil.rmtree(tree, ignore_errors=True)
     return tests, extracted
+
+
+def graded_points(hw: Homework) -> float:
+    """Points the autograder awards (tasks with cases, optional ones included); the rest is graded by hand."""
+    return round(sum(t.points for t in hw.tasks if t.cases), 4)
+
+
+def grade_reference_and_starter(hw: Homework, source: Path, seed: int = 0) -> dict:
+    """The release gate's last step: the reference submission must get every autograded point, the raw starter 0.
+
+    ``source`` is a reference tree (this repo, or an unzipped autograder.zip). Returns points per side and the
+    total, rounded to 1e-4.
+    """
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix=f"gate-{hw.id}-") as tmp:
+        work = Path(tmp)
+        ref = Reference(hw, seed, work / "ref", Path(source))
+        bodies = workspace.reference_bodies(hw, Path(source))
+        starters = {rel: markers.strip(text, rel) for rel, text in workspace.region_files(hw, Path(source)).items()}
+        points = {}
+        for side, chosen in (("reference", bodies), ("starter", {})):
+            files = {rel: markers.fill(st, chosen) for rel, st in starters.items()}
+            tests, _ = grade_files(hw, files, ref, work / side)
+            points[side] = round(sum(t.score for t in tests), 4)
+    return {**points, "total": graded_points(hw)}

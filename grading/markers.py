@@ -28,6 +28,9 @@ _BEGIN = re.compile(r"^# BEGIN SOLUTION(?:\s+(?P<id>\S+))?\s*$")
 _END = re.compile(r"^# END SOLUTION\s*$")
 _TODO = re.compile(r"^\s*# TODO:\s*(?P<hint>.+?)\s*$")
 _ID = re.compile(rf"^{REGION_ID}$")
+# Top-level import lines: a student adds the imports their code needs (the starter drops the solution's own),
+# so these never count as an outside edit; grading carries the allowed ones over (grading.grade).
+_IMPORT_LINE = re.compile(r"^(import \S|from \S+ import )")
 
 
 class MarkerError(ValueError):
@@ -195,7 +198,7 @@ def extract(submitted: str, starter: str) -> Extraction:
 def _outside(lines: list[str], spans: dict[str, tuple[int, int]]) -> list[str]:
     """The lines outside every region body (marker lines included), for the outside-edit comparison."""
     inside = {k for b, e in spans.values() for k in range(b + 1, e)}
-    return [s for k, s in enumerate(lines) if k not in inside and s.strip()]
+    return [s for k, s in enumerate(lines) if k not in inside and s.strip() and not _IMPORT_LINE.match(s)]
 
 
 def outside_diff(submitted: str, starter: str, path: str, context: int = 2) -> str:

@@ -322,7 +322,7 @@ def _homework(hw_id: str) -> Homework:
 
 
 def make_release(hw: Homework, out: Path, repo: Path = REPO, force: bool = False, skip_gate: bool = False,
-                 timeout: int = 1800, echo: Callable[[str], None] = print) -> dict:
+                 timeout: int = 1800, echo: Callable[[str], None] = print, autograder_gate: bool = True) -> dict:
     """Build, gate and write the release of ``hw`` into ``out``; returns the release.json record."""
     repo = Path(os.path.abspath(repo))
     created = prepare_out(out, force, repo)
@@ -336,7 +336,7 @@ def make_release(hw: Homework, out: Path, repo: Path = REPO, force: bool = False
         else:
             pending = {**rel.source, "release.json": json_bytes(release_record(rel, {"skipped": False}))}
             with tempfile.TemporaryDirectory(prefix=f"release-{hw.id}-") as work:
-                gate = run_gate(rel, Path(work), timeout, echo, pending)
+                gate = run_gate(rel, Path(work), timeout, echo, pending, autograder_gate)
         record = release_record(rel, gate)
         write_release(rel, Path(out), record)
     except BaseException:
@@ -353,12 +353,15 @@ def make_release(hw: Homework, out: Path, repo: Path = REPO, force: bool = False
               help="Folder for student/, autograder.zip and release.json (empty, or an older release with --force).")
 @click.option("--force", is_flag=True, help="Replace the release already in --out.")
 @click.option("--skip-gate", is_flag=True, help="Development only: skip the gate (recorded in release.json).")
+@click.option("--autograder-gate/--no-autograder-gate", default=True, show_default=True,
+              help="Gate step (e): grade the reference (full marks) and the starter (zero) with the autograder.")
 @click.option("--repo", type=click.Path(exists=True, file_okay=False, path_type=Path), default=REPO,
               show_default=True, help="Checkout to release from.")
 @click.option("--timeout", type=click.IntRange(min=1), default=1800, show_default=True,
               help="Seconds each gate subprocess (pytest, smoke run) may take.")
 @user_errors
-def release(hw_id: str, out: Path, force: bool, skip_gate: bool, repo: Path, timeout: int) -> None:
+def release(hw_id: str, out: Path, force: bool, skip_gate: bool, autograder_gate: bool, repo: Path,
+            timeout: int) -> None:
     """Release homework HW: the student starter tree, Gradescope's autograder.zip and release.json in --out.
 
     The gate fails the release with one line unless the starter parses and lints, every public test fails on it,
@@ -371,4 +374,5 @@ def release(hw_id: str, out: Path, force: bool, skip_gate: bool, repo: Path, tim
       python -m grading release umich-hw5-diffusion --out dist/umich-hw5-diffusion --force
       python -m grading release nycu-lab3 --out /tmp/nycu-lab3 --skip-gate
     """
-    make_release(_homework(hw_id), out, repo, force, skip_gate, timeout, lambda s: click.echo(s, err=True))
+    make_release(_homework(hw_id), out, repo, force, skip_gate, timeout, lambda s: click.echo(s, err=True),
+                 autograder_gate)

@@ -1,8 +1,8 @@
 """Source transformations of a homework release: strip regions into stubs, stub leaked helpers, keep the starter
 lint-clean, and pick the files a release ships (public tests with their helpers, the student-side ``grading``).
 
-Every function here is pure text in, text out (or a sorted list of repo paths), so the release is byte-identical for
-the same checkout. Python sources are read with ``ast`` only; nothing is imported or executed.
+The functions are pure (text in, text out, or sorted repo paths; :func:`write_tree` aside), so the release is
+byte-identical for the same checkout. Python sources are read with ``ast`` only; nothing is imported or executed.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ STUDENT_GRADING = ("__init__.py", "__main__.py", "cli.py", "markers.py", "spec.p
                    "submit.py", "homeworks")
 HIDDEN_GRADING = ("cases",)
 NOQA_UNUSED = "  # noqa: F841"
+EXECUTABLE = frozenset({".ci/env", "setup.sh", "run_autograder"})  # written 0755 in trees and zips
+Files = dict[str, bytes]  # posix path relative to a tree's root -> content
 
 
 def package_files(repo: Path, package: str) -> list[str]:
@@ -340,13 +342,6 @@ def requirements(pyproject: str) -> str:
     return "".join(f"{d}\n" for d in deps)
 
 
-
-
-# ---------------------------------------------------------------- checks and file helpers
-Files = dict[str, bytes]
-EXECUTABLE = frozenset({".ci/env", "setup.sh", "run_autograder"})
-
-
 def fill(template: str, **values: object) -> str:
     """Replace every ``@@name@@`` of a template; a placeholder without a value is an error."""
     missing = sorted(set(re.findall(r"@@(\w+)@@", template)) - set(values))
@@ -372,12 +367,12 @@ def json_bytes(record: object) -> bytes:
 
 def unshipped_imports(files: Files, packages: list[str]) -> list[str]:
     """``path: imports X`` for imports of the repository's own packages that the release does not ship."""
-    ours = {"common", "gan", "ddpm_ddim", "dps", "distillation", "synchronization", "grading", "tests"}
+    ours = {"common", "gan", "ddpm_ddim", "dps", "distillation", "synchronization", "grading"}
     out = []
     for path, data in sorted(files.items()):
         if path.endswith(".py") and not path.startswith(".grading/"):
             for top in sorted({m.split(".")[0] for m in _imported_modules(data.decode())}):
-                if top in ours and top not in packages and top != "tests":
+                if top in ours and top not in packages:
                     out.append(f"{path} imports {top}, which this release does not ship")
     return sorted(set(out))
 

@@ -45,10 +45,12 @@ def _strip_helpers(hw: Homework, dest: Path) -> None:
         (dest / rel).write_text(tree.stub_function((dest / rel).read_text(), rel, qualname, message))
 
 
-def build_tree(hw: Homework, dest: Path, bodies: dict[str, str], root: Path = ROOT) -> Path:
+def build_tree(hw: Homework, dest: Path, bodies: dict[str, str], root: Path = ROOT,
+               imports: dict[str, list[str]] | None = None) -> Path:
     """Copy the shipped packages + ``grading`` from ``root`` into ``dest`` with ``bodies`` grafted in.
 
-    ``bodies`` maps region id -> body text; every other region of the shipped packages gets its stub.
+    ``bodies`` maps region id -> body text; every other region of the shipped packages gets its stub. ``imports``
+    (relative path -> import lines) are appended to those files: regions read module globals at call time.
     """
     dest.mkdir(parents=True, exist_ok=True)
     for pkg in (*shipped_packages(hw), "grading"):
@@ -58,7 +60,12 @@ def build_tree(hw: Homework, dest: Path, bodies: dict[str, str], root: Path = RO
             os.symlink((root / rel).resolve(), dest / rel, target_is_directory=True)
     for rel, text in region_files(hw, root).items():
         ids = {r.id for r in markers.find_regions(text, rel)}
-        (dest / rel).write_text(markers.graft(text, rel, {k: v for k, v in bodies.items() if k in ids}))
+        grafted = markers.graft(text, rel, {k: v for k, v in bodies.items() if k in ids})
+        extra = (imports or {}).get(rel, [])
+        if extra:
+            grafted += "\n# Imports the submission added for its regions (grading.grade.added_imports).\n"
+            grafted += "".join(line + "\n" for line in extra)
+        (dest / rel).write_text(grafted)
     _strip_helpers(hw, dest)
     return dest
 

@@ -39,7 +39,7 @@ from grading.submission import load_submissions  # noqa: E402
 
 HW = ga.HW
 SEED = 20260916
-WALL_S = 25.0  # each student worker's wall-clock limit (the reference runs first, under a generous one)
+WALL_S = 30.0  # each student worker's wall-clock limit: ~3x a worker on 2 loaded cores (the reference: 120 s)
 BOUND_S = 3 * WALL_S + 45  # a whole submission: three task workers, extraction, scoring, a few mistake runs
 TASK_OF = {"g-loss/": ga.G, "d-loss/": "gan-d-loss", "d-main/": "gan-d-real"}  # task 1's cases by region
 
@@ -102,7 +102,7 @@ class World:
             spec = ga.submissions(self.paths)[key]
             src = self.base / "in" / key
             src.mkdir(parents=True)
-            path = ga.write_folder(spec, src) if key == "outside" else ga.write_zip(spec, src)
+            path = ga.write_folder(spec, src) if spec.folder else ga.write_zip(spec, src)
             (sub,) = load_submissions([path], self.base / "subs" / key, zip_name=HW.zip_name)
             out = self.paths.out_dir.parent / key
             out.mkdir(parents=True, exist_ok=True)
@@ -206,29 +206,22 @@ def no_sandbox_process_left() -> None:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def test_edits_outside_the_regions_are_inert_and_flagged(world):
-    """os._exit at import (augment.py), a correct d_reg patched in outside the stubbed region, and hook files
-    (sitecustomize.py, conftest.py, a .pth, gan/__init__.py) that all call os._exit: only the region bodies count."""
-    g = world.grade("outside")
-    check_scores(g)
-    flags = g.results["extra_data"]["flags"]
-    assert any(f.startswith("gan/loss.py: edits outside") for f in flags), flags
-    assert any(f.startswith("gan/augment.py: edits outside") for f in flags), flags
-    diffs = g.results["extra_data"]["outside_edits"]
-    assert "+os._exit(0)" in diffs["gan/augment.py"]
-    assert "+StyleGAN2Loss.d_reg = _d_reg_outside" in diffs["gan/loss.py"]
-
-
-def test_exits_inside_and_at_import(world):
-    """raise SystemExit in g-loss, torch.os._exit in r1 (names the scan does not see: the sandbox copes), the
-    obvious sys.exit / os._exit in the cutout (the scan blocks them), and sys.exit at gan.loss import (inert)."""
+def test_exits_in_regions_and_edits_outside_them(world):
+    """In the regions: raise SystemExit (g-loss; the scan does not see it, the worker fails that case only) and the
+    obvious sys.exit / os._exit (cutout; the scan blocks the task). Outside them (inert, flagged): sys.exit at
+    gan.loss import, os._exit at gan.augment import, a correct d_reg patched over the stubbed r1 method, and hook
+    files that call os._exit (sitecustomize.py, conftest.py, a .pth, gan/__init__.py). Graded as a folder."""
     g = world.grade("exits")
     check_scores(g)
     flags = g.results["extra_data"]["flags"]
     assert any("diffaugment-cutout: uses the sys module" in f for f in flags), flags
     assert any("diffaugment-cutout: uses the os module" in f for f in flags), flags
-    assert not any(ga.G in f or ga.R1 in f for f in flags), "hidden exits pass the scan: the sandbox is the defence"
-    assert any(f.startswith("gan/loss.py: edits outside") for f in flags)
+    assert not any(ga.G in f for f in flags), "raise SystemExit passes the scan: the sandbox is the defence"
+    assert any(f.startswith("gan/loss.py: edits outside") for f in flags), flags
+    assert any(f.startswith("gan/augment.py: edits outside") for f in flags), flags
+    diffs = g.results["extra_data"]["outside_edits"]
+    assert "+os._exit(0)" in diffs["gan/augment.py"] and "+sys.exit(0)" in diffs["gan/loss.py"]
+    assert "+StyleGAN2Loss.d_reg = _d_reg_outside" in diffs["gan/loss.py"]
 
 
 def test_endless_loop_fork_storm_and_memory_bomb_end_in_time(world):
@@ -254,10 +247,14 @@ def test_writes_fake_stdout_and_reads_reach_nothing(world):
 
 
 def test_lying_outputs_score_zero(world):
-    """A tensor subclass whose == is always true (values stripped to a plain tensor before they leave the worker)
-    and an always-equal non-tensor object; the cutout's attack is the next test."""
+    """A tensor subclass whose == is always true (values stripped to a plain tensor before they leave the worker),
+    an always-equal non-tensor object, and an error message written as Markdown that poses as a pass; the
+    cutout's attack is the next test."""
     g = world.grade("liar")
     check_scores(g, skip=(ga.CUTOUT,))
+    out = by_case(g.results)["g-loss/b3"]["output"]  # the student's own text, rendered as Markdown by Gradescope:
+    fence = re.search(r"^(`{3,})$", out, re.M)  # it must sit in a code block, where it is inert
+    assert fence and out.index(fence.group(1)) < out.index("### Matches") < out.rindex(fence.group(1)), out
 
 
 @pytest.mark.xfail(strict=True, reason=(

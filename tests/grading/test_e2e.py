@@ -1,10 +1,10 @@
 """End-to-end toy cases, toy-band calibration and reported-score checks (grading/e2e.py, grading/e2e_scores.py).
 
-The SDS end-to-end case runs here in-process on the reference (seed 0), blank (no update) and with the sign
-flipped; the bands calibrated from them put the reference in the top band and the blank and flipped methods in the
-lowest. One grading run through the sandbox then checks the wiring: the worker's images equal the in-process ones
-(same band), a tampered eval.json fails "Reported CLIP score reproduces" with both numbers and zeroes the band.
-The reported-score checks (PNG re-score, malformed eval.json) and the point split run without a worker.
+The SDS end-to-end case runs here in-process on the reference and blank (no update) at seed 0; the bands
+calibrated from them put the reference in the top band and the blank in the lowest. One grading run through the
+sandbox grades the catalogued mistake "SDS with the difference reversed": it lands in the lowest band, and a
+tampered eval.json fails "Reported CLIP score reproduces" with both numbers. The reported-score checks (PNG
+re-score, malformed eval.json) and the points (split, gate, zeroing) run without a worker.
 """
 
 from __future__ import annotations
@@ -36,27 +36,16 @@ CAPTIONS = cases.CAPTIONS["sds"]
 
 @pytest.fixture(scope="module")
 def runs():
-    """In-process SDS end-to-end images at seed 0: reference, blank (0 steps) and with the sign of g flipped."""
-    import distillation.sds as sds
-
-    original, threads, steps = sds.sds_gradient, torch.get_num_threads(), cases.SETTINGS["sds"][1]
-
-    def flipped(*args):  # SDS ascending its loss: a catalogued-wrong method
-        g, x_t, eps_hat = original(*args)
-        return -g, x_t, eps_hat
-
+    """In-process SDS end-to-end images at seed 0: the reference and the blank method (0 steps)."""
     from common.registry import load_sd
 
-    pipe = load_sd("toy-sd", torch.device("cpu"), torch.float32)  # SDS leaves it as it is: one load for all runs
+    threads, steps = torch.get_num_threads(), cases.SETTINGS["sds"][1]
+    pipe = load_sd("toy-sd", torch.device("cpu"), torch.float32)  # SDS leaves it as it is: one load for both
     try:
-        out = {"reference": cases.run_toy(0, "sds", steps, pipe)["images"],
-               "blank": cases.run_toy(0, "sds", 0, pipe)["images"]}
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(sds, "sds_gradient", flipped)
-            out["flipped"] = cases.run_toy(0, "sds", steps, pipe)["images"]
+        return {"reference": cases.run_toy(0, "sds", steps, pipe)["images"],
+                "blank": cases.run_toy(0, "sds", 0, pipe)["images"]}
     finally:
         torch.set_num_threads(threads)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -87,14 +76,13 @@ def test_band_edges_follow_the_calibration_rule():
     assert [e2e.band_label(bands, s) for s in (0.9, 0.6, 0.1)] == ["[0.84, inf)", "[0.55, 0.84)", "(-inf, 0.55)"]
 
 
-def test_reference_top_band_blank_and_flipped_lowest(scores, calibration):
+def test_reference_top_band_blank_lowest(scores, calibration):
     rec = calibration[SDS_TASK.id]
     bands = Bands("toy-clip", tuple(Band(b["lower"], b["fraction"]) for b in rec["bands"]))
     assert scores["reference"].score > 0.6 and scores["reference"].judge >= 0.5
     assert bands.fraction(scores["reference"].score) == 1.0
     assert bands.fraction(scores["blank"].score) == 0.0
-    assert bands.fraction(scores["flipped"].score) == 0.0
-    assert scores["flipped"].score < scores["blank"].score + 0.1  # ascending the loss is no better than nothing
+    assert 0 < rec["reproduce_tolerance"] < 1 and rec["case"] == CASE.id
 
 
 def _submit(folder, images, captions, score_shift: float = 0.0):
@@ -150,11 +138,11 @@ def test_real_clip_scores_are_checked_only_when_asked(runs, tmp_path):
 
 def test_reproduce_toy_flags_a_score_the_code_does_not_reach(scores, calibration):
     tol = calibration[SDS_TASK.id]["reproduce_tolerance"]
-    per_image = tuple((c.replace(" ", "_"), 0.99) for c in CAPTIONS)
-    honest = Reported(True, "", 0.99, per_image, "toy-clip")
+    honest = Reported(True, "", 0.99, tuple((c.replace(" ", "_"), 0.99) for c in CAPTIONS), "toy-clip")
     assert reproduce_check(CAPTIONS, scores["reference"], honest, tol)[0] is True
-    ok, text = reproduce_check(CAPTIONS, scores["flipped"], honest, tol)
+    ok, text = reproduce_check(CAPTIONS, scores["blank"], honest, tol)
     assert ok is False and "band points are 0" in text
+    assert reproduce_check(CAPTIONS, scores["blank"], honest, None)[0] is None  # uncalibrated: not compared
 
 
 class _Ref:
@@ -163,8 +151,8 @@ class _Ref:
 
 
 @pytest.mark.parametrize("hw_id, impl_max, band_max", [("kaist-a4", 0.0, 10.0), ("nycu-lab3", 10.0, 10.0)])
-def test_points_split_and_gate_follow_the_handouts(monkeypatch, scores, calibration, tmp_path, hw_id, impl_max,
-                                                   band_max):
+def test_points_split_gate_and_zeroing_follow_the_handouts(monkeypatch, runs, scores, calibration, tmp_path, hw_id,
+                                                           impl_max, band_max):
     hw = get_homework(hw_id)
     task = replace(hw.task("task1-sds"), cases=(E2E,))
     ref = _Ref(hw_id, tmp_path)
@@ -172,30 +160,39 @@ def test_points_split_and_gate_follow_the_handouts(monkeypatch, scores, calibrat
     monkeypatch.setattr(e2e, "_run_case", lambda *a: (scores["reference"], ""))
     impl = [TestResult("impl a", score=3.0, max_score=task.points / 2, status="failed"),
             TestResult("impl b", score=task.points / 2, max_score=task.points / 2, status="passed")]
-    ctx = {"ref": ref, "tree": tmp_path, "work": tmp_path, "seed": 0, "blocked": [], "items": None}
+    _submit(tmp_path / "sub/outputs/sds", runs["reference"], CAPTIONS)
+    ctx = {"ref": ref, "tree": tmp_path, "work": tmp_path, "seed": 0, "blocked": [], "items": tmp_path / "sub"}
     out = e2e.band_tests(task, 1, impl, [cases], ctx)
-    band = out[-1]
+    band, check = out[2:]
     assert sum(t.max_score for t in out) == pytest.approx(task.points)
     assert sum(t.max_score for t in out[:2]) == pytest.approx(impl_max) and band.max_score == pytest.approx(band_max)
     gate = (3.0 + task.points / 2) / task.points if hw_id == "kaist-a4" else 1.0
-    assert band.score == pytest.approx(band_max * gate)
+    assert band.score == pytest.approx(band_max * gate) and check.status == "passed" and check.max_score == 0
     assert band.name.startswith(f"{task.title} · toy end-to-end CLIP score {scores['reference'].score:.3f} -> band [")
+    _submit(tmp_path / "lie/outputs/sds", runs["reference"], CAPTIONS, score_shift=0.01)
+    zeroed = e2e.band_tests(task, 1, impl, [cases], {**ctx, "items": tmp_path / "lie"})
+    assert zeroed[2].score == 0 and "does not reproduce" in zeroed[2].output and zeroed[3].status == "failed"
     blocked = e2e.band_tests(task, 1, impl, [cases], {**ctx, "blocked": ["sds-loss: missing"]})
-    assert blocked[-1].score == 0 and "Not run" in blocked[-1].output
+    assert blocked[2].score == 0 and "Not run" in blocked[2].output
 
 
-def test_grading_runs_the_case_in_the_sandbox_and_zeroes_a_misreported_band(runs, scores, calibration, tmp_path):
+def test_grading_a_reversed_sds_in_the_sandbox_lands_lowest_and_a_misreport_fails(runs, scores, calibration,
+                                                                                  tmp_path):
+    from grading.cases.sds import MISTAKES
+
+    reversed_sds = next(m for m in MISTAKES if m.id == "sds-reversed")
     hw = replace(NYCU, tasks=(replace(SDS_TASK, cases=(E2E,)),))
     ref = Reference(hw, 0, tmp_path / "ref", limits=Limits(wall_s=240))
     e2e.configure(ref, calibration=calibration)
-    bodies = workspace.reference_bodies(hw)
+    bodies = {**workspace.reference_bodies(hw), "sds-loss": reversed_sds.body}
     files = {rel: markers.fill(markers.strip(text, rel), bodies) for rel, text in workspace.region_files(hw).items()}
     reported = _submit(tmp_path / "sub/outputs/sds", runs["reference"], CAPTIONS, score_shift=-0.05)
     tests, _ = grade_files(hw, files, ref, tmp_path / "work", items=tmp_path / "sub")
     band, check = tests
-    got = scores["reference"].score
-    assert band.name.startswith(f"Task 1: SDS · toy end-to-end CLIP score {got:.3f} -> band [")
-    assert band.name.endswith(": 0/20") and band.score == 0 and "does not reproduce" in band.output
+    assert band.name.startswith("Task 1: SDS · toy end-to-end CLIP score ") and band.name.endswith(": 0/20")
+    assert "-> band (-inf, " in band.name and band.score == 0 and "cosine per caption" in band.output
+    got = float(band.name.split("CLIP score ")[1].split(" ")[0])
+    assert got < scores["blank"].score + 0.1  # ascending the loss is no better than doing nothing
     assert check.name == "Task 1: SDS · Reported CLIP score reproduces" and check.status == "failed"
     assert f"{reported:.4f}" in check.output and f"{reported + 0.05:.4f}" in check.output
     assert ref.outputs(E2E).outputs == {}  # the e2e module has no reference outputs to compare with

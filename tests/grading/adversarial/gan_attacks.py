@@ -28,7 +28,7 @@ from grading import markers, workspace
 from grading.homeworks import get_homework
 
 HW = get_homework("umich-hw5-gan")
-G, R1, CUTOUT = "gan-g-loss", "gan-r1", "diffaugment-cutout"
+G, D, R1, CUTOUT = "gan-g-loss", "gan-d-loss", "gan-r1", "diffaugment-cutout"
 ZIP_ROOT = HW.zip_root  # "GAN": the handout puts the code under GAN/ in the zip
 
 
@@ -55,7 +55,8 @@ class Attack:
 
 @dataclass
 class Submission:
-    """Region bodies per attack, edits outside the regions, extra members (relpath -> bytes or a link target)."""
+    """A hand-in (a folder when ``folder``, else a zip): region bodies per attack, edits outside the regions,
+    extra members (relpath -> bytes or a link target)."""
 
     name: str
     sid: str
@@ -65,6 +66,7 @@ class Submission:
     links: dict[str, str] = field(default_factory=dict)  # member -> link target (zip symlink members)
     raw: dict[str, bytes] = field(default_factory=dict)  # zip members with exact names (zip slip, absolute paths)
     drop: tuple[str, ...] = ()  # region files left out (e.g. replaced by a link)
+    folder: bool = False
 
 
 def reference_bodies() -> dict[str, str]:
@@ -182,7 +184,7 @@ try:
     for _ in range(200):
         if torch.os.fork() == 0:
             while True:
-                torch.os.pause()  # every child sleeps forever, holding a process slot
+                torch.os.sys.modules["time"].sleep(60)  # every child sleeps forever, holding a process slot
         forks += 1
 except OSError as err:
     raise RuntimeError(f"ATTACK fork storm stopped after {forks} forks ({err.strerror})") from None
@@ -215,7 +217,8 @@ class Liar(torch.Tensor):
     def allclose(self, other, *args, **kwargs):
         return True
 
-return (gen_logits * 0).as_subclass(Liar)  # zeros, differentiable, and "equal" to the reference
+loss_real = (real_logits * 0).as_subclass(Liar)  # zeros, differentiable, and "equal" to the reference
+loss_fake = (gen_logits * 0).as_subclass(Liar)
 '''
 ALWAYS_EQUAL = '''\
 class Same:
@@ -241,6 +244,11 @@ class Same:
 
 penalty = loss = Same()
 '''
+# A student's exception text lands in results.json, whose test outputs Gradescope renders as Markdown.
+FAKE_FEEDBACK = """\
+raise RuntimeError("\\n\\n---\\n### Matches the reference (max relative error 0.0e+00).\\n**PASSED: 8 / 8**\\n"
+                   "![ok](https://example.invalid/beacon.png)")
+"""
 # The property cases of gan_cutout compute their 0/1 flags inside the worker, with torch, after the student's code
 # ran: patching torch.as_tensor (through a local name, so the scan sees no monkeypatch) turns every flag into 1.
 PROPERTY_TAMPER = """\
@@ -320,7 +328,7 @@ for family, address in ((sock.AF_INET, ("127.0.0.1", {p.port})), (sock.AF_UNIX, 
             s.sendall(b"exfiltrated")
         return F.softplus(-gen_logits)
     except OSError as err:
-        errors.append(f"{{type(err).__name__}}({{err.errno}})")
+        errors.append(f"{{family!r}}: {{err!r}}")
 raise ConnectionError(f"ATTACK no network: {{errors}}")
 """
 
@@ -359,28 +367,27 @@ def attack(name: str, region: str, scope: str, body: str = "", expect: str = "")
 def submissions(p: Paths) -> dict[str, Submission]:
     """The malicious submissions, by key (each graded once per test module)."""
     subs = [
-        Submission("Outside", "2026101", (attack("r1 left undone, done outside the region", R1, "region",
-                                                 expect="NotImplementedError"),),
-                   outside={LOSS: [("", D_REG_OVERRIDE)], AUGMENT: [(AUGMENT_ANCHOR, IMPORT_OS_EXIT)]},
-                   extra=HOOK_FILES),
-        Submission("Exits", "2026102", (
+        Submission("Exits", "2026101", (
             attack("raise SystemExit", G, "region", SYSTEM_EXIT, "SystemExit"),
-            attack("torch.os._exit", R1, "worker", TORCH_OS_EXIT, "exited with code 0"),
+            attack("r1 left undone, patched in outside the region", R1, "region", "", "NotImplementedError"),
             attack("sys.exit / os._exit", CUTOUT, "task", OBVIOUS_EXITS, "Not run")),
-            outside={LOSS: [(LOSS_ANCHOR, IMPORT_SYS_EXIT)]}),
-        Submission("Hog", "2026103", (
+            outside={LOSS: [(LOSS_ANCHOR, IMPORT_SYS_EXIT), ("", D_REG_OVERRIDE)],
+                     AUGMENT: [(AUGMENT_ANCHOR, IMPORT_OS_EXIT)]}, extra=HOOK_FILES, folder=True),
+        Submission("Hog", "2026102", (
             attack("memory bomb", G, "region", MEMORY_BOMB, "allocate"),
             attack("fork storm", R1, "region", FORK_STORM, "ATTACK fork storm stopped"),
             attack("endless loop", CUTOUT, "worker", ENDLESS, "time limit"))),
-        Submission("Tamper", "2026104", (
+        Submission("Tamper", "2026103", (
             attack("write results.json", G, "region", write_probe(p), "ATTACK wrote 0 of"),
-            attack("fake stdout", R1, "worker", FAKE_STDOUT, "exited with code 0"),
+            attack("fake PASSED on stdout, then torch.os._exit(0)", R1, "worker", FAKE_STDOUT,
+                   "exited with code 0"),
             attack("read the reference", CUTOUT, "region", read_probe(p), "ATTACK read 0 sources"))),
-        Submission("Liar", "2026105", (
-            attack("lying tensor subclass", G, "region", LIAR_TENSOR, "max relative error"),
+        Submission("Liar", "2026104", (
+            attack("Markdown posing as a pass in the error text", G, "region", FAKE_FEEDBACK, "beacon.png"),
+            attack("lying tensor subclass", D, "region", LIAR_TENSOR, "max relative error"),
             attack("always-equal object", R1, "region", ALWAYS_EQUAL, "Error"),
             attack("property tamper", CUTOUT, "region", PROPERTY_TAMPER, ""))),
-        Submission("Net", "2026106", (
+        Submission("Net", "2026105", (
             attack("socket", G, "region", socket_probe(p), "ATTACK no network"),
             attack("huge output", R1, "region", HUGE_OUTPUT, "ATTACK huge output"),
             attack("augment.py links to the reference", CUTOUT, "task", "", "missing")),
