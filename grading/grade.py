@@ -187,7 +187,9 @@ def _score_module(module, tree: Path, ref: Reference, work: Path, seed: int) -> 
         status = run.status.get(case.id, run.info.get("error") or "no output")  # the worker's text: untrusted
         res = score_case(case, expected[case.id], got, status if status == "ok" else "\n\n" + md_code(status))
         if res.fraction < 1.0:
-            res = CaseResult(res.fraction, res.message + _name_mistake(module, case, got, ref), res.max_rel_err)
+            named = _name_mistake(module, case, got, ref)
+            # a known mistake is wrong, not imprecise: no tolerance-band partial credit for it
+            res = CaseResult(0.0 if named else res.fraction, res.message + named, res.max_rel_err)
         scored.append((case, res))
     return scored
 
