@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -189,7 +190,8 @@ def _score_module(module, tree: Path, ref: Reference, work: Path, seed: int) -> 
         if res.fraction < 1.0:
             named = _name_mistake(module, case, got, ref)
             # a known mistake is wrong, not imprecise: no tolerance-band partial credit for it
-            res = CaseResult(0.0 if named else res.fraction, res.message + named, res.max_rel_err)
+            message = re.sub(r"; [0-9.]+ of the points\.", "; 0 of the points.", res.message) if named else res.message
+            res = CaseResult(0.0 if named else res.fraction, message + named, res.max_rel_err)
         scored.append((case, res))
     return scored
 
