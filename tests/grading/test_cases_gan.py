@@ -117,7 +117,7 @@ def test_catalogue_is_consistent_with_the_spec():
     for module, task_id in MODULES.items():
         mod, task = importlib.import_module(module), HOMEWORK.task(task_id)
         assert math.isclose(sum(c.points for c in mod.CASES), task.points), module
-        assert task.cases in ("", module), f"{task_id} should name {module}"
+        assert task.cases == (module,), f"{task_id} should name {module}"
         visible = [c for c in mod.CASES if c.visibility == "visible"]
         assert 1 <= len(visible) <= 2 * len(task.regions)
         assert all(c.title and c.feedback and c.visibility in ("visible", "after_published") for c in mod.CASES)
