@@ -36,6 +36,9 @@ class Case:
     partial: tuple[tuple[float, float], ...] = DEFAULT_PARTIAL
     feedback: str = ""  # what the case checks, shown when it fails
     timeout_s: float = 120.0
+    # Runs in the trusted parent on the loaded outputs of both sides before they are compared: verdicts (flags,
+    # counts, properties) are computed here, never in the worker, where student code could fake them.
+    derive: Callable[[Outputs], Outputs] | None = None
     end_to_end: EndToEnd | None = None  # set: scored by the toy bands in the parent (grading.e2e), not vs reference
 
 

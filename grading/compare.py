@@ -146,6 +146,12 @@ def score_case(case: Case, expected: Outputs, got: Outputs | None, status: str) 
         return CaseResult(0.0, f"Error: {status}")
     if got is None:
         return CaseResult(0.0, "Error: no outputs came back for this case")
+    if case.derive is not None:  # verdicts computed here, in the trusted process, from both sides' raw outputs
+        expected = case.derive(expected)
+        try:
+            got = case.derive(got)
+        except Exception as err:  # malformed student outputs (shapes, dtypes): no credit, never a grader crash
+            return CaseResult(0.0, f"Outputs cannot be checked: {type(err).__name__}: {str(err)[:200]}")
     missing, extra = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
     if missing or extra:
         return CaseResult(0.0, f"Outputs do not match: missing {missing}, unexpected {extra}")
