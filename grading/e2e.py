@@ -39,7 +39,7 @@ from grading.e2e_scores import (
     reproduce_check,
     score_images,
 )
-from grading.results import TestResult
+from grading.results import TestResult, md_code
 from grading.sandbox import Limits
 from grading.spec import Band, Bands, Homework, Task
 
@@ -218,6 +218,8 @@ def calibrate_toy_bands(hw: Homework, seeds: tuple[int, ...] = DEFAULT_SEEDS, ro
     from grading.grade import run_cases  # grading.grade imports this module
 
     plan = banded_cases(hw)
+    if not plan:
+        return {}
     with tempfile.TemporaryDirectory(prefix=f"calibrate-{hw.id}-") as tmp:
         base = Path(work) if work is not None else Path(tmp)
         tree = workspace.build_tree(hw, base / "reference", workspace.reference_bodies(hw, root), root)
@@ -252,8 +254,8 @@ def _run_case(module, case: Case, tree: Path, ref, work: Path, seed: int) -> tup
     got, status = run.outputs.get(case.id), run.status.get(case.id, run.info.get("error") or "no output")
     spec = case.end_to_end
     problem = status if status != "ok" else images_problem(got, len(spec.captions), spec.image_size)
-    if problem:
-        return None, f"Error: {problem}"
+    if problem:  # the worker's text is the student's: fenced, never rendered as Markdown
+        return None, "Error:\n\n" + md_code(problem)
     return score_images(got["images"], spec.captions, spec.metric), ""
 
 

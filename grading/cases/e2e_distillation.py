@@ -30,9 +30,9 @@ from grading.case import Case, EndToEnd, Outputs
 END_TO_END = True  # grading.grade hands this module to grading.e2e (no reference comparison)
 N_TOY = 10  # distillation.evaluate --n_toy default: the cases use the first K captions of this evaluation set
 _TEXT = ("a black circle on a green background", "a red square on a black background",
-         "a green circle on a yellow background", "a orange square on a white background",
-         "a red triangle on a black background", "a orange triangle on a blue background")
-_EDITS = ("a orange circle on a green background", "a purple square on a black background",
+         "a green circle on a yellow background", "an orange square on a white background",
+         "a red triangle on a black background", "an orange triangle on a blue background")
+_EDITS = ("an orange circle on a green background", "a purple square on a black background",
           "a blue circle on a yellow background", "a yellow square on a white background")
 
 

@@ -20,6 +20,8 @@ ORACLE = "tests/distillation/test_distill_oracle.py"
 EVALUATE = "python -m distillation.evaluate --loss_type {m} --save_root outputs"
 REAL = " --preset kaist-a4 --device cuda"
 
+E2E = "grading.cases.e2e_distillation"  # toy end-to-end run scored by calibrated toy bands (grading.e2e)
+
 HOMEWORK = Homework(
     id="kaist-a4",
     title="KAIST CS492D Assignment 4: Score Distillation (SDS, PDS, VSD)",
@@ -28,14 +30,14 @@ HOMEWORK = Homework(
     tasks=(
         # Slides "What to Do: Task 1": get_sds_loss(); run "--loss_type sds --guidance_scale 25 --step 500".
         Task(id="task1-sds", title="Task 1: SDS", regions=("sds-loss",), points=10,
-             cases=("grading.cases.sds",),
+             cases=("grading.cases.sds", E2E),
              public_tests=(f"{LOSSES}::test_sds_gradient_is_weighted_score_difference",
                            f"{ORACLE}::test_sds_reaches_the_guided_mode"),
              command=EVALUATE.format(m="sds"), real_command=EVALUATE.format(m="sds") + REAL,
              fixed={"guidance_scale": 25.0}, bands=kaist_bands(), toy_bands=toy_bands(kaist_bands())),
         # Slides "What to Do: Task 2": get_pds_loss(); run "--loss_type pds --guidance_scale 7.5 --step 200".
         Task(id="task2-pds", title="Task 2: PDS", regions=("pds-loss",), points=10,
-             cases=("grading.cases.pds",),
+             cases=("grading.cases.pds", E2E),
              public_tests=(f"{LOSSES}::test_pds_gradient_is_z_target_minus_z_source",
                            f"{ORACLE}::test_edits_move_by_the_difference_of_the_modes[pds]"),
              command=EVALUATE.format(m="pds"),
@@ -43,7 +45,7 @@ HOMEWORK = Homework(
              fixed={"guidance_scale": 7.5}, bands=kaist_bands(), toy_bands=toy_bands(kaist_bands())),
         # Slides "Grading": optional Task 3 (VSD), 5 / 2.5 points on the same CLIP bands; README: guidance 7.5.
         Task(id="task3-vsd", title="Task 3 (optional): VSD", regions=("vsd-loss",), points=5, optional=True,
-             cases=("grading.cases.vsd",),
+             cases=("grading.cases.vsd", E2E),
              public_tests=(f"{LOSSES}::test_vsd_gradient_uses_pretrained_cfg_minus_lora_cond",),
              command=EVALUATE.format(m="vsd"), real_command=EVALUATE.format(m="vsd") + REAL,
              fixed={"guidance_scale": 7.5}, bands=kaist_bands(), toy_bands=toy_bands(kaist_bands())),

@@ -66,7 +66,7 @@ HOMEWORK = Homework(
         Task(id="task1-wide", title="Task 1: arbitrary-sized (wide) images", points=10,
              regions=("sync-tweedie", "sync-prev-state", "sync-one-step", "wide-forward-mapping",
                       "wide-inverse-mapping"),
-             cases=("grading.cases.sync_wide",),
+             cases=("grading.cases.sync_wide", "grading.cases.e2e_sync"),
              public_tests=(f"{MAPS}::test_non_overlapping_windows_are_an_exact_round_trip",
                            f"{MAPS}::test_overlapping_windows_average_with_the_right_weights",
                            f"{CASES}::test_reverse_step_equals_ddim_scheduler_step",

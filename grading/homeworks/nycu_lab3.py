@@ -19,6 +19,8 @@ ORACLE = "tests/distillation/test_distill_oracle.py"
 EVALUATE = "python -m distillation.evaluate --loss_type {m} --save_root outputs"
 REAL = " --preset nycu-lab3 --device cuda"
 
+E2E = "grading.cases.e2e_distillation"  # toy end-to-end run scored by calibrated toy bands (grading.e2e)
+
 HOMEWORK = Homework(
     id="nycu-lab3",
     title="NYCU Lab 3: Score Distillation Sampling (SDS, VSD, SDI)",
@@ -27,14 +29,14 @@ HOMEWORK = Homework(
     tasks=(
         # "Task 1 - SDS [20 pts]": python main.py --prompt ... --loss_type sds --guidance_scale 25
         Task(id="task1-sds", title="Task 1: SDS", regions=("sds-loss",), points=20,
-             cases=("grading.cases.sds",),
+             cases=("grading.cases.sds", E2E),
              public_tests=(f"{LOSSES}::test_sds_gradient_is_weighted_score_difference",
                            f"{ORACLE}::test_sds_reaches_the_guided_mode"),
              command=EVALUATE.format(m="sds"), real_command=EVALUATE.format(m="sds") + REAL,
              fixed={"guidance_scale": 25.0}, bands=nycu_bands(20), toy_bands=toy_bands(nycu_bands(20))),
         # "Task 2 - VSD [30 pts]": --guidance_scale 7.5 --lora_lr 1e-4 --lora_loss_weight 1.0 --lora_rank 4
         Task(id="task2-vsd", title="Task 2: VSD", regions=("vsd-loss",), points=30,
-             cases=("grading.cases.vsd",),
+             cases=("grading.cases.vsd", E2E),
              public_tests=(f"{LOSSES}::test_vsd_gradient_uses_pretrained_cfg_minus_lora_cond",),
              command=EVALUATE.format(m="vsd"), real_command=EVALUATE.format(m="vsd") + REAL,
              fixed={"guidance_scale": 7.5, "lora_lr": 1e-4, "lora_loss_weight": 1.0, "lora_rank": 4},
@@ -43,7 +45,7 @@ HOMEWORK = Homework(
         # --lr 0.005 --steps 1000 --guidance_scale 7.5 --inversion_n_steps 10 --inversion_guidance_scale -7.5
         # --inversion_eta 0.3 --sdi_update_interval 25
         Task(id="task3-sdi", title="Task 3: SDI", regions=("sdi-invert-noise", "sdi-refresh", "sdi-loss"), points=30,
-             cases=("grading.cases.sdi",),
+             cases=("grading.cases.sdi", E2E),
              public_tests=(f"{LOSSES}::test_sdi_target_is_tweedie_of_guided_eps_at_inverted_latent",
                            f"{LOSSES}::test_sdi_inversion_with_exact_oracle_is_consistent_with_ddim",
                            f"{ORACLE}::test_sdi_reaches_the_guided_mode"),
