@@ -78,6 +78,7 @@ class Limits:
     open_files: int = 256  # RLIMIT_NOFILE
     processes: int = 64  # RLIMIT_NPROC of the sandbox uid (threads count); only with a dropped uid
     output_mb: int = 256  # largest outputs.safetensors the parent will read
+    disk_mb: int = 256  # all files the worker writes together (HOME, TMPDIR, out); past it the worker is killed
     tail_chars: int = 4000  # stdout/stderr kept in the result
     mode: str = "auto"
     gpu: bool = False  # expose /dev/nvidia* in a bwrap view and keep CUDA_VISIBLE_DEVICES
@@ -296,14 +297,38 @@ def _launch_argv(tree: Path, limits: Limits, p: Plan, uid: int | None, work: Pat
     return argv
 
 
-def _wait(proc: subprocess.Popen, deadline: float) -> tuple[int, bool, float]:
-    """Reap the launcher (returncode in Popen's convention, timed out, peak RSS in MB of it and its children)."""
-    delay, timed_out = 0.005, False
+def disk_use(folder: Path) -> int:
+    """Bytes in the regular files under ``folder`` (links not followed; vanishing files ignored)."""
+    total, stack = 0, [str(folder)]
+    while stack:
+        try:
+            with os.scandir(stack.pop()) as entries:
+                for e in entries:
+                    if e.is_dir(follow_symlinks=False):
+                        stack.append(e.path)
+                    elif e.is_file(follow_symlinks=False):
+                        total += e.stat(follow_symlinks=False).st_size
+        except OSError:
+            continue
+    return total
+
+
+def _wait(proc: subprocess.Popen, deadline: float, scratch: Path | None = None,
+          disk_bytes: int = 0) -> tuple[int, bool, float]:
+    """Reap the launcher (returncode in Popen's convention, timed out, peak RSS in MB of it and its children).
+
+    RLIMIT_FSIZE caps each file, not their number: every half second the worker's scratch folder (HOME, TMPDIR,
+    out) is measured, and a worker past ``disk_bytes`` in total is killed like one past its time limit.
+    """
+    delay, timed_out, next_check = 0.005, False, time.monotonic() + 0.5
     while True:
         pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
         if pid:
             break
-        if time.monotonic() >= deadline:
+        over = bool(scratch and disk_bytes and time.monotonic() >= next_check and disk_use(scratch) > disk_bytes)
+        if time.monotonic() >= next_check:
+            next_check = time.monotonic() + 0.5
+        if over or time.monotonic() >= deadline:
             timed_out = True
             _killpg(proc.pid)
             pid, status, usage = os.wait4(proc.pid, 0)
@@ -347,7 +372,7 @@ def _run(tree: Path, request: dict, cases: list[str], out_dir: Path, limits: Lim
         proc.stdin.close()
     except BrokenPipeError:
         pass
-    rc, timed_out, peak = _wait(proc, start + limits.wall_s)
+    rc, timed_out, peak = _wait(proc, start + limits.wall_s, work, limits.disk_mb * 2**20)
     if p.mode == "bwrap" and 128 < rc < 128 + 65:
         rc = 128 - rc  # bwrap reports a child killed by signal N as exit code 128 + N
     wall = time.monotonic() - start

@@ -2,9 +2,13 @@
 
 Two kinds of case. The ``exact-*`` cases compare the output with the reference for the draws the docstring fixes
 (four ``torch.rand(B, generator=..., dtype=float64)`` for h, w, top, left), B = 1 (several calls), 3 and 8, on
-odd and non-square images. The property cases hold for any correct random-size cutout, whatever its draws: they
-read each image's zeroed box back from the output (on images > 0) and return 0/1 flags, 1 where the property
-holds: the zeros form one box per image (every channel, nothing else touched), box sides within
+odd and non-square images. The property cases hold for any correct random-size cutout, whatever its draws. Their
+``run`` (in the sandboxed worker) returns only raw tensors: the input images, the cutouts, the gradient. Their
+``derive`` (in the trusted parent, :func:`grading.compare.score_case`) reads each image's zeroed box back from the
+output (on images > 0) and computes 0/1 flags there, 1 where the property holds, never in the worker, where a
+student region that patches ``torch`` could fake them; it also passes the input images on, so they are compared
+with the reference's and cannot be swapped for images that make a wrong cutout look right. The flags: the
+zeros form one box per image (every channel, nothing else touched), box sides within
 [min_ratio, max_ratio] of H and W, sizes that vary, boxes that differ inside a batch, a gradient of ones outside
 the box and zeros inside, the same generator state giving the same boxes, and the ratio arguments honoured.
 Property cases use even H and W (16..32) and a few hundred boxes, so a correct cutout passes them with
@@ -20,7 +24,7 @@ from functools import partial
 
 import torch
 
-from grading.case import Case, Mistake
+from grading.case import Case, Mistake, Outputs
 from grading.cases.gan_inputs import (
     choice,
     flag,
@@ -51,16 +55,33 @@ def _exact(seed: int, batch: int, calls: int) -> dict[str, torch.Tensor]:
     return {"out": output(torch.cat(out))}
 
 
-def _boxes(seed: int, salt: str, calls: int, batch: int, min_ratio: float, max_ratio: float):
-    """Boxes of ``calls`` cutouts of fresh copies of positive [B, 3, H, W] images: (H, W, zero_boxes of all)."""
-    from gan.augment import rand_cutout
+def _check(outputs: Outputs, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+    """``outputs[name]``, which must be a float64 tensor of ``shape`` (raises otherwise: the case scores 0)."""
+    value = outputs[name]
+    if not isinstance(value, torch.Tensor) or value.dtype != torch.float64 or tuple(value.shape) != tuple(shape):
+        raise ValueError(f"{name}: expected a float64 tensor of shape {tuple(shape)}")
+    return value
 
-    g = generator(seed, salt)
-    H, W = choice(g, EVEN_SIDES), choice(g, EVEN_SIDES)
-    x = positive_images(g, batch, 3, H, W)
-    draws = generator(seed, salt + "/draws")
-    outs = [rand_cutout(x.clone(), generator=draws, min_ratio=min_ratio, max_ratio=max_ratio) for _ in range(calls)]
-    return H, W, zero_boxes(x.repeat(calls, 1, 1, 1), torch.cat(outs))
+
+def _images(outputs: Outputs, batch: int) -> torch.Tensor:
+    """The input images ``x`` [batch, 3, H, W] (H, W even in 16..32) the worker returned."""
+    x = outputs["x"]
+    if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[2] not in EVEN_SIDES or x.shape[3] not in EVEN_SIDES:
+        raise ValueError("x: expected [B, 3, H, W] images with H and W in 16..32")
+    return _check(outputs, "x", (batch, 3, x.shape[2], x.shape[3]))
+
+
+def _read_boxes(outputs: Outputs, calls: int, batch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(x, zero_boxes of the ``calls`` cutouts ``out`` [calls B, 3, H, W] of x [B, 3, H, W])."""
+    x = _images(outputs, batch)
+    out = _check(outputs, "out", (calls * batch, *x.shape[1:]))
+    return x, zero_boxes(x.repeat(calls, 1, 1, 1), out)
+
+
+def _known(x: torch.Tensor) -> Outputs:
+    """What every property case compares as is: its input images (so they cannot be swapped for others that make
+    a wrong cutout look right) and their size."""
+    return {"x": output(x), "image_size": output(torch.tensor(x.shape[2:]))}
 
 
 def _sides_in_range(boxes: dict, H: int, W: int, min_ratio: float, max_ratio: float) -> bool:
@@ -69,8 +90,20 @@ def _sides_in_range(boxes: dict, H: int, W: int, min_ratio: float, max_ratio: fl
                  & (w >= min_ratio * W - EPS) & (w <= max_ratio * W + EPS)).all())
 
 
-def _box_sides(seed: int) -> dict[str, torch.Tensor]:
-    """One filled box per image, sides in 25-50% of H and W, the input left unchanged (64 calls of B=4)."""
+def _cutouts(seed: int, salt: str, calls: int, batch: int, min_ratio: float, max_ratio: float) -> Outputs:
+    """Raw outputs: positive images x [B, 3, H, W] and ``calls`` cutouts of fresh copies of them, concatenated."""
+    from gan.augment import rand_cutout
+
+    g = generator(seed, salt)
+    H, W = choice(g, EVEN_SIDES), choice(g, EVEN_SIDES)
+    x = positive_images(g, batch, 3, H, W)
+    draws = generator(seed, salt + "/draws")
+    outs = [rand_cutout(x.clone(), generator=draws, min_ratio=min_ratio, max_ratio=max_ratio) for _ in range(calls)]
+    return {"x": output(x), "out": output(torch.cat(outs))}
+
+
+def _box_sides(seed: int) -> Outputs:
+    """Raw outputs: 64 calls of B=4 on the same x (not a copy), x before and after them."""
     from gan.augment import rand_cutout
 
     g = generator(seed, "cutout-sides")
@@ -79,31 +112,43 @@ def _box_sides(seed: int) -> dict[str, torch.Tensor]:
     x_before, draws = x.clone(), generator(seed, "cutout-sides/draws")
     outs = [rand_cutout(x, generator=draws, min_ratio=MIN_RATIO, max_ratio=MAX_RATIO).detach().clone()
             for _ in range(64)]
-    boxes = zero_boxes(x_before.repeat(64, 1, 1, 1), torch.cat(outs))
+    return {"x": output(x_before), "x_after": output(x), "out": output(torch.cat(outs))}
+
+
+def _box_sides_flags(outputs: Outputs) -> Outputs:
+    """One filled box per image, sides in 25-50% of H and W, the input left unchanged."""
+    x, boxes = _read_boxes(outputs, 64, 4)
+    H, W = x.shape[2:]
     return {"zeros_form_one_box": flag(boxes["is_box"].all()),
             "sides_in_range": flag(_sides_in_range(boxes, H, W, MIN_RATIO, MAX_RATIO)),
-            "input_unchanged": flag(torch.equal(x, x_before)), "image_size": output(torch.tensor([H, W]))}
+            "input_unchanged": flag(torch.equal(_check(outputs, "x_after", x.shape), x)), **_known(x)}
 
 
-def _random_sizes(seed: int) -> dict[str, torch.Tensor]:
+_random_sizes = partial(_cutouts, salt="cutout-sizes", calls=64, batch=4, min_ratio=MIN_RATIO, max_ratio=MAX_RATIO)
+_per_sample = partial(_cutouts, salt="cutout-per-sample", calls=4, batch=16, min_ratio=MIN_RATIO, max_ratio=MAX_RATIO)
+_ratios = partial(_cutouts, salt="cutout-ratios", calls=64, batch=4, min_ratio=0.125, max_ratio=0.375)
+
+
+def _random_sizes_flags(outputs: Outputs) -> Outputs:
     """Among boxes that touch no border (so no clipping hides the size), heights and widths take several values."""
-    H, W, boxes = _boxes(seed, "cutout-sizes", 64, 4, MIN_RATIO, MAX_RATIO)
+    x, boxes = _read_boxes(outputs, 64, 4)
+    H, W = x.shape[2:]
     top, left, h, w = boxes["top"], boxes["left"], boxes["h"], boxes["w"]
     inner = (top > 0) & (left > 0) & (top + h < H) & (left + w < W)
     return {"heights_vary": flag(len(set(h[inner].tolist())) >= 2),
-            "widths_vary": flag(len(set(w[inner].tolist())) >= 2), "image_size": output(torch.tensor([H, W]))}
+            "widths_vary": flag(len(set(w[inner].tolist())) >= 2), **_known(x)}
 
 
-def _per_sample(seed: int) -> dict[str, torch.Tensor]:
+def _per_sample_flags(outputs: Outputs) -> Outputs:
     """In each of 4 batches of 16, the images do not all share one box."""
-    H, W, boxes = _boxes(seed, "cutout-per-sample", 4, 16, MIN_RATIO, MAX_RATIO)
+    x, boxes = _read_boxes(outputs, 4, 16)
     key = torch.stack([boxes[k] for k in ("top", "left", "h", "w")], dim=1).view(4, 16, 4)  # [calls, B, 4]
     differ = [(key[k] != key[k, :1]).any() for k in range(4)]
-    return {"boxes_differ_in_batch": flag(all(differ)), "image_size": output(torch.tensor([H, W]))}
+    return {"boxes_differ_in_batch": flag(all(differ)), **_known(x)}
 
 
-def _gradient(seed: int) -> dict[str, torch.Tensor]:
-    """d(sum of the output)/dx is 1 outside each image's box and 0 inside (the cutout is a mask, Fig. 5)."""
+def _gradient(seed: int) -> Outputs:
+    """Raw outputs: x [4, 3, H, W], its cutout and d(sum of the output)/dx."""
     from gan.augment import rand_cutout
 
     g = generator(seed, "cutout-gradient")
@@ -111,13 +156,20 @@ def _gradient(seed: int) -> dict[str, torch.Tensor]:
     x = positive_images(g, 4, 3, H, W).requires_grad_(True)
     out = rand_cutout(x, generator=generator(seed, "cutout-gradient/draws"), min_ratio=MIN_RATIO, max_ratio=MAX_RATIO)
     (grad,) = torch.autograd.grad(out.sum(), x)
-    inside = out.detach() == 0  # x > 0, so the zeros are the box
+    return {"x": output(x), "out": output(out), "grad": output(grad)}
+
+
+def _gradient_flags(outputs: Outputs) -> Outputs:
+    """d(sum of the output)/dx is 1 outside each image's box and 0 inside (the cutout is a mask, Fig. 5)."""
+    x = _images(outputs, 4)
+    out, grad = _check(outputs, "out", x.shape), _check(outputs, "grad", x.shape)
+    inside = out == 0  # x > 0, so the zeros are the box
     return {"ones_outside": flag((grad[~inside] == 1).all()), "zeros_inside": flag((grad[inside] == 0).all()),
-            "has_box": flag(inside.flatten(1).any(dim=1).all()), "image_size": output(torch.tensor([H, W]))}
+            "has_box": flag(inside.flatten(1).any(dim=1).all()), **_known(x)}
 
 
-def _same_generator(seed: int) -> dict[str, torch.Tensor]:
-    """Equal generator seeds give equal boxes; another seed gives other boxes (all randomness from ``generator``)."""
+def _same_generator(seed: int) -> Outputs:
+    """Raw outputs: x [8, 3, H, W] and its cutouts from generators seeded a, a again and b."""
     from gan.augment import rand_cutout
 
     g = generator(seed, "cutout-same-generator")
@@ -125,18 +177,24 @@ def _same_generator(seed: int) -> dict[str, torch.Tensor]:
     x = positive_images(g, 8, 3, H, W)
     a, b = (generator(seed, f"cutout-same-generator/{k}").initial_seed() for k in ("a", "b"))
     outs = [rand_cutout(x.clone(), generator=torch.Generator().manual_seed(s), min_ratio=MIN_RATIO,
-                        max_ratio=MAX_RATIO).detach() for s in (a, a, b)]
-    return {"same_seed_same_boxes": flag(torch.equal(outs[0], outs[1])),
-            "other_seed_other_boxes": flag(not torch.equal(outs[0], outs[2])),
-            "image_size": output(torch.tensor([H, W]))}
+                        max_ratio=MAX_RATIO) for s in (a, a, b)]
+    return {"x": output(x), **{k: output(o) for k, o in zip(("out_a", "out_a_again", "out_b"), outs)}}
 
 
-def _ratios(seed: int) -> dict[str, torch.Tensor]:
+def _same_generator_flags(outputs: Outputs) -> Outputs:
+    """Equal generator seeds give equal boxes; another seed gives other boxes (all randomness from ``generator``)."""
+    x = _images(outputs, 8)
+    a, a_again, b = (_check(outputs, k, x.shape) for k in ("out_a", "out_a_again", "out_b"))
+    return {"same_seed_same_boxes": flag(torch.equal(a, a_again)),
+            "other_seed_other_boxes": flag(not torch.equal(a, b)), **_known(x)}
+
+
+def _ratios_flags(outputs: Outputs) -> Outputs:
     """min_ratio=0.125, max_ratio=0.375: the box sides follow the arguments, not the defaults."""
-    H, W, boxes = _boxes(seed, "cutout-ratios", 64, 4, 0.125, 0.375)
+    x, boxes = _read_boxes(outputs, 64, 4)
+    H, W = x.shape[2:]
     return {"zeros_form_one_box": flag(boxes["is_box"].all()),
-            "sides_in_range": flag(_sides_in_range(boxes, H, W, 0.125, 0.375)),
-            "image_size": output(torch.tensor([H, W]))}
+            "sides_in_range": flag(_sides_in_range(boxes, H, W, 0.125, 0.375)), **_known(x)}
 
 
 _EXACT = ("rand_cutout must draw exactly as its docstring says: four torch.rand(B, generator=generator, "
@@ -153,21 +211,24 @@ CASES = scale_points((
          title="Random cutout: output for the documented draws, B=1 (8 calls)", feedback=_EXACT),
     Case("cutout/exact-b8", 2.0, partial(_exact, batch=8, calls=1),
          title="Random cutout: output for the documented draws, B=8", feedback=_EXACT),
-    Case("cutout/box-sides", 2.0, _box_sides, visibility="visible",
+    Case("cutout/box-sides", 2.0, _box_sides, visibility="visible", derive=_box_sides_flags,
          title="Random cutout: one box per image, sides in 25-50% of H and W, inside the image", feedback=_BOX),
-    Case("cutout/random-sizes", 2.0, _random_sizes,
+    Case("cutout/random-sizes", 2.0, _random_sizes, derive=_random_sizes_flags,
          title="Random cutout: the box size is random (not a fixed half of the image)",
          feedback="The box height and width must be drawn per image in 25%-50% of H and W, not fixed."),
-    Case("cutout/per-sample", 2.0, _per_sample, title="Random cutout: every image of the batch gets its own box",
+    Case("cutout/per-sample", 2.0, _per_sample, derive=_per_sample_flags,
+         title="Random cutout: every image of the batch gets its own box",
          feedback="Draw a box per image (tensors of shape [B]), not one box for the whole batch."),
-    Case("cutout/gradient", 2.0, _gradient, title="Random cutout: gradient 1 outside the box, 0 inside",
+    Case("cutout/gradient", 2.0, _gradient, derive=_gradient_flags,
+         title="Random cutout: gradient 1 outside the box, 0 inside",
          feedback="The cutout must be differentiable w.r.t. x (multiply by a mask, do not write into a detached "
                   "copy or into x in place): DiffAugment back-propagates through it to G."),
-    Case("cutout/same-generator", 2.0, _same_generator,
+    Case("cutout/same-generator", 2.0, _same_generator, derive=_same_generator_flags,
          title="Random cutout: all randomness from the given generator",
          feedback="Draw every random number from the generator argument (generator=generator), never from the "
                   "global RNG, so a run is reproducible."),
-    Case("cutout/ratios", 2.0, _ratios, title="Random cutout: min_ratio and max_ratio are honoured",
+    Case("cutout/ratios", 2.0, _ratios, derive=_ratios_flags,
+         title="Random cutout: min_ratio and max_ratio are honoured",
          feedback="Use the min_ratio and max_ratio arguments for the box sides instead of hard-coded 25% and 50%."),
 ), TASK_POINTS)
 

@@ -44,7 +44,10 @@ def output(x: torch.Tensor | float | bool) -> torch.Tensor:
 
 
 def flag(ok: bool | torch.Tensor) -> torch.Tensor:
-    """A property check as a 0-d float64 tensor, 1.0 when it holds (the reference's value), 0.0 otherwise."""
+    """A property check as a 0-d float64 tensor, 1.0 when it holds (the reference's value), 0.0 otherwise.
+
+    Only in a ``Case.derive`` (the trusted parent): a flag built in the worker, after student code ran, can be faked.
+    """
     return output(1.0 if bool(ok) else 0.0)
 
 

@@ -66,6 +66,30 @@ def test_case_captions_are_the_first_toy_evaluation_captions():
     assert {c.end_to_end.role for c in cases.CASES} == {"graded", "baseline"}
 
 
+def test_the_wide_image_case_belongs_to_kaist_a5_task_1():
+    from grading.cases import e2e_sync
+
+    a5 = get_homework("kaist-a5")
+    task = a5.task("task1-wide")
+    hw = replace(a5, tasks=(replace(task, cases=(*task.cases, "grading.cases.e2e_sync")),))
+    assert {t: (c.id, b.id) for t, (_, c, b) in e2e.banded_cases(hw).items()} == {
+        "task1-wide": ("e2e/wide", "e2e/wide-blank")}
+    assert e2e.task_cases(a5.task("task2-ambiguous"), e2e_sync) == []
+
+
+def test_wide_crops_are_rescored_with_the_wide_images_naming(runs, tmp_path):
+    folder = tmp_path / "wide_images"
+    prompt = "a red circle on a blue background"
+    for k, img in enumerate(runs["reference"][:3]):
+        save_image(img, folder / f"{prompt.replace(' ', '_')}_{40 * k}.png")
+    save_image(torch.cat(list(runs["reference"][:3]), dim=2), folder / f"{prompt.replace(' ', '_')}.png")  # panorama
+    result = clip_score_folder(folder, _clip("toy-clip"), app="wide_images") | {"clip_model": "toy-clip"}
+    write_eval_json(folder, result)
+    assert reported_check("wide_images", tmp_path, None, app="wide_images").ok is True
+    write_eval_json(folder, result | {"clip_model": "my-clip"})
+    assert reported_check("wide_images", tmp_path, None, app="wide_images").ok is False
+
+
 def test_band_edges_follow_the_calibration_rule():
     assert e2e.band_edges((1.0, 0.5), mu=0.9, sigma=0.03, baseline=0.2) == (0.84, 0.55)
     three = e2e.band_edges((1.0, 0.75, 0.5), mu=0.9, sigma=0.001, baseline=0.1)  # sigma floored at 0.005

@@ -148,6 +148,14 @@ def test_endless_loop_is_killed_at_the_wall_clock_limit(setup):
     _assert_nothing_left(res.uid)
 
 
+@needs_isolation
+def test_disk_watchdog_stops_many_files_under_the_per_file_cap(setup):
+    res = run_worker(setup["tree"], _request("disk-fill"), setup["out_parent"] / "out-disk",
+                     Limits(wall_s=60.0, memory_mb=4096, disk_mb=96))
+    assert res.timed_out and not res.outputs and res.wall_s < 30, res.summary()  # 1.2 GB were on their way
+    _assert_nothing_left(res.uid)
+
+
 def test_plan_none_and_limits_validation():
     layers = plan(Limits(mode="none")).layers
     assert layers["mode"] == "none" and layers["network"] == "open"

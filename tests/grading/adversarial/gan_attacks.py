@@ -2,8 +2,9 @@
 
 Each attack is a region body (what a student writes between ``# BEGIN TODO <id>`` / ``# END TODO <id>``), an edit
 outside the regions, or a hostile archive member. A :class:`Submission` bundles up to three attacks, one per coded
-task (task 1: ``gan-g-loss``; task 3: ``gan-r1``; task 4: ``diffaugment-cutout``), with the reference bodies in every
-other region, so one grading run checks three attacks. ``scope`` says which cases an attack must zero:
+task (task 1: ``gan-g-loss`` or ``gan-d-loss``; task 3: ``gan-r1``; task 4: ``diffaugment-cutout``), with the
+reference bodies in every other region, so one grading run checks three attacks. ``scope`` says which cases an
+attack must zero:
 
 * ``region``: only the cases of its own region (it fails inside its call; the worker lives on, so the other regions
   of task 1, graded in the same worker, keep full credit);
@@ -62,7 +63,7 @@ class Submission:
     sid: str
     attacks: tuple[Attack, ...]
     outside: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # relpath -> [(anchor, inserted)]
-    extra: dict[str, bytes] = field(default_factory=dict)  # zip/folder members beside the code (under ZIP_ROOT)
+    extra: dict[str, str | bytes] = field(default_factory=dict)  # members beside the code (under ZIP_ROOT)
     links: dict[str, str] = field(default_factory=dict)  # member -> link target (zip symlink members)
     raw: dict[str, bytes] = field(default_factory=dict)  # zip members with exact names (zip slip, absolute paths)
     drop: tuple[str, ...] = ()  # region files left out (e.g. replaced by a link)
@@ -116,9 +117,7 @@ def write_zip(sub: Submission, parent: Path) -> Path:
             info.external_attr = (stat.S_IFLNK | 0o777) << 16
             zf.writestr(info, target)
         for member, data in sub.raw.items():
-            info = zipfile.ZipInfo(member)
-            info.filename = member  # ZipInfo strips a leading "/" and "../" from the name it is given; keep them
-            zf.writestr(info, data)
+            zf.writestr(zipfile.ZipInfo(member), data)  # the name as given: ZipInfo keeps "/" and "../"
     return path
 
 
@@ -172,7 +171,6 @@ def _indent(text: str, spaces: int) -> str:
 
 
 SYSTEM_EXIT = "raise SystemExit(0)  # per case: the worker catches it, the case fails\n"
-TORCH_OS_EXIT = "torch.os._exit(0)  # os._exit through torch's own `import os`: no banned name for the scan\n"
 OBVIOUS_EXITS = "sys.exit(0)\nos._exit(0)\n"
 MEMORY_BOMB = """\
 hog = torch.ones(2 << 30)  # 8 GiB of float32, written: over the worker's address-space limit

@@ -160,6 +160,17 @@ def fork_storm(seed):
     return {"forks": torch.tensor(count)}
 
 
+def disk_fill(seed):
+    """Many files under the per-file cap: only the sandbox's total disk watchdog stops them."""
+    tmp = os.environ.get("TMPDIR", "/tmp")
+    chunk = bytes(1 << 20)
+    for k in range(40):
+        with open(f"{tmp}/fill-{k}", "wb") as f:
+            for _ in range(30):
+                f.write(chunk)
+    return {"written": torch.tensor(40 * 30)}
+
+
 def _case(name, fn, timeout_s=30.0):
     return Case(f"attack/{name}", 1.0, fn, timeout_s=timeout_s)
 
@@ -170,5 +181,5 @@ CASES = (
     _case("huge-file", huge_file), _case("monkeypatch", monkeypatch), _case("memory-bomb", memory_bomb),
     _case("imports", imports), _case("threads", threads), _case("alarm-loop", alarm_loop, timeout_s=0.3),
     _case("fork-storm", fork_storm),
-    _case("os-exit", os_exit), _case("endless", endless, timeout_s=1.0),
+    _case("os-exit", os_exit), _case("endless", endless, timeout_s=1.0), _case("disk-fill", disk_fill),
 )
