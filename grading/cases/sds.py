@@ -42,12 +42,31 @@ def _gradient(seed: int, salt: str, t: tuple[int, ...], scale: float, grad_scale
 
 
 def _no_unet_backward(seed: int) -> dict[str, torch.Tensor]:
-    """dL/dx and what a hook on every UNet parameter saw during get_sds_loss and its backward (nothing)."""
+    """Raw outputs: dL/dx, what a hook on every UNet parameter saw during get_sds_loss and its backward, and which
+    parameters hold a ``.grad`` afterwards (on the reference: nothing, none)."""
     guidance, unet, x, noise, emb = _inputs(seed, "sds/no-unet-backward", 2)
     tally = tiny.watch_parameters(unet)
     grad = _sds_grad(guidance, x, emb, 25.0, 1.0, torch.tensor([300, 700]), noise)
+    seen = torch.tensor([p.grad is not None for p in unet.parameters()])
     return {**tiny.per_sample("grad", grad), "unet_grad_calls": tiny.output(tally["calls"]),
-            "unet_grad_abs_sum": tiny.output(tally["abs_sum"])}
+            "unet_grad_abs_sum": tiny.output(tally["abs_sum"]), "unet_params_with_grad": tiny.output(seen)}
+
+
+def _no_unet_backward_verdict(outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """In the trusted parent: dL/dx as is, and one flag, 1.0 when no hook call, no hook gradient and no parameter
+    ``.grad`` reached the UNet.
+
+    The hook tally and the ``.grad`` presence can only be observed in the worker, so a region that patches
+    ``torch`` could still zero them; that is safe because the case also needs dL/dx to match the reference's
+    g = grad_scale w(t) (eps_hat - eps) per prompt, which no patch produces without computing the SDS gradient
+    itself: the evidence only decides between correct gradients with and without a wasted UNet backward.
+    """
+    grads = {k: v for k, v in outputs.items() if k.startswith("grad_")}
+    calls, abs_sum, seen = (outputs[k] for k in ("unet_grad_calls", "unet_grad_abs_sum", "unet_params_with_grad"))
+    if calls.numel() != 1 or abs_sum.numel() != 1 or seen.ndim != 1 or not seen.numel():
+        raise ValueError("the UNet hook tally must be two scalars and one flag per parameter")
+    untouched = float(calls) == 0.0 and float(abs_sum) == 0.0 and not bool((seen != 0).any())
+    return {**grads, "unet_untouched": tiny.output(1.0 if untouched else 0.0)}
 
 
 def _batch_vs_singles(seed: int) -> dict[str, torch.Tensor]:
@@ -79,7 +98,7 @@ CASES = (
     Case("sds/grad-scale", 1.0, partial(_gradient, salt="sds/grad-scale", t=(150, 650), scale=7.5, grad_scale=2.5),
          title="grad_scale multiplies the gradient (grad_scale=2.5, B=2)",
          feedback="g must be multiplied by the grad_scale argument. " + _FORMULA),
-    Case("sds/no-unet-backward", 2.0, _no_unet_backward,
+    Case("sds/no-unet-backward", 2.0, _no_unet_backward, derive=_no_unet_backward_verdict,
          title="no backward through the UNet (hooks on its parameters see no gradient)",
          feedback="SDS drops the UNet Jacobian: eps_hat is a constant (no_grad); dL/dx = g exactly and nothing may "
                   "back-propagate through the UNet. " + _FORMULA),

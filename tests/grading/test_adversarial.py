@@ -258,11 +258,9 @@ def test_lying_outputs_score_zero(world):
     assert fence and out.index(fence.group(1)) < out.index("### Matches") < out.rindex(fence.group(1)), out
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: gan_cutout's property cases compute their 0/1 flags in the worker after student code ran "
-    "(grading/cases/gan_cutout.py _box_sides.._ratios via gan_inputs.flag/output): a region that patches "
-    "torch.as_tensor through a local name fakes every flag (6 of 8 points); see the report"))
 def test_monkeypatched_property_checks_get_no_credit(world):
+    """A region that patches torch.as_tensor (through a local name) and does no cutout: the property cases' flags
+    are computed in the parent from raw tensors (``Case.derive``), so the patch fakes nothing."""
     g = world.grade("liar")
     assert sum(t["score"] for t in g.results["tests"] if "task4-cutout" in t["tags"]) == 0
 

@@ -341,7 +341,12 @@ def test_batch_outputs_equal_their_singles(runs):
 def test_reference_properties(runs):
     """What the edge cases pin down holds on the reference: no UNet gradient, SDI refresh steps."""
     sds_out, _ = runs["sds-reference-0"]
-    assert float(sds_out["sds/no-unet-backward"]["unet_grad_calls"]) == 0.0
+    raw = sds_out["sds/no-unet-backward"]
+    assert float(raw["unet_grad_calls"]) == 0.0 and not bool(raw["unet_params_with_grad"].any())
+    derive = CASES["grading.cases.sds"]["sds/no-unet-backward"].derive  # the verdict, taken here in the parent
+    assert float(derive(raw)["unet_untouched"]) == 1.0
+    touched = {**raw, "unet_params_with_grad": torch.ones_like(raw["unet_params_with_grad"])}
+    assert float(derive(touched)["unet_untouched"]) == 0.0
     sdi_out, _ = runs["sdi-reference-0"]
     assert torch.nonzero(sdi_out["sdi/loss-schedule"]["refreshed"]).flatten().tolist() == [0, 25, 50]
     assert torch.nonzero(sdi_out["sdi/loss-interval"]["refreshed"]).flatten().tolist() == [0, 2, 9, 16]  # 5, 7, 14, 21

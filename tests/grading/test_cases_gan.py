@@ -165,3 +165,27 @@ def test_stub_fails_only_its_regions_cases(runs, region):
     assert _failing(runs, f"stub-{region}", 0) == expected
     _, status = runs[f"stub-{region}-0"]
     assert all("NotImplementedError" in status[cid] for cid in expected)
+
+
+def test_property_verdicts_are_computed_from_raw_outputs(runs):
+    """The cutout's property cases return raw tensors only (images, cutouts, gradient); their flags come from
+    ``Case.derive`` in this process: 1 on the reference, 0 for "no cutout at all" whatever the worker claimed, 0 for
+    swapped input images, and malformed outputs score 0 without crashing the grader."""
+    expected, _ = runs["reference-0"]
+    derived = {cid: case for cid, case in CASES.items() if case.derive is not None}
+    assert {cid for cid in CASES if cid.startswith("cutout/") and "/exact-" not in cid} <= set(derived)
+    for cid, case in derived.items():
+        raw = expected[cid]
+        assert all(v.ndim == 4 for v in raw.values()), cid  # images, cutouts, gradients: no verdicts
+        flags = {k: v for k, v in case.derive(raw).items() if v.ndim == 0}
+        assert flags and all(float(v) == 1.0 for v in flags.values()), (cid, flags)
+        # a region that returns x * 1 and patches torch in the worker: its raw outputs show no box
+        uncut = {k: (raw["x"].repeat(v.shape[0] // raw["x"].shape[0], 1, 1, 1) if k.startswith("out") else
+                     torch.ones_like(v) if k == "grad" else v) for k, v in raw.items()}
+        assert score_case(case, raw, uncut, "ok").fraction == 0.0, cid
+        swapped = {**raw, "x": raw["x"] + 1}
+        assert score_case(case, raw, swapped, "ok").fraction == 0.0, cid
+        for broken in ({k: v for k, v in raw.items() if k != "x"}, {**raw, "x": raw["x"][:1]},
+                       {**raw, "x": raw["x"].float()}, {k: v[..., :-1] for k, v in raw.items()}):
+            result = score_case(case, raw, broken, "ok")
+            assert result.fraction == 0.0 and result.message, cid
