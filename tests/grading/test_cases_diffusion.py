@@ -11,15 +11,12 @@ safetensors; torch is imported once.
 from __future__ import annotations
 
 import importlib
-import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
+import multitree
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from grading import markers
 from grading.case import Case
@@ -31,41 +28,7 @@ REGION_FILES = ("ddpm_ddim/schedulers.py", "dps/dps.py")
 MODULES = {"task1-ddpm": "grading.cases.ddpm", "task2-ddim": "grading.cases.ddim", "task4-dps": "grading.cases.dps"}
 SEEDS = (0, 1, 2)
 IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "models")  # common/toy/models: weights no case needs
-
-RUNNER = r"""
-import importlib, json, sys, traceback
-from pathlib import Path
-from safetensors.torch import save_file
-import torch
-torch.set_num_threads(1)
-jobs = json.loads(Path(sys.argv[1]).read_text())
-for job in jobs:
-    tree = job["tree"]
-    for name in [m for m in sys.modules if m.split(".")[0] in ("common", "ddpm_ddim", "dps")]:
-        del sys.modules[name]
-    sys.path.insert(0, tree)
-    importlib.invalidate_caches()
-    tensors, errors = {}, {}
-    for module in job["modules"]:
-        cases = importlib.import_module(module).CASES
-        for case in cases:
-            for seed in job["seeds"]:
-                try:
-                    out = case.run(seed)
-                except Exception as err:
-                    errors[f"{case.id}|{seed}"] = f"{type(err).__name__}: {err}"
-                    continue
-                tensors.update({f"{case.id}|{seed}|{k}": v for k, v in out.items()})
-    loaded = {m: sys.modules[m].__file__ for m in ("common.ddim", "ddpm_ddim.schedulers", "dps.dps")
-              if m in sys.modules}
-    outside = {m: f for m, f in loaded.items() if not f.startswith(tree)}
-    if outside:
-        raise SystemExit(f"imported outside the tree {tree}: {outside}")
-    save_file(tensors, job["out"] + ".safetensors")
-    Path(job["out"] + ".json").write_text(json.dumps({"errors": errors, "loaded": loaded}))
-    sys.path.remove(tree)
-"""
-
+CHECK = ("common.ddim", "ddpm_ddim.schedulers", "dps.dps")  # when imported, from the tree (the cases' from the repo)
 
 def cases_of(module: str) -> tuple[Case, ...]:
     return importlib.import_module(module).CASES
@@ -97,21 +60,15 @@ def run_variants(variants: dict[str, tuple[dict[str, str], tuple[str, ...], tupl
     for k, (name, (bodies, modules, seeds)) in enumerate(variants.items()):
         tree = build_tree(work / f"tree{k}", bodies)
         jobs.append({"name": name, "tree": str(tree), "modules": list(modules), "seeds": list(seeds),
-                     "out": str(work / f"out{k}")})
-    (work / "jobs.json").write_text(json.dumps(jobs))
-    proc = subprocess.run([sys.executable, "-c", RUNNER, str(work / "jobs.json")], cwd=work, capture_output=True,
-                          text=True, timeout=600)
+                     "check": list(CHECK)})
+    proc, runs = multitree.run(jobs, work, drop=PACKAGES, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    results = {}
-    for job in jobs:
-        outputs: dict = {}
-        for key, value in load_file(job["out"] + ".safetensors").items():
-            case_id, seed, name = key.split("|")
-            outputs.setdefault((case_id, int(seed)), {})[name] = value
-        info = json.loads(Path(job["out"] + ".json").read_text())
-        assert all(f.startswith(job["tree"]) for f in info["loaded"].values()), info["loaded"]
-        results[job["name"]] = (outputs, {tuple((k.split("|")[0], int(k.split("|")[1]))): v
-                                          for k, v in info["errors"].items()})
+    results: dict = {job["name"]: ({}, {}) for job in jobs}
+    for (name, seed), run in runs.items():
+        assert run.files_ok, run.files
+        outputs, errors = results[name]
+        outputs.update({(case_id, seed): out for case_id, out in run.outputs.items()})
+        errors.update({(case_id, seed): err for case_id, err in run.status.items() if err != "ok"})
     return results
 
 

@@ -10,15 +10,12 @@ link its packages and graft only ``distillation``), with the tree first on ``sys
 from __future__ import annotations
 
 import importlib
-import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
+import multitree
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from grading import markers, workspace
 from grading.compare import score_case
@@ -34,6 +31,8 @@ ALSO = {"grading.cases.sds": ((KAIST, "task1-sds"), (UMICH, "task6-sds")),
         "grading.cases.vsd": ((KAIST, "task3-vsd"), (UMICH, "task7-vsd"))}
 SEEDS = (0, 1)
 SDI_STUBS = {"sdi-invert-noise": "sdi/invert-", "sdi-refresh": "sdi/target-", "sdi-loss": "sdi/loss-"}
+# besides a job's case modules, the modules whose files (when imported) must come from the tree under test
+CHECK = ("distillation.sds", "distillation.sdi", "common.ddim", "grading.cases._tiny_sd")
 
 CASES = {m: {c.id: c for c in importlib.import_module(m).CASES} for m in MODULES}
 MISTAKES = {k.id: (m, k) for m in MODULES for k in importlib.import_module(m).MISTAKES}
@@ -142,43 +141,6 @@ EQUIVALENT = {
 """),
 }
 
-RUNNER = r"""
-import importlib, json, sys, time
-from pathlib import Path
-import torch
-from safetensors.torch import save_file
-
-torch.set_num_threads(1)
-torch.use_deterministic_algorithms(True, warn_only=True)
-spec = json.loads(Path(sys.argv[1]).read_text())
-base_path, status = list(sys.path), {}
-for job in spec["jobs"]:
-    tree = job["tree"]
-    for name in [m for m in sys.modules if m.split(".")[0] in ("distillation", "common", "grading")]:
-        del sys.modules[name]
-    sys.path[:] = [tree] + base_path
-    for seed in job["seeds"]:
-        tensors, report = {}, {}
-        for module in job["modules"]:
-            mod = importlib.import_module(module)
-            for case in mod.CASES:
-                start = time.perf_counter()
-                try:
-                    for key, value in case.run(seed).items():
-                        tensors[f"{case.id}/{key}"] = value
-                    report[case.id] = {"ok": True}
-                except Exception as err:
-                    report[case.id] = {"ok": False, "error": f"{type(err).__name__}: {err}"}
-                report[case.id]["seconds"] = time.perf_counter() - start
-        names = ("distillation.sds", "distillation.sdi", "common.ddim", "grading.cases._tiny_sd", *job["modules"])
-        files = {m: sys.modules[m].__file__ for m in names if m in sys.modules}
-        report["_files"] = {"ok": all(Path(f).is_relative_to(tree) for f in files.values()), "files": files}
-        save_file(tensors, f"{spec['out']}/{job['name']}-{seed}.safetensors")
-        status[f"{job['name']}-{seed}"] = report
-Path(spec["out"], "status.json").write_text(json.dumps(status))
-"""
-
-
 def _task(module: str):
     hw, task_id = MODULES[module]
     return hw, hw.task(task_id)
@@ -228,16 +190,10 @@ def _build(hw, dest: Path, bodies: dict[str, str], built: dict[str, Path]) -> Pa
     return dest
 
 
-def _load(out: Path, run: str, status: dict) -> tuple[dict, dict]:
+def _load(run: str, result: multitree.Run) -> tuple[dict, dict]:
     """(case id -> {name: tensor}, case id -> "ok" or the error) of one tree and seed."""
-    outputs: dict[str, dict[str, torch.Tensor]] = {}
-    for key, value in load_file(out / f"{run}.safetensors").items():
-        case, _, name = key.rpartition("/")
-        outputs.setdefault(case, {})[name] = value
-    report = status[run]
-    files = report.pop("_files")
-    assert files["ok"], f"{run}: modules were imported from outside the tree: {files['files']}"
-    return outputs, {c: "ok" if r["ok"] else r["error"] for c, r in report.items()}
+    assert result.files_ok, f"{run}: modules were imported from outside the tree: {result.files}"
+    return result.outputs, result.status
 
 
 @pytest.fixture(scope="module")
@@ -247,22 +203,18 @@ def runs(tmp_path_factory) -> dict[str, tuple[dict, dict]]:
     jobs, built = [], {}
     for name, (hw, bodies, seeds, modules) in _trees().items():
         tree = _build(hw, work / "trees" / name, bodies, built)
-        jobs.append({"name": name, "tree": str(tree), "seeds": list(seeds), "modules": list(modules)})
+        jobs.append({"name": name, "tree": str(tree), "seeds": list(seeds), "modules": list(modules),
+                     "check": [*CHECK, *modules]})
     for module in MODULES:  # the references again, last, after every other tree ran in the same process
         short = module.rsplit(".", 1)[-1]
         jobs.append({"name": f"{short}-reference-again", "tree": str(work / "trees" / f"{short}-reference"),
-                     "seeds": [SEEDS[0]], "modules": [module]})
-    out = work / "out"
-    out.mkdir()
-    spec = work / "spec.json"
-    spec.write_text(json.dumps({"jobs": jobs, "out": str(out)}))
-    proc = subprocess.run([sys.executable, "-c", RUNNER, str(spec)], cwd=work, capture_output=True, text=True,
-                          timeout=900)
+                     "seeds": [SEEDS[0]], "modules": [module], "check": [*CHECK, module]})
+    proc, results = multitree.run(jobs, work, drop=("distillation", "common", "grading"), deterministic=True,
+                                  timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    status = json.loads((out / "status.json").read_text())
-    seconds = {k: max(r["seconds"] for c, r in rep.items() if c != "_files") for k, rep in status.items()}
+    seconds = {f"{name}-{seed}": max(r.seconds.values()) for (name, seed), r in results.items()}
     assert max(seconds.values()) < 2, seconds  # each case well under a few seconds on one thread
-    return {run: _load(out, run, status) for run in status}
+    return {f"{name}-{seed}": _load(f"{name}-{seed}", r) for (name, seed), r in results.items()}
 
 
 def _failing(runs: dict, module: str, tree: str, seed: int) -> set[str]:

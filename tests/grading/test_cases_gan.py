@@ -8,15 +8,11 @@ outputs come back as safetensors and are scored here with ``grading.compare.scor
 from __future__ import annotations
 
 import importlib
-import json
 import math
-import subprocess
-import sys
-from pathlib import Path
 
+import multitree
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from grading import markers, workspace
 from grading.compare import score_case
@@ -30,52 +26,13 @@ SEEDS = (0, 1)
 
 CASES = {c.id: c for m in MODULES for c in importlib.import_module(m).CASES}
 MISTAKES = {k.id: k for m in MODULES for k in importlib.import_module(m).MISTAKES}
+# the modules whose files must come from the tree under test (all imported by the cases)
+CHECK = ("gan.loss", "gan.augment", "common.diffaugment", *MODULES)
 
-RUNNER = r"""
-import importlib, json, sys, time
-from pathlib import Path
-import torch
-from safetensors.torch import save_file
-
-torch.set_num_threads(1)
-spec = json.loads(Path(sys.argv[1]).read_text())
-base_path, status = list(sys.path), {}
-for job in spec["jobs"]:
-    tree = job["tree"]
-    for name in [m for m in sys.modules if m.split(".")[0] in ("gan", "common", "grading")]:
-        del sys.modules[name]
-    sys.path[:] = [tree] + base_path
-    for seed in job["seeds"]:
-        tensors, report = {}, {}
-        for module in spec["modules"]:
-            mod = importlib.import_module(module)
-            for case in mod.CASES:
-                start = time.perf_counter()
-                try:
-                    for key, value in case.run(seed).items():
-                        tensors[f"{case.id}/{key}"] = value
-                    report[case.id] = {"ok": True}
-                except Exception as err:
-                    report[case.id] = {"ok": False, "error": f"{type(err).__name__}: {err}"}
-                report[case.id]["seconds"] = time.perf_counter() - start
-        names = ("gan.loss", "gan.augment", "common.diffaugment", *spec["modules"])
-        files = {m: sys.modules[m].__file__ for m in names}
-        report["_files"] = {"ok": all(Path(f).is_relative_to(tree) for f in files.values()), "files": files}
-        save_file(tensors, f"{spec['out']}/{job['name']}-{seed}.safetensors")
-        status[f"{job['name']}-{seed}"] = report
-Path(spec["out"], "status.json").write_text(json.dumps(status))
-"""
-
-
-def _load(out: Path, run: str, status: dict) -> tuple[dict, dict]:
+def _load(run: str, result: multitree.Run) -> tuple[dict, dict]:
     """(case id -> {name: tensor}, case id -> "ok" or the error) of one tree and seed."""
-    outputs: dict[str, dict[str, torch.Tensor]] = {}
-    for key, value in load_file(out / f"{run}.safetensors").items():
-        case, _, name = key.rpartition("/")
-        outputs.setdefault(case, {})[name] = value
-    report = status[run]
-    assert report.pop("_files")["ok"], f"{run}: modules were imported from outside the tree"
-    return outputs, {c: "ok" if r["ok"] else r["error"] for c, r in report.items()}
+    assert result.files_ok, f"{run}: modules were imported from outside the tree"
+    return result.outputs, result.status
 
 
 @pytest.fixture(scope="module")
@@ -90,19 +47,14 @@ def runs(tmp_path_factory) -> dict[str, tuple[dict, dict]]:
     for name, (bodies, seeds) in trees.items():
         tree = workspace.build_tree(HOMEWORK, work / "trees" / name, bodies) if name != "reference-again" else \
             work / "trees" / "reference"
-        jobs.append({"name": name, "tree": str(tree), "seeds": list(seeds)})
+        jobs.append({"name": name, "tree": str(tree), "seeds": list(seeds), "modules": list(MODULES),
+                     "check": list(CHECK)})
     jobs.append(jobs.pop(1))  # the second reference run goes last, after every other tree ran in the process
-    out = work / "out"
-    out.mkdir()
-    spec = work / "spec.json"
-    spec.write_text(json.dumps({"jobs": jobs, "modules": list(MODULES), "out": str(out)}))
-    proc = subprocess.run([sys.executable, "-c", RUNNER, str(spec)], cwd=work, capture_output=True, text=True,
-                          timeout=600)
+    proc, results = multitree.run(jobs, work, drop=("gan", "common", "grading"), checked="required", timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    status = json.loads((out / "status.json").read_text())
-    seconds = {k: max(r["seconds"] for c, r in rep.items() if c != "_files") for k, rep in status.items()}
+    seconds = {f"{name}-{seed}": max(r.seconds.values()) for (name, seed), r in results.items()}
     assert max(seconds.values()) < 5, seconds  # each case well under a few seconds on one thread
-    return {run: _load(out, run, status) for run in status}
+    return {f"{name}-{seed}": _load(f"{name}-{seed}", r) for (name, seed), r in results.items()}
 
 
 def _failing(runs: dict, tree: str, seed: int) -> set[str]:

@@ -9,17 +9,14 @@ subprocess runs every case of every task module on every tree, the tree first on
 from __future__ import annotations
 
 import importlib
-import json
 import math
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
+import multitree
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from grading import markers
 from grading.homeworks import kaist_a5
@@ -29,38 +26,7 @@ PACKAGE = "synchronization"
 TASK_MODULES = {"task1-wide": "grading.cases.sync_wide", "task2-ambiguous": "grading.cases.sync_views",
                 "task3-inner-rotate": "grading.cases.sync_inner"}
 SEED = 20241115
-
-_RUNNER = r"""
-import importlib, json, sys
-from pathlib import Path
-import torch
-from safetensors.torch import save_file
-
-spec = json.loads(sys.argv[1])
-torch.set_num_threads(1)
-out, status = Path(spec["out"]), {}
-for name, tree in spec["trees"].items():
-    for mod in [m for m in sys.modules if m.split(".")[0] == "synchronization"]:
-        del sys.modules[mod]
-    sys.path.insert(0, tree)
-    importlib.invalidate_caches()
-    for mod in ("synchronization.core", "synchronization.views", "synchronization.windows"):
-        where = Path(importlib.import_module(mod).__file__).resolve()
-        assert where.is_relative_to(Path(tree).resolve()), f"{mod} imported from {where}, not {tree}"
-    for module in spec["modules"]:
-        for case in importlib.import_module(module).CASES:
-            key = f"{name}|{case.id}"
-            try:
-                outputs = case.run(spec["seed"])
-            except Exception as err:  # the worker records a failing case; so does this stand-in
-                status[key] = f"error: {type(err).__name__}: {err}"
-                continue
-            status[key] = f"{len(status)}.safetensors"
-            save_file(outputs, str(out / status[key]))
-    sys.path.remove(tree)
-(out / "status.json").write_text(json.dumps(status))
-"""
-
+CHECK = ("synchronization.core", "synchronization.views", "synchronization.windows")  # imported from the tree
 
 def _modules():
     return {task: importlib.import_module(name) for task, name in TASK_MODULES.items()}
@@ -121,17 +87,17 @@ def graded(tmp_path_factory) -> dict[str, dict[str, dict | str]]:
     for task in TASK_MODULES:
         stubbed = set(kaist_a5.HOMEWORK.task(task).regions)
         trees[f"stub-{task}"] = _tree(base / f"stub-{task}", {k: v for k, v in reference.items() if k not in stubbed})
-    out = tmp_path_factory.mktemp("sync_outputs")
-    spec = {"trees": {k: str(v) for k, v in trees.items()}, "modules": list(TASK_MODULES.values()), "seed": SEED,
-            "out": str(out)}
+    jobs = [{"name": name, "tree": str(tree), "seeds": [SEED], "modules": list(TASK_MODULES.values()),
+             "check": list(CHECK)} for name, tree in trees.items()]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-c", _RUNNER, json.dumps(spec)], cwd=base, env=env, capture_output=True,
-                          text=True, timeout=600)
+    proc, runs = multitree.run(jobs, tmp_path_factory.mktemp("sync_outputs"), drop=(PACKAGE,), checked="imported",
+                               env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results: dict[str, dict] = {name: {} for name in trees}
-    for key, where in json.loads((out / "status.json").read_text()).items():
-        name, case_id = key.split("|", 1)
-        results[name][case_id] = where if where.startswith("error") else load_file(str(out / where))
+    for (name, _), run in runs.items():
+        assert run.files_ok, f"{name}: imported from outside the tree: {run.files}"
+        for case_id, status in run.status.items():
+            results[name][case_id] = run.outputs.get(case_id, {}) if status == "ok" else f"error: {status}"
     return results
 
 
