@@ -2,19 +2,29 @@
 
 Bad input must end in one clear line and exit code 2, never a traceback. Domain code raises
 :class:`UserError` (or a plain ``ValueError`` / ``FileNotFoundError``) and the command is wrapped in
-:func:`user_errors`, which prints ``Error: <message>`` and exits with status 2.
+:func:`user_errors`, which prints ``Error: <message>`` and exits with status 2. Two exceptions keep their
+traceback, because the one line would hide a bug: an error raised while a student's solution region runs
+(a line between ``# BEGIN SOLUTION`` and ``# END SOLUTION``), and any error when the command runs with ``--debug``.
+Every command takes ``-h`` as well as ``--help`` (:data:`CONTEXT_SETTINGS`).
 """
 
 from __future__ import annotations
 
 import functools
+import linecache
 import math
 import re
+import traceback
+import types
 from collections.abc import Callable
 from typing import Any
 
 import click
 import torch
+
+CONTEXT_SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help"], "max_content_width": 119}
+_BEGIN = re.compile(r"^\s*# BEGIN SOLUTION\s+(\S+)")
+_END = re.compile(r"^\s*# END SOLUTION\b")
 
 
 class UserError(click.ClickException):
@@ -26,22 +36,67 @@ class UserError(click.ClickException):
         super().__init__(" ".join(str(message).split()))  # always one line
 
 
+@functools.lru_cache(maxsize=256)
+def solution_spans(filename: str) -> tuple[tuple[str, int, int], ...]:
+    """``(region id, first line, last line)`` of each ``# BEGIN SOLUTION <id>`` ... ``# END SOLUTION`` in a file."""
+    spans, open_id, start = [], None, 0
+    for number, line in enumerate(linecache.getlines(filename), start=1):
+        if (begin := _BEGIN.match(line)) and open_id is None:
+            open_id, start = begin.group(1), number
+        elif _END.match(line) and open_id is not None:
+            spans.append((open_id, start, number))
+            open_id = None
+    return tuple(spans)
+
+
+def student_frame(tb: types.TracebackType | None) -> tuple[str, str, int] | None:
+    """``(region id, file, line)`` of the innermost traceback frame that runs a line of a solution region."""
+    found = None
+    while tb is not None:
+        filename, line = tb.tb_frame.f_code.co_filename, tb.tb_lineno
+        for region, first, last in solution_spans(filename):
+            if first < line < last:
+                found = (region, filename, line)
+        tb = tb.tb_next
+    return found
+
+
+def _keep_traceback(err: BaseException, debug: bool) -> bool:
+    """Whether ``err`` must reach the user with its traceback (``--debug`` or raised by student code)."""
+    if debug:
+        return True
+    where = student_frame(err.__traceback__)
+    if where is not None and hasattr(err, "add_note"):  # Python >= 3.11
+        err.add_note(f"(raised inside solution region {where[0]!r}, {where[1]}:{where[2]}: the traceback is shown "
+                     "because this is probably a bug in that region, not a bad input)")
+    return where is not None
+
+
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Decorate a click command body so domain exceptions become one-line usage errors."""
+    """Decorate a click command body so domain exceptions become one-line usage errors.
+
+    Also adds ``--debug`` to the command: with it every error keeps its traceback. An error raised by a line
+    of a solution region keeps its traceback too (it is the student's bug, not a bad input).
+    """
 
     @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def wrapper(*args: Any, debug: bool = False, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except click.ClickException:
+            if debug:  # still the one line (and exit code 2), after the traceback that led to it
+                click.echo(traceback.format_exc(), err=True, nl=False)
             raise
-        except FileNotFoundError as err:
-            message = f"file not found: {err.filename}" if err.filename else str(err) or "file not found"
-            raise UserError(message) from err
         except (ValueError, OSError) as err:
+            if _keep_traceback(err, debug):
+                raise
+            if isinstance(err, FileNotFoundError):
+                raise UserError(f"file not found: {err.filename}" if err.filename else str(err) or "file not found"
+                                ) from err
             raise UserError(str(err) or type(err).__name__) from err
 
-    return wrapper
+    return click.option("--debug", is_flag=True, default=False,
+                        help="Show the full traceback of an error instead of one line.")(wrapper)
 
 
 def parse_int_list(text: str) -> list[int]:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import re
 import socket
+import warnings
+from collections.abc import Iterator
 
 import torch
 
@@ -29,6 +33,21 @@ def hub_unreachable() -> bool:
         return False
     except OSError:
         return True
+
+
+_NOISE = re.compile(r"local_dir_use_symlinks")  # huggingface_hub deprecation of an argument diffusers still passes
+
+
+@contextlib.contextmanager
+def held_warnings() -> Iterator[None]:
+    """Hold back the warnings of a Hub load: dropped when the load raises (its one-line error says it all),
+    re-issued when it succeeds, except huggingface_hub's ``local_dir_use_symlinks`` deprecation notice."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for w in caught:
+        if not _NOISE.search(str(w.message)):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
 def is_network_error(err: BaseException | None) -> bool:

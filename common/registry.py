@@ -161,7 +161,8 @@ def resolve(name: str | os.PathLike, kind: str | None = None) -> ModelSpec:
 
 def _missing_toy_message(spec: ModelSpec) -> str:
     train = _TOY_TRAIN.get(spec.name)
-    hint = f"; train it with `python -m common.toy train {train}`" if train else ""
+    hint = f"; train it with `python -m common.toy train {train} --out common/toy/models/{spec.name} --force`" \
+        if train else ""
     return f"weights of {spec.name!r} not found in {spec.folder}{hint}"
 
 
@@ -207,7 +208,8 @@ def _from_hub(spec: ModelSpec, load: Any, *args: Any, **kwargs: Any) -> Any:
     if offline:
         kwargs["local_files_only"] = True
     try:
-        return load(*args, **kwargs)
+        with hub.held_warnings():
+            return load(*args, **kwargs)
     except ModelLoadError:
         raise
     except hub.hub_errors() as err:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import click
 
-from common.cli import UserError, user_errors
+from common.cli import CONTEXT_SETTINGS, UserError, user_errors
 from common.gpu import CudaTimer, get_device, precision_dtype, seed_everything
 from common.images import save_grid, save_image
 from common.runs import write_config, write_json_atomic
@@ -18,7 +18,7 @@ from ddpm_ddim.schedulers import make_scheduler
 DEFAULT_STEPS = {"DDPM": 1000, "DDIM": 50}
 
 
-@click.command()
+@click.command(context_settings=CONTEXT_SETTINGS)
 @click.option("--scheduler_name", "-n", type=click.Choice(["DDPM", "DDIM"], case_sensitive=False), required=True,
               help="Sampler.")
 @click.option("--num_inference_steps", type=click.IntRange(min=1), default=None,
@@ -61,16 +61,17 @@ def main(scheduler_name, num_inference_steps, eta, timestep_spacing, num_samples
     for i, image in enumerate(images):
         save_image(image, f"{save_dir}/{i:03d}.png")
     save_grid(images, f"{save_dir}/grid.png")
-    timing = {"scheduler": name, "num_inference_steps": steps, "num_samples": num_samples, "batch_size": batch_size,
-              "seconds": round(seconds, 3), "seconds_per_image": round(seconds / num_samples, 4),
-              "device": str(dev), "precision": precision}
+    batch = min(batch_size, num_samples)  # the UNet batch that ran (a run of 2 samples never batches 10)
+    timing = {"scheduler": name, "num_inference_steps": steps, "num_samples": num_samples, "batch_size": batch,
+              "requested_batch_size": batch_size, "seconds": round(seconds, 3),
+              "seconds_per_image": round(seconds / num_samples, 4), "device": str(dev), "precision": precision}
     write_json_atomic(f"{save_dir}/timing.json", timing)
     write_config(save_dir, {"scheduler_name": name, "num_inference_steps": steps, "eta": eta,
                             "timestep_spacing": scheduler.timestep_spacing, "num_samples": num_samples,
                             "batch_size": batch_size, "model": model, "seed": seed, "device": str(dev),
                             "precision": precision, "save_dir": save_dir})
     click.echo(f"{name} {steps} steps: {num_samples} images in {seconds:.2f} s "
-               f"({seconds / num_samples:.3f} s/image, batch {batch_size}, {dev}, {precision}) -> {save_dir}")
+               f"({seconds / num_samples:.3f} s/image, batch {batch}, {dev}, {precision}) -> {save_dir}")
 
 
 if __name__ == "__main__":

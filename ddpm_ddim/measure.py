@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import click
 
-from common.cli import user_errors
+from common.cli import CONTEXT_SETTINGS, user_errors
 from common.gpu import CudaTimer, get_device, seed_everything
 from common.runs import write_json_atomic
 from common.toy.fid import data_vs_data_spread, face_fd_report, load_feature_extractor
@@ -58,7 +58,7 @@ def format_fd_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-@click.command()
+@click.command(context_settings=CONTEXT_SETTINGS)
 @click.option("--model", default="toy-faces", show_default=True)
 @click.option("--num_samples", type=click.IntRange(min=2), default=512, show_default=True)
 @click.option("--ddpm_steps", type=click.IntRange(min=0, max=1000), default=1000, show_default=True,

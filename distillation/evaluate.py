@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 import torch
 
-from common.cli import UserError, user_errors
+from common.cli import CONTEXT_SETTINGS, UserError, user_errors
 from common.runs import write_json_atomic
 from distillation.guidance import METHODS
 from distillation.main import OPTION_NAMES
@@ -95,7 +95,7 @@ def judge_accuracy(paths: list[Path], captions: list[str]) -> dict[str, float]:
     return attribute_accuracy(predict(images), targets_to_indices(captions))
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(context_settings=CONTEXT_SETTINGS)
 @click.option("--loss_type", type=click.Choice(METHODS), default="sds", show_default=True, help="Method.")
 @click.option("--preset", type=click.Choice(sorted(PRESETS)), default=None, help="Assignment settings.")
 @click.option("--model", default=None, help="toy-sd, sd-2.1-base, ... or a folder [default: toy-sd or preset's].")

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from common.cli import UserError, user_errors
+from common.cli import CONTEXT_SETTINGS, UserError, user_errors
 from distillation.guidance import METHODS
 from distillation.presets import PRESETS, resolve_settings
 from distillation.representations import REPRESENTATIONS
@@ -65,7 +65,7 @@ def settings_from_context(ctx: click.Context, params: dict, loss_type: str, pres
     return resolve_settings(loss_type, representation, preset, explicit, defaults)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(context_settings=CONTEXT_SETTINGS)
 @click.option("--prompt", "prompts", multiple=True, help="Text prompt (PDS/DDS: the source prompt); repeat it to "
               "optimise several prompts together in one batch.")
 @click.option("--prompts_file", type=click.Path(exists=True, dir_okay=False), default=None,
@@ -85,7 +85,7 @@ def settings_from_context(ctx: click.Context, params: dict, loss_type: str, pres
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
               help="AdamW learning rate [default: 0.1 for latents, 0.02 for pixels].")
 @click.option("--warmup_steps", type=click.IntRange(min=0), default=100, show_default=True,
-              help="Linear LR warm-up, then cosine decay over 1.5 x steps.")
+              help="Linear LR warm-up, then cosine decay over 1.5 x steps; unless typed, at most steps / 5.")
 @click.option("--log_step", type=click.IntRange(min=0), default=25, show_default=True,
               help="Save progress every N steps (0: never).")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
@@ -148,6 +148,10 @@ def main(ctx: click.Context, prompts: tuple[str, ...], prompts_file: str | None,
     settings = settings_from_context(ctx, params, loss_type, preset)
     if settings["t_min"] > settings["t_max"]:
         raise UserError(f"--t_min {settings['t_min']} is larger than --t_max {settings['t_max']}")
+    if ctx.get_parameter_source("warmup_steps") == ParameterSource.COMMANDLINE and \
+            settings["warmup_steps"] >= settings["steps"]:
+        raise UserError(f"--warmup_steps {settings['warmup_steps']} is not below --steps {settings['steps']}: the "
+                        "learning rate would never reach its peak; omit it (a fifth of the steps) or lower it")
     items = build_items(prompts, prompts_file, edit_prompt, src_img_path)
     cfg = RunConfig(loss_type=loss_type, preset=preset, save_dir=save_dir, items=items,
                     **{k: settings[k] for k in OPTION_NAMES})

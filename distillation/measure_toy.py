@@ -19,7 +19,7 @@ from pathlib import Path
 
 import click
 
-from common.cli import user_errors
+from common.cli import CONTEXT_SETTINGS, user_errors
 from distillation.evaluate import judge_accuracy, make_config, toy_items
 from distillation.main import OPTION_NAMES
 from distillation.runner import RunConfig, run
@@ -51,7 +51,7 @@ def parse_overrides(pairs: tuple[str, ...]) -> dict:
     return out
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(context_settings=CONTEXT_SETTINGS)
 @click.option("--n", type=click.IntRange(min=1), default=30, show_default=True, help="Held-out captions.")
 @click.option("--steps", type=click.IntRange(min=1), default=500, show_default=True, help="Steps per run.")
 @click.option("--methods", default=",".join(m for m, _ in BARS), show_default=True, help="Comma-separated.")

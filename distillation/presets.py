@@ -2,6 +2,9 @@
 
 Precedence of a setting: explicit command-line flag > preset (its per-method entry, then its common entry) >
 per-method / per-representation / toy-model default below > the option's own default.
+
+A learning-rate warm-up that was not typed is at most a fifth of the run (the handouts' 100 of 500 steps), so a
+short run such as ``--steps 50`` gets 10 warm-up steps instead of spending all of them below the peak LR.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ REPRESENTATION_DEFAULTS: dict[str, dict[str, Any]] = {
     "latent": {"lr": 0.1},  # KAIST main.py: AdamW lr 0.1 on SD latents
     "pixel": {"lr": 0.02},
 }
+
+WARMUP_FRACTION = 5  # an untyped warm-up is at most steps // 5 (KAIST A4 / NYCU Lab 3: 100 of 500)
 
 # Defaults for the embedded toy models (``--model toy-*``), where they differ from the handouts' values for SD.
 # The toy UNet is ~500x smaller than SD's: its LoRA must track the rendered image faster, and at the handouts'
@@ -72,6 +77,8 @@ def resolve_settings(loss_type: str, representation: str, preset: str | None, ex
         settings.update(spec["common"])
         settings.update(spec.get(loss_type, {}))
     settings.update(explicit)
+    if "warmup_steps" not in explicit and settings.get("steps") is not None:
+        settings["warmup_steps"] = min(settings["warmup_steps"], settings["steps"] // WARMUP_FRACTION)
     model_defaults = TOY_MODEL_DEFAULTS if str(settings.get("model", "")).startswith("toy-") else REAL_MODEL_DEFAULTS
     settings.update({k: v for k, v in model_defaults.items() if settings.get(k) is None})
     return settings

@@ -31,7 +31,7 @@ from collections.abc import Callable
 import click
 import torch
 
-from common.cli import user_errors
+from common.cli import CONTEXT_SETTINGS, user_errors
 
 TScheduleFn = Callable[[int, int, int, torch.Generator | None, torch.Tensor | None], torch.Tensor]
 
@@ -168,7 +168,7 @@ def plot_schedules(path: str, n_steps: int = 500, t_min: int = 20, t_max: int = 
     return path
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(context_settings=CONTEXT_SETTINGS)
 @click.option("--plot", "plot_path", required=True, type=click.Path(dir_okay=False), help="PNG file to write.")
 @click.option("--steps", type=click.IntRange(min=2), default=500, show_default=True, help="Optimisation steps.")
 @click.option("--t_min", type=click.IntRange(0, 999), default=20, show_default=True, help="Smallest timestep.")

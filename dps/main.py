@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
-from common.cli import UserError, user_errors
+from common.cli import CONTEXT_SETTINGS, UserError, user_errors
 from common.gpu import CudaTimer, get_device, make_generators, precision_dtype, seed_everything
 from common.images import load_image, save_grid, save_image
 from common.runs import write_config, write_json_atomic
@@ -57,7 +57,7 @@ def _panel(images: list[torch.Tensor], size: int) -> torch.Tensor:
     return torch.stack([F.interpolate(x[None].float().cpu(), size=(size, size), mode="nearest")[0] for x in images])
 
 
-@click.command()
+@click.command(context_settings=CONTEXT_SETTINGS)
 @click.option("--task", type=click.Choice(TASKS), required=True, help="Inverse problem.")
 @click.option("--images", "images_dir", type=click.Path(), default=None,
               help="Folder of RGB ground-truth images of the model's size [default: held-out toy faces].")

@@ -13,7 +13,7 @@ import click
 import torch
 from tqdm.auto import tqdm
 
-from common.cli import user_errors
+from common.cli import CONTEXT_SETTINGS, user_errors
 from common.gpu import CudaTimer, get_device, make_generators, seed_everything
 from common.runs import write_json_atomic
 from common.sampling import load_model, model_shape, sampling_config
@@ -77,21 +77,28 @@ def format_dps_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-@click.command()
-@click.option("--model", default="toy-faces", show_default=True)
-@click.option("--num_images", type=click.IntRange(min=1), default=20, show_default=True)
+@click.command(context_settings=CONTEXT_SETTINGS)
+@click.option("--model", default="toy-faces", show_default=True, help="Registry name or local DDPM folder.")
+@click.option("--num_images", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Held-out toy faces to reconstruct per task.")
 @click.option("--num_inference_steps", type=click.IntRange(min=1, max=1000), default=1000, show_default=True)
 @click.option("--batch_size", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--inpainting_scale", type=click.FloatRange(min=0), default=DEFAULT_SCALES["inpainting"],
-              show_default=True)
+              show_default=True, help="DPS step size zeta for inpainting.")
 @click.option("--sr_scale", type=click.FloatRange(min=0), default=DEFAULT_SCALES["super_resolution"],
-              show_default=True)
-@click.option("--device", default="auto", show_default=True)
+              show_default=True, help="DPS step size zeta for super-resolution x4.")
+@click.option("--device", default="auto", show_default=True, help="auto, cuda, mps or cpu.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Also write the numbers.")
 @user_errors
 def main(model, num_images, num_inference_steps, batch_size, inpainting_scale, sr_scale, device, seed, json_path):
-    """Print the DPS toy-bar table (inpainting vs masked input and DDIM+paste; super-resolution vs bicubic)."""
+    """Print the DPS toy-bar table (inpainting vs masked input and DDIM+paste; super-resolution vs bicubic).
+
+    \b
+    Examples:
+      python -m dps.measure --num_images 20 --num_inference_steps 1000 --device cuda
+      python -m dps.measure --device cpu --num_images 4 --num_inference_steps 100 --json dps_bars.json
+    """
     seed_everything(seed)
     scales = {"inpainting": inpainting_scale, "super_resolution": sr_scale}
     result = measure_dps(model, num_images, num_inference_steps, batch_size, get_device(device), seed, scales)

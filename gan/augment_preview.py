@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 import torch
 
-from common.cli import user_errors
+from common.cli import CONTEXT_SETTINGS, user_errors
 from common.images import save_grid
 from gan.augment import diff_augment
 from gan.dataset import load_dataset, to_float
@@ -26,7 +26,7 @@ def preview(images: torch.Tensor, cutout_mode: str = "random", seed: int = 0) ->
     return torch.cat(rows).clamp(-1, 1)
 
 
-@click.command(context_settings={"show_default": True})
+@click.command(context_settings={**CONTEXT_SETTINGS, "show_default": True})
 @click.option("--data", required=True, help="Folder or zip of images, or 'toy'.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output PNG.")
 @click.option("--n", "num", type=click.IntRange(min=1, max=64), default=8, help="Images per row.")

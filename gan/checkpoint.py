@@ -18,9 +18,13 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
+from common.files import refuse_pickle
 from gan.networks import ArchConfig
 
 FORMAT = "genmodels-stylegan2/1"
+SAFETENSORS_HINT = ("use a checkpoint-XXXXXX.safetensors that gan.train wrote, the shipped "
+                    "gan/checkpoints/toy_faces64_start.safetensors (the toy stand-in for the handout's 10K-iteration "
+                    "pickle), or train a start with `python -m gan.make_toy_checkpoint`")
 
 
 def save_checkpoint(path: str | Path, arch: ArchConfig, nets: dict, optimizers: dict | None = None,
@@ -61,6 +65,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict, ArchConfig, dict]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    refuse_pickle(path, SAFETENSORS_HINT)  # e.g. the handout's checkpoint/part1-10K.pkl
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}

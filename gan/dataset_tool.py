@@ -13,7 +13,7 @@ import click
 from PIL import Image
 from tqdm import tqdm
 
-from common.cli import user_errors
+from common.cli import CONTEXT_SETTINGS, user_errors
 from gan.dataset import load_images
 
 
@@ -40,7 +40,7 @@ def write_dataset(images, dest: Path) -> int:
     return len(images)
 
 
-@click.command(context_settings={"show_default": True})
+@click.command(context_settings={**CONTEXT_SETTINGS, "show_default": True})
 @click.option("--source", required=True, type=click.Path(), help="Folder or zip of images, or 'toy'.")
 @click.option("--dest", required=True, type=click.Path(), help="Output folder or .zip.")
 @click.option("--resolution", type=click.IntRange(min=4), default=None, help="Centre-crop and resize to R.")

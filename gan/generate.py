@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 import torch
 
-from common.cli import IntListType, user_errors
+from common.cli import CONTEXT_SETTINGS, IntListType, user_errors
 from common.gpu import get_device
 from common.images import save_grid, save_image
 from gan import checkpoint as ckpt
@@ -37,7 +37,7 @@ def generate(G: Generator, seeds: list[int], truncation_psi: float = 1.0, noise_
     return torch.cat(images)
 
 
-@click.command(context_settings={"show_default": True})
+@click.command(context_settings={**CONTEXT_SETTINGS, "show_default": True})
 @click.option("--checkpoint", required=True, type=click.Path(dir_okay=False), help="Checkpoint .safetensors.")
 @click.option("--seeds", type=IntListType(), default="0-15", help="Seeds, e.g. 0-15 or 1,5,9.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")

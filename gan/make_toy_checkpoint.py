@@ -1,9 +1,10 @@
 """Train the shipped starting checkpoint on the toy few-shot set (the handout's provided "10K-iteration" one).
 
 Trains from scratch on the 100 toy faces at 64 px with the full recipe (R1 + DiffAugment; ``--use_diffaug
-False`` for R1 only), then exports G, D and G_ema in fp16 (< 3 MB) to
-``gan/checkpoints/toy_faces64_start.safetensors``. ``gan.toy_bar`` continues from it in the handout's three
-configurations: dropping R1 and augmentation on 100 images lets D over-fit and the samples degrade.
+False`` for R1 only), then exports G, D and G_ema in fp16 (< 3 MB) to ``--out`` (default
+``outputs/toy_faces64_start.safetensors``; replacing the shipped ``gan/checkpoints/toy_faces64_start.safetensors``
+takes ``--force``). ``gan.toy_bar`` continues from the shipped one in the handout's three configurations:
+dropping R1 and augmentation on 100 images lets D over-fit and the samples degrade.
 """
 
 from __future__ import annotations
@@ -12,13 +13,15 @@ from pathlib import Path
 
 import click
 
-from common.cli import user_errors
+from common.cli import CONTEXT_SETTINGS, user_errors
+from common.files import check_overwrite
 from gan.checkpoint import export_slim
 from gan.ops import set_default_impl
 from gan.train import run_training
 from gan.training import TrainConfig
 
-DEFAULT_OUT = Path(__file__).parent / "checkpoints" / "toy_faces64_start.safetensors"
+SHIPPED = Path(__file__).parent / "checkpoints" / "toy_faces64_start.safetensors"
+DEFAULT_OUT = Path("outputs") / SHIPPED.name
 
 
 def toy_run_options(fn):
@@ -35,22 +38,25 @@ def toy_run_options(fn):
     return fn
 
 
-@click.command(context_settings={"show_default": True})
+@click.command(context_settings={**CONTEXT_SETTINGS, "show_default": True})
 @click.option("--steps", type=click.IntRange(min=1), default=4000, help="Training steps (iterations).")
 @click.option("--batch", type=click.IntRange(min=4), default=32, help="Batch size.")
 @click.option("--out", type=click.Path(dir_okay=False), default=str(DEFAULT_OUT), help="Slim checkpoint to write.")
+@click.option("--force", is_flag=True, default=False, help=f"Allow --out to replace the shipped {SHIPPED.name}.")
 @click.option("--workdir", type=click.Path(file_okay=False), default="runs/toy_start", help="Run folder parent.")
 @click.option("--use_diffaug", type=bool, default=True, help="Train the start with DiffAugment too.")
 @toy_run_options
 @user_errors
-def main(steps, batch, out, workdir, use_diffaug, resolution, device, precision, fid_n, seed):
+def main(steps, batch, out, force, workdir, use_diffaug, resolution, device, precision, fid_n, seed):
     """Train and export the toy starting checkpoint.
 
     \b
     Examples:
       python -m gan.make_toy_checkpoint --device cuda            # 128 kimg, a few minutes on one H100
       python -m gan.make_toy_checkpoint --steps 200 --out /tmp/start.safetensors   # CPU smoke test
+      python -m gan.make_toy_checkpoint --device cuda --out gan/checkpoints/toy_faces64_start.safetensors --force
     """
+    check_overwrite(out, force)  # before minutes of training
     set_default_impl("auto")
     cfg = TrainConfig(data="toy", use_r1=True, use_diffaug=use_diffaug, kimg=steps * batch / 1000, batch=batch,
                       resolution=resolution,

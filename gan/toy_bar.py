@@ -13,9 +13,9 @@ from pathlib import Path
 import click
 import torch
 
-from common.cli import UserError, user_errors
+from common.cli import CONTEXT_SETTINGS, UserError, user_errors
 from common.images import load_image, save_grid
-from gan.make_toy_checkpoint import DEFAULT_OUT, toy_run_options
+from gan.make_toy_checkpoint import SHIPPED, toy_run_options
 from gan.ops import set_default_impl
 from gan.train import run_training
 from gan.training import TrainConfig
@@ -38,8 +38,8 @@ def run_toy_bar(checkpoint: Path, outdir: Path, kimg: float, batch: int, device:
     return rows
 
 
-@click.command(context_settings={"show_default": True})
-@click.option("--checkpoint", type=click.Path(dir_okay=False), default=str(DEFAULT_OUT), help="Start checkpoint.")
+@click.command(context_settings={**CONTEXT_SETTINGS, "show_default": True})
+@click.option("--checkpoint", type=click.Path(dir_okay=False), default=str(SHIPPED), help="Start checkpoint.")
 @click.option("--outdir", type=click.Path(file_okay=False), default="runs/toy_bar", help="Output folder.")
 @click.option("--kimg", type=click.FloatRange(min=0, min_open=True), default=2.4, help="Budget per configuration.")
 @click.option("--batch", type=click.IntRange(min=4), default=8, help="Batch size.")

@@ -16,10 +16,12 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-from common.cli import user_errors
+from common.cli import CONTEXT_SETTINGS, user_errors
+from common.files import refuse_pickle
 from common.gpu import seed_everything
 from common.images import save_grid
 from common.runs import write_config
+from gan.checkpoint import SAFETENSORS_HINT
 from gan.metrics import load_feature_net
 from gan.ops import set_default_impl
 from gan.training import TrainConfig, Trainer
@@ -74,7 +76,7 @@ def run_training(cfg: TrainConfig, outdir: str | Path, snap: int = 500, fid_ever
         last = trainer.step == end_step
         if trainer.step % snap == 0 or last:
             elapsed = time.perf_counter() - t0
-            log(f"step {trainer.step:06d} kimg {trainer.step * cfg.batch / 1000:.3f} sec/step "
+            log(f"step {trainer.step:06d} kimg {trainer.nimg / 1000:.3f} sec/step "
                 f"{elapsed / max(trainer.step - end_step + cfg.total_steps, 1):.3f} "
                 + " ".join(f"{k} {v:.4f}" for k, v in sorted(stats.items())))
             save_grid(trainer.grid_images(), run_dir / f"fakes{trainer.step:06d}.png", nrow=4)
@@ -91,7 +93,7 @@ def _count(net) -> float:
     return sum(p.numel() for p in net.parameters()) / 1e6
 
 
-@click.command(context_settings={"show_default": True})
+@click.command(context_settings={**CONTEXT_SETTINGS, "show_default": True})
 @click.option("--outdir", required=True, type=click.Path(file_okay=False), help="Parent folder of the run folders.")
 @click.option("--data", required=True, help="Folder or zip of square PNG/JPEG images, or 'toy' (100 toy faces).")
 @click.option("--use_r1_regularization", "use_r1", required=True, type=bool, help="Lazy R1 penalty on reals.")
@@ -129,6 +131,8 @@ def main(outdir, snap, fid_every, fid_n, impl, **kwargs):
       python -m gan.train --outdir training-runs --data many_shot_dog --use_r1_regularization False \\
           --use_diffaug False --checkpoint_path ckpt.safetensors --resolution 256
     """
+    if kwargs["checkpoint_path"]:
+        refuse_pickle(kwargs["checkpoint_path"], SAFETENSORS_HINT)  # before loading the data set
     set_default_impl(impl)
     result = run_training(TrainConfig(**kwargs), outdir, snap=snap, fid_every=fid_every, fid_n=fid_n)
     click.echo(f"run folder: {result['run_dir']}")

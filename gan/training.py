@@ -85,7 +85,7 @@ class Trainer:
         self.d_interval = self.loss.cfg.d_reg_interval if cfg.use_r1 else None
         self.opt_G = self._adam(self.G, self.g_interval)
         self.opt_D = self._adam(self.D, self.d_interval)
-        self.step, self.resumed_from = 0, None
+        self.step, self.nimg, self.resumed_from = 0, 0, None  # nimg: real images shown to D so far, all runs
         if cfg.checkpoint_path:
             self.load(cfg.checkpoint_path)
 
@@ -124,12 +124,13 @@ class Trainer:
             stats.update(self._phase(self.D, self.opt_D, self.loss.d_reg, real))
         update_ema(self.G_ema, self.G, ema_beta(self.cfg.batch, self.cfg.ema_kimg))
         self.step += 1
+        self.nimg += self.cfg.batch
         return stats
 
     # ------------------------------------------------------------------------------------- checkpoints
     def save(self, path: str | Path) -> Path:
         """Full checkpoint, resumable exactly (``gan.checkpoint.export_slim`` makes the small shipped kind)."""
-        state = {"step": self.step, "nimg": self.step * self.cfg.batch, "config": dataclasses.asdict(self.cfg),
+        state = {"step": self.step, "nimg": self.nimg, "config": dataclasses.asdict(self.cfg),
                  "train_rng_device": self.device.type}
         nets = {"G": self.G, "D": self.D, "G_ema": self.G_ema}
         return ckpt.save_checkpoint(path, self.arch, nets, optimizers={"G": self.opt_G, "D": self.opt_D},
@@ -150,6 +151,8 @@ class Trainer:
         if "loss.pl_mean" in tensors:
             self.loss.pl_mean = tensors["loss.pl_mean"].to(self.device)
         self.step = int(state.get("step", 0))
+        saved_batch = int(state.get("config", {}).get("batch", self.cfg.batch))
+        self.nimg = int(state.get("nimg", self.step * saved_batch))  # the saved run's batch, not this run's
         self.resumed_from = str(path)
 
     # ----------------------------------------------------------------------------------------- metrics

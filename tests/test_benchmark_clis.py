@@ -18,6 +18,7 @@ OPTIONS = {
                        "--json", "celebahq", "Examples"],
     "bench_sync": ["--quick", "--steps", "Examples"],
     "bench_gan": ["--device", "--warmup", "--steps", "--resolutions", "Examples"],
+    "bench_grading": ["--homework", "--jobs", "--submissions", "--json", "umich-hw5-gan", "Examples"],
 }
 
 
@@ -43,7 +44,7 @@ def test_help_lists_options(name: str) -> None:
 
 
 @pytest.mark.parametrize("name,args", [("bench_sync", ["--steps", "0"]), ("bench_gan", ["--warmup", "-1"]),
-                                       ("bench_ddpm_dps", ["--arch", "nope"])])
+                                       ("bench_ddpm_dps", ["--arch", "nope"]), ("bench_grading", ["--jobs", "0"])])
 def test_bad_values_are_usage_errors(name: str, args: list[str]) -> None:
     result = CliRunner().invoke(load(name).main, args)
     assert result.exit_code == 2

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import click
 
-from common.cli import user_errors
+from common.cli import CONTEXT_SETTINGS, user_errors
 from common.eval.clip_score import APPS, clip_score_folder, find_final_images, write_eval_json
 from common.gpu import get_device
 from common.registry import load_clip, resolve
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(context_settings=CONTEXT_SETTINGS)
 @click.option("--fdir1", "fdir1", required=True, type=str,
               help="Folder of final images named after their prompts (A_red_bus.png -> 'A red bus').")
 @click.option("--clip_model", default="clip-vit-b-32", show_default=True,

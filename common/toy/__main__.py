@@ -8,7 +8,8 @@ from pathlib import Path
 import click
 import torch
 
-from common.cli import IntListType, UserError, user_errors
+from common.cli import CONTEXT_SETTINGS, IntListType, UserError, user_errors
+from common.files import check_overwrite
 from common.images import save_image
 from common.toy import shapes
 
@@ -16,13 +17,13 @@ MODELS = ("clip", "sd", "faces", "pixel")
 DEVICES = ("auto", "cuda", "cpu", "mps")
 
 
-@click.group()
+@click.group(context_settings=CONTEXT_SETTINGS)
 def main() -> None:
     """The embedded toy world: procedural shapes data and tiny pretrained models.
 
     \b
     Examples:
-      python -m common.toy train clip --device cuda --out common/toy/models/toy-clip
+      python -m common.toy train clip --device cuda --out outputs/toy-clip
       python -m common.toy sample --prompt "a red circle on a blue background" --out red.png
       python -m common.toy data --n 16 --out outputs/shapes
     """
@@ -32,7 +33,9 @@ def main() -> None:
 @click.argument("model", type=click.Choice(MODELS))
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True, help="Training device.")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="Output folder [default: outputs/toy-<model>]. The shipped weights live in common/toy/models/.")
+              help="Output folder [default: outputs/toy-<model>]. The shipped weights live in common/toy/models/; "
+                   "replacing them needs --force.")
+@click.option("--force", is_flag=True, default=False, help="Allow --out to replace shipped weights.")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Training steps [default: the model's own].")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--stage", type=click.Choice(["all", "vae", "unet"]), default="all", show_default=True,
@@ -59,7 +62,7 @@ def main() -> None:
                    "(the rest is for the FD evaluation), and fewer steps are run if they would not fit "
                    "[default: 500].")
 @user_errors
-def train(model: str, device: str, out: str | None, steps: int | None, seed: int, stage: str,
+def train(model: str, device: str, out: str | None, force: bool, steps: int | None, seed: int, stage: str,
           clip_folder: str | None, init_from: str | None, lr: float | None, batch_size: int | None,
           dc_weight: float | None, compile_model: bool, low_snr_cap: float | None, widths: list[int] | None,
           time_budget: float | None) -> None:
@@ -67,9 +70,9 @@ def train(model: str, device: str, out: str | None, steps: int | None, seed: int
 
     \b
     Examples:
-      python -m common.toy train clip --device cuda --out common/toy/models/toy-clip
-      python -m common.toy train sd --stage vae --device cuda --out common/toy/models/toy-sd
-      python -m common.toy train sd --stage unet --device cuda --out common/toy/models/toy-sd
+      python -m common.toy train clip --device cuda --out common/toy/models/toy-clip --force
+      python -m common.toy train sd --stage vae --device cuda --out common/toy/models/toy-sd --force
+      python -m common.toy train sd --stage unet --device cuda --out common/toy/models/toy-sd --force
       python -m common.toy train clip --device cpu --steps 300 --out outputs/toy-clip-cpu
       python -m common.toy train faces --device cuda --init_from common/toy/models/toy-faces --seed 2 \\
           --lr 1e-4 --batch_size 1024 --low_snr_cap 30 --compile --out outputs/faces-c
@@ -98,7 +101,9 @@ def train(model: str, device: str, out: str | None, steps: int | None, seed: int
     elif init_from is not None or any(v is not None for v in faces_only.values()):
         raise UserError("--init_from, --lr, --batch_size, --dc_weight, --compile, --low_snr_cap, --widths and "
                         "--time_budget apply to `train faces` only")
-    module.train(out=Path(out or f"outputs/toy-{model}"), device=device, steps=steps, seed=seed, **extra)
+    out = Path(out or f"outputs/toy-{model}")
+    check_overwrite(out, force)
+    module.train(out=out, device=device, steps=steps, seed=seed, **extra)
 
 
 def _check_widths(widths: list[int] | None, init_from: str | None) -> tuple[int, ...] | None:

@@ -26,7 +26,7 @@ MODEL_NAME = "toy-clip"
 CONFIG_PATH = Path(__file__).parent / "configs" / f"{MODEL_NAME}.json"
 DEFAULT_FOLDER = Path(__file__).parent / "models" / MODEL_NAME
 IMAGE_SIZE = 64
-TRAIN_COMMAND = "python -m common.toy train clip --device cuda --out common/toy/models/toy-clip"
+TRAIN_COMMAND = "python -m common.toy train clip --device cuda --out common/toy/models/toy-clip --force"
 
 
 def model_config() -> dict:

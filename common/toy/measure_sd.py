@@ -18,7 +18,7 @@ from pathlib import Path
 import click
 import torch
 
-from common.cli import user_errors
+from common.cli import CONTEXT_SETTINGS, user_errors
 from common.gpu import get_device, seed_everything
 from common.toy import sd_model, shapes
 
@@ -139,7 +139,7 @@ def measure(model: str | Path | None = None, clip: str | Path | None = None, dev
     return {"vae_psnr_db": psnr_db, "fully_correct": frac}
 
 
-@click.command()
+@click.command(context_settings=CONTEXT_SETTINGS)
 @click.option("--model", default=None, help="SD folder [default: common/toy/models/toy-sd].")
 @click.option("--clip", default=None, help="toy-clip folder for the judge [default: the shipped toy-clip].")
 @click.option("--device", type=click.Choice(["auto", "cuda", "cpu", "mps"]), default="auto", show_default=True)

@@ -28,7 +28,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 MODEL_NAME = "toy-sd"
 DEFAULT_FOLDER = Path(__file__).parent / "models" / MODEL_NAME
-TRAIN_COMMAND = "python -m common.toy train sd --device cuda --out common/toy/models/toy-sd"
+TRAIN_COMMAND = "python -m common.toy train sd --device cuda --out common/toy/models/toy-sd --force"
 IMAGE_SIZE = 64  # pixels
 LATENT_SIZE = 16  # latent side: IMAGE_SIZE / 4
 CONTEXT_LENGTH = 77

@@ -59,9 +59,19 @@ def split_seed(split: str, offset: int = 0) -> int:
     return _SPLIT_SEEDS[split] + offset
 
 
+def article(word: str) -> str:
+    """English indefinite article of a colour name: ``an`` before a vowel (an orange), else ``a``."""
+    return "an" if word[:1] in ("a", "e", "i", "o", "u") else "a"
+
+
+def caption_text(color: str, shape: str, background: str) -> str:
+    """``a {color} {shape} on a {background} background`` (issue 3), ``an`` before orange."""
+    return f"{article(color)} {color} {shape} on {article(background)} {background} background"
+
+
 def caption(spec: ShapeSpec) -> str:
-    """``a {color} {shape} on a {background} background`` (the exact phrasing of issue 3)."""
-    return f"a {spec.color} {spec.shape} on a {spec.background} background"
+    """The caption of one image (:func:`caption_text`)."""
+    return caption_text(spec.color, spec.shape, spec.background)
 
 
 _CAPTION_RE = re.compile(r"^\s*an? (\w+) (\w+) on an? (\w+) background\s*$")
@@ -82,7 +92,7 @@ def all_attributes() -> list[tuple[str, str, str]]:
 
 def all_captions() -> list[str]:
     """Captions of :func:`all_attributes`, in the same order."""
-    return [f"a {c} {s} on a {b} background" for c, s, b in all_attributes()]
+    return [caption_text(c, s, b) for c, s, b in all_attributes()]
 
 
 def caption_index(color: str, shape: str, background: str) -> int:

@@ -8,7 +8,7 @@ reliable on slightly blurry or off-colour generated samples.
 
 Reproduce the shipped weights (defaults: 3000 steps x 512 images, seed 0)::
 
-    python -m common.toy train clip --device cuda --out common/toy/models/toy-clip
+    python -m common.toy train clip --device cuda --out common/toy/models/toy-clip --force
 
 Wall time: 75 s of training (plus start-up and evaluation) on one GPU, giving 100% zero-shot accuracy on
 colour, shape and background (1,000 test images, fp16 weights). A 2-core CPU runs the same command with

@@ -1,6 +1,6 @@
 """Train toy-pixel: a tiny text-conditioned pixel-space diffusion model on 64x64 shapes (DeepFloyd IF's toy stand-in).
 
-``python -m common.toy train pixel --device cuda --out common/toy/models/toy-pixel``
+``python -m common.toy train pixel --device cuda --out common/toy/models/toy-pixel --force``
 
 - UNet: ``UNet2DConditionModel`` 64x64x3 -> eps (3 channels), levels 64/32/16 px with 32/64/96 channels,
   cross-attention at 32 and 16 px on toy-sd's frozen text encoder (hidden size 64); ~2.7M parameters, shipped as

@@ -8,8 +8,8 @@ Shapes images are rendered on the device every step; UNet training draws from a 
 
 GPU (one H100), in two phases of at most ~7.5 minutes each (phase 1 can share the GPU with toy-clip training)::
 
-    python -m common.toy.train_sd --stage vae --device cuda --out common/toy/models/toy-sd
-    python -m common.toy.train_sd --stage unet --device cuda --out common/toy/models/toy-sd \\
+    python -m common.toy.train_sd --stage vae --device cuda --out common/toy/models/toy-sd --force
+    python -m common.toy.train_sd --stage unet --device cuda --out common/toy/models/toy-sd --force \\
         --clip common/toy/models/toy-clip
 
 (``python -m common.toy train sd --device cuda --out ...`` runs both stages in one process.)
@@ -32,7 +32,8 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL
 from tqdm import tqdm
 
-from common.cli import check_finite, user_errors
+from common.cli import CONTEXT_SETTINGS, check_finite, user_errors
+from common.files import check_overwrite
 from common.gpu import autocast, get_device, seed_everything
 from common.runs import write_config, write_json_atomic
 from common.toy import sd_model, shapes
@@ -370,26 +371,29 @@ def _write_records(out: Path, stage: str, seed: int, cfgs: dict, metrics: dict) 
     print_table(rows)
 
 
-@click.command()
+@click.command(context_settings=CONTEXT_SETTINGS)
 @click.option("--stage", type=click.Choice(["all", "vae", "unet"]), default="all", show_default=True,
               help="vae: stage 1 only; unet: stage 2 only (needs OUT/vae and the toy-clip folder); all: both.")
 @click.option("--device", type=click.Choice(["auto", "cuda", "cpu", "mps"]), default="auto", show_default=True)
-@click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="SD folder to write [default: the shipped common/toy/models/toy-sd].")
+@click.option("--out", type=click.Path(file_okay=False), default="outputs/toy-sd", show_default=True,
+              help="SD folder to write (the shipped one is common/toy/models/toy-sd: replacing it needs --force).")
+@click.option("--force", is_flag=True, default=False, help="Allow --out to replace the shipped toy-sd weights.")
 @click.option("--clip", type=click.Path(file_okay=False), default=None,
               help="toy-clip folder for the frozen text encoder [default: common/toy/models/toy-clip].")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Steps per stage [default: the stage's own].")
 @click.option("--seed", type=int, default=0, show_default=True)
 @user_errors
-def main(stage: str, device: str, out: str | None, clip: str | None, steps: int | None, seed: int) -> None:
-    """Train toy-sd (same as ``python -m common.toy train sd``, plus ``--stage`` and ``--clip``).
+def main(stage: str, device: str, out: str, force: bool, clip: str | None, steps: int | None, seed: int) -> None:
+    """Train toy-sd (same as ``python -m common.toy train sd``).
 
     \b
     Examples:
-      python -m common.toy.train_sd --stage vae --device cuda --out common/toy/models/toy-sd
-      python -m common.toy.train_sd --stage unet --device cuda --out common/toy/models/toy-sd
+      python -m common.toy.train_sd --stage vae --device cuda --out common/toy/models/toy-sd --force
+      python -m common.toy.train_sd --stage unet --device cuda --out common/toy/models/toy-sd --force
+      python -m common.toy.train_sd --device cuda   # both stages into outputs/toy-sd
     """
-    train(out=out or sd_model.DEFAULT_FOLDER, device=device, steps=steps, seed=seed, stage=stage, clip=clip)
+    check_overwrite(out, force)
+    train(out=out, device=device, steps=steps, seed=seed, stage=stage, clip=clip)
 
 
 if __name__ == "__main__":

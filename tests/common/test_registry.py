@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
-import string
+import warnings
 
+import diffusers.configuration_utils  # noqa: F401  (binds the real hf_hub_download before a test patches it)
 import open_clip
 import pytest
 import torch
@@ -18,40 +19,6 @@ TINY_CLIP_CFG = {
     "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1},
 }
-
-
-def _tiny_tokenizer(folder):
-    from transformers import CLIPTokenizer
-
-    letters = string.ascii_lowercase
-    tokens = ["!", "<|startoftext|>", "<|endoftext|>"] + list(letters) + [c + "</w>" for c in letters]
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), pad_token="!", model_max_length=16)
-
-
-def _tiny_sd_pipeline(tmp_path):
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
-                                block_out_channels=(8, 16), norm_num_groups=4, cross_attention_dim=8,
-                                attention_head_dim=2,
-                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
-    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8),
-                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                        norm_num_groups=4, layers_per_block=1, sample_size=16)
-    text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=55, hidden_size=8, intermediate_size=16,
-                                                num_hidden_layers=1, num_attention_heads=2,
-                                                max_position_embeddings=16, bos_token_id=1, eos_token_id=2))
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
-    return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=_tiny_tokenizer(tmp_path / "tok"),
-                                   unet=unet, scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
 
 
 def test_known_names_and_sources():
@@ -97,13 +64,10 @@ def test_folder_detection(tmp_path):
         resolve(str(tmp_path / "missing"))
 
 
-@pytest.fixture(scope="module")
-def tiny_sd(tmp_path_factory):
-    """A tiny random SD pipeline and the folder it was saved to (safetensors)."""
-    tmp_path = tmp_path_factory.mktemp("sd")
-    pipe = _tiny_sd_pipeline(tmp_path)
-    pipe.save_pretrained(tmp_path / "sd", safe_serialization=True)
-    return pipe, tmp_path / "sd"
+@pytest.fixture
+def tiny_sd(tiny_sd_folder, load_tiny_sd):
+    """The shared tiny SD folder (tests/conftest.py) and the pipeline diffusers itself loads from it."""
+    return load_tiny_sd(), tiny_sd_folder
 
 
 def test_sd_pipeline_save_and_load_round_trip(tiny_sd):
@@ -196,11 +160,33 @@ def test_real_models_fail_offline_with_one_line(monkeypatch, tmp_path, how):
              (load_ddpm, "ddpm-celebahq-256", "google/ddpm-celebahq-256", "toy-faces"),
              (registry.load_pixel, "deepfloyd-if", "DeepFloyd/IF-I-XL-v1.0", "toy-pixel")]
     for load, name, source, alternative in cases:
-        with pytest.raises(ModelLoadError) as info:
+        with pytest.raises(ModelLoadError) as info, warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             load(name)
+        assert not [w for w in caught if "local_dir_use_symlinks" in str(w.message)], name  # one line, no warning
         msg = info.value.format_message()
         assert "\n" not in msg and name in msg and source in msg and alternative in msg, msg
         assert "no network access" in msg, msg
+
+
+@pytest.mark.parametrize("cli", ["ddpm_ddim", "dps"])
+def test_offline_refusal_of_a_real_model_is_exactly_one_line(monkeypatch, tmp_path, cli):
+    """Issue #20: huggingface_hub's ``local_dir_use_symlinks`` deprecation warning came before the error line."""
+    from click.testing import CliRunner
+
+    from ddpm_ddim.main import main as ddpm_main
+    from dps.main import main as dps_main
+
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))  # empty cache
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    main, args = {"ddpm_ddim": (ddpm_main, ["-n", "DDIM"]), "dps": (dps_main, ["--task", "inpainting"])}[cli]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = CliRunner().invoke(main, args + ["--model", "ddpm-celebahq-256", "--save_dir", str(tmp_path / "o")])
+    assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+    assert result.output.startswith("Error: could not load 'ddpm-celebahq-256'") and "toy-faces" in result.output
+    assert not [str(w.message) for w in caught if "local_dir_use_symlinks" in str(w.message)]
 
 
 def test_clip_vit_b_32_uses_quick_gelu_safetensors_and_openai_preprocessing(monkeypatch, tmp_path):

@@ -43,6 +43,17 @@ def test_sampling_writes_pngs_grid_timing_config(model_dir, tmp_path, name, step
     assert json.loads((out / "config.json").read_text())["scheduler_name"] == name
 
 
+def test_timing_records_the_batch_that_ran(model_dir, tmp_path):
+    """--num_samples 2 with the default --batch_size 10 runs one UNet batch of 2 (issue #20)."""
+    out = tmp_path / "two"
+    result = CliRunner().invoke(main, ["-n", "DDIM", "--num_inference_steps", "1", "--num_samples", "2", "--model",
+                                       model_dir, "--device", "cpu", "--save_dir", str(out), "--no-progress"])
+    assert result.exit_code == 0 and not result.exception, result.output
+    timing = json.loads((out / "timing.json").read_text())
+    assert (timing["batch_size"], timing["requested_batch_size"], timing["num_samples"]) == (2, 10, 2)
+    assert "batch 2," in result.output
+
+
 @pytest.mark.parametrize("args", [["--num_inference_steps", "0"], ["--num_inference_steps", "5000"],
                                   ["--eta", "2"], ["--model", "no-such-model"], ["--scheduler_name", "PNDM"]])
 def test_bad_input_exit_2(model_dir, tmp_path, args):

@@ -55,8 +55,20 @@ def test_ddim_equals_diffusers_where_diffusers_is_right(spacing, steps, offset, 
 
 def test_ddim_clipped_model_output_equals_diffusers():
     cfg = dict(CONFIG)
-    _run_pair(DDIMScheduler.from_config(cfg), diffusers.DDIMScheduler.from_config(cfg), 25,
-              {"eta": 0.3, "use_clipped_model_output": True})
+    kwargs = {"eta": 0.3, "use_clipped_model_output": True}
+    clipped = _run_pair(DDIMScheduler.from_config(cfg), diffusers.DDIMScheduler.from_config(cfg), 25, kwargs)
+    assert clipped > 0  # x0_hat was clipped, so the re-derived eps differs from the model's
+    # ... and the flag changes the step: with it off, the same chain ends elsewhere
+    ends = []
+    for use in (True, False):
+        sched = DDIMScheduler.from_config(cfg)
+        sched.set_timesteps(25)
+        x, gen = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0)), torch.Generator().manual_seed(7)
+        for t in sched.timesteps:
+            step = sched.step(_fake_eps(x, int(t)), t, x, generator=gen, eta=0.3, use_clipped_model_output=use)
+            x = step.prev_sample
+        ends.append(x)
+    assert (ends[0] - ends[1]).abs().max() > 1e-3
 
 
 @pytest.mark.parametrize("spacing,steps", [("linspace", 50), ("trailing", 30), ("leading", 30)])

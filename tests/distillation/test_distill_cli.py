@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
-from distill_helpers import one_thread, tiny_sd_folder
+from distill_helpers import one_thread
 
-from common.images import save_image
+from common.images import load_image, save_image
 from distillation.main import main
 from distillation.presets import PRESETS
 
@@ -18,15 +18,17 @@ def _single_thread():
         yield
 
 
-def invoke(args):
-    return CliRunner().invoke(main, ["--model", str(tiny_sd_folder()), "--device", "cpu"] + args)
+@pytest.fixture
+def invoke(tiny_sd_folder):
+    """``invoke(args)``: python -m distillation.main on the tiny SD folder, on the CPU."""
+    return lambda args: CliRunner().invoke(main, ["--model", str(tiny_sd_folder), "--device", "cpu"] + args)
 
 
 def finals(folder):
     return sorted(p.name for p in folder.glob("*.png"))
 
 
-def test_sds_run_writes_final_image_progress_and_config(tmp_path):
+def test_sds_run_writes_final_image_progress_and_config(tmp_path, invoke):
     out = tmp_path / "out"
     res = invoke(["--prompt", "a red circle", "--prompt", "a blue square", "--steps", "4", "--log_step", "2",
                   "--save_dir", str(out), "--seed", "3"])
@@ -40,7 +42,7 @@ def test_sds_run_writes_final_image_progress_and_config(tmp_path):
     assert "torch" in cfg["_run"]["versions"] and len(cfg["prompts"]) == 2
 
 
-def test_preset_applies_and_explicit_flags_override(tmp_path):
+def test_preset_applies_and_explicit_flags_override(tmp_path, invoke, tiny_sd_folder):
     out = tmp_path / "o"
     res = invoke(["--preset", "nycu-lab3", "--loss_type", "sdi", "--prompt", "a dog", "--step", "2",
                   "--inversion_n_steps", "2", "--log_step", "0", "--save_dir", str(out), "--lr", "0.05"])
@@ -48,13 +50,13 @@ def test_preset_applies_and_explicit_flags_override(tmp_path):
     cfg = json.loads((out / "config.json").read_text())
     nycu = PRESETS["nycu-lab3"]
     assert cfg["lr"] == 0.05 and cfg["steps"] == 2 and cfg["inversion_n_steps"] == 2  # explicit flags win
-    assert cfg["model"] == str(tiny_sd_folder())
+    assert cfg["model"] == str(tiny_sd_folder)
     assert cfg["guidance_scale"] == nycu["sdi"]["guidance_scale"] and cfg["grad_clip"] == nycu["common"]["grad_clip"]
     assert cfg["negative_prompt"] == "low quality" and cfg["t_schedule"] == "linear"
     assert finals(out) == ["a_dog.png"]
 
 
-def test_pds_pixel_edit_from_prompts_file(tmp_path):
+def test_pds_pixel_edit_from_prompts_file(tmp_path, invoke):
     src = tmp_path / "src.png"
     save_image(torch.rand(3, 16, 16) * 2 - 1, src)
     pairs = tmp_path / "pairs.txt"
@@ -66,7 +68,7 @@ def test_pds_pixel_edit_from_prompts_file(tmp_path):
     assert finals(out) == ["a_blue_star.png", "a_green_circle.png"]
 
 
-def test_vsd_and_dds_smoke(tmp_path):
+def test_vsd_and_dds_smoke(tmp_path, invoke):
     src = tmp_path / "src.png"
     save_image(torch.zeros(3, 16, 16), src)
     for args in (["--loss_type", "vsd"], ["--loss_type", "dds", "--edit_prompt", "a cat", "--src_img_path", str(src)],
@@ -89,7 +91,7 @@ def test_vsd_and_dds_smoke(tmp_path):
     (["--prompt", "a", "--prompt", "a"], "duplicate"),
     ([], "--prompt"),
 ])
-def test_bad_inputs_give_one_line_error_and_no_image(tmp_path, args, message):
+def test_bad_inputs_give_one_line_error_and_no_image(tmp_path, args, message, invoke):
     (tmp_path / "BAD").write_text("not an image")
     args = [a if a != "BAD" else str(tmp_path / "BAD") for a in args]
     out = tmp_path / "out"
@@ -100,7 +102,7 @@ def test_bad_inputs_give_one_line_error_and_no_image(tmp_path, args, message):
     assert not out.exists() or not finals(out)
 
 
-def test_nan_during_optimisation_is_a_clean_error(tmp_path, monkeypatch):
+def test_nan_during_optimisation_is_a_clean_error(tmp_path, monkeypatch, invoke):
     from distillation.guidance import Guidance
 
     def nan_loss(self, latents, *args, **kwargs):
@@ -114,7 +116,7 @@ def test_nan_during_optimisation_is_a_clean_error(tmp_path, monkeypatch):
     assert not finals(out)
 
 
-def test_schedules_plot_cli(tmp_path):
+def test_schedules_plot_cli(tmp_path, invoke):
     from distillation.schedules import main as schedules_main
 
     res = CliRunner().invoke(schedules_main, ["--plot", str(tmp_path / "s.png"), "--steps", "50"])
@@ -133,3 +135,35 @@ def test_lora_lr_default_depends_on_model_and_yields_to_presets_and_flags():
     assert lora_lr("sd-2.1-base") == 1e-4
     assert lora_lr("toy-sd", preset="nycu-lab3") == 1e-4  # the preset's handout value (and its SD model)
     assert lora_lr("toy-sd", explicit={"lora_lr": 5e-4}) == 5e-4
+
+
+def test_untyped_warmup_is_at_most_a_fifth_of_the_run():
+    from distillation.presets import resolve_settings
+
+    def warmup(steps, preset=None, loss_type="sdi", explicit=None):
+        explicit = {"steps": steps, **(explicit or {})} if steps is not None else dict(explicit or {})
+        return resolve_settings(loss_type, "latent", preset, explicit, {"warmup_steps": 100, "steps": 500})[
+            "warmup_steps"]
+
+    assert warmup(50) == 10 and warmup(None) == 100 and warmup(2000) == 100  # the handouts' 100 of 500 steps
+    assert warmup(None, "nycu-lab3") == 100 and warmup(50, "kaist-a4", "sds") == 10  # a preset's 100 too
+    assert warmup(50, explicit={"warmup_steps": 30}) == 30  # typed: kept
+
+
+def test_typed_warmup_as_long_as_the_run_is_refused(tmp_path, invoke):
+    res = invoke(["--prompt", "a red circle", "--steps", "4", "--warmup_steps", "4", "--save_dir", str(tmp_path)])
+    assert res.exit_code == 2 and res.output.count("\n") == 1, res.output
+    assert "--warmup_steps 4 is not below --steps 4" in res.output and not finals(tmp_path)
+
+
+def test_a_50_step_sdi_run_on_the_toy_default_is_judged_right(tmp_path, invoke):
+    """Issue #20: with the 100-step warm-up of a 500-step run, 50 steps never left warm-up (coloured noise)."""
+    from common.toy.judge import fully_correct
+
+    prompt = "a red circle on a blue background"
+    res = CliRunner().invoke(main, ["--loss_type", "sdi", "--steps", "50", "--prompt", prompt, "--device", "cpu",
+                                    "--log_step", "0", "--save_dir", str(tmp_path)])
+    assert res.exit_code == 0 and not res.exception, res.output
+    assert json.loads((tmp_path / "config.json").read_text())["warmup_steps"] == 10
+    image = load_image(tmp_path / f"{prompt.replace(' ', '_')}.png", size=64)
+    assert bool(fully_correct(image[None], [prompt])[0])

@@ -4,7 +4,7 @@ import json
 
 import pytest
 from click.testing import CliRunner
-from distill_helpers import one_thread, tiny_sd_folder
+from distill_helpers import one_thread
 
 from distillation.evaluate import handout_items, main, toy_items
 
@@ -21,11 +21,11 @@ def test_handout_prompt_lists_are_shipped():
     assert items[-1].prompt == "A car on the road"
 
 
-def test_pds_without_source_images_is_a_clear_error(tmp_path):
-    res = CliRunner().invoke(main, ["--loss_type", "pds", "--model", str(tiny_sd_folder()),
+def test_pds_without_source_images_is_a_clear_error(tmp_path, tiny_sd_folder):
+    res = CliRunner().invoke(main, ["--loss_type", "pds", "--model", str(tiny_sd_folder),
                                     "--save_root", str(tmp_path)])
     assert res.exit_code == 2 and "--data_dir" in res.output
-    res = CliRunner().invoke(main, ["--loss_type", "pds", "--model", str(tiny_sd_folder()),
+    res = CliRunner().invoke(main, ["--loss_type", "pds", "--model", str(tiny_sd_folder),
                                     "--data_dir", str(tmp_path), "--save_root", str(tmp_path)])
     assert res.exit_code == 2 and "source images missing" in res.output
 
@@ -41,11 +41,11 @@ def test_toy_edit_set_changes_only_the_object_colour():
         assert it.src_image.shape == (3, 64, 64)
 
 
-def test_evaluate_end_to_end_writes_eval_json(tmp_path):
+def test_evaluate_end_to_end_writes_eval_json(tmp_path, tiny_sd_folder):
     from common.toy.clip_model import create_toy_clip, save_toy_clip
 
     clip_dir = save_toy_clip(create_toy_clip(), tmp_path / "clip")
-    res = CliRunner().invoke(main, ["--loss_type", "sds", "--model", str(tiny_sd_folder()), "--clip_model",
+    res = CliRunner().invoke(main, ["--loss_type", "sds", "--model", str(tiny_sd_folder), "--clip_model",
                                     str(clip_dir), "--steps", "1", "--device", "cpu", "--save_root",
                                     str(tmp_path / "ev")])
     assert res.exit_code == 0, res.output

@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from distill_helpers import load_tiny_pipe, one_thread
+from distill_helpers import one_thread
 
 from common.tweedie import add_noise
 from distillation.guidance import Guidance, encode_prompts
@@ -18,8 +18,8 @@ def _single_thread():
         yield
 
 
-def test_vsd_step_lowers_the_lora_loss():
-    pipe = load_tiny_pipe()
+def test_vsd_step_lowers_the_lora_loss(load_tiny_sd):
+    pipe = load_tiny_sd()
     guidance = Guidance.from_pipeline(pipe)
     lora = guidance.init_vsd(lora_rank=4)
     assert lora and all(p.requires_grad for p in lora)
@@ -48,32 +48,33 @@ def test_vsd_step_lowers_the_lora_loss():
     assert after < before - 1e-4, (before, after)
 
 
-def run_latents(loss_type, items, steps=3, **kwargs):
+def run_latents(pipe, loss_type, items, steps=3, **kwargs):
     cfg = RunConfig(loss_type=loss_type, items=items, steps=steps, log_step=0, warmup_steps=0, lr=0.05,
                     guidance_scale=7.5, sdi_update_interval=2, inversion_n_steps=2, **kwargs)
-    job = Run(cfg, load_tiny_pipe(), torch.device("cpu"))
+    job = Run(cfg, pipe, torch.device("cpu"))
     job.optimise(progress=False)
     return job.rep.param.detach()
 
 
 @pytest.mark.parametrize("loss_type,kwargs", [("sds", {}), ("sdi", {"t_schedule": "linear"}),
                                               ("ism", {"ism_inv_steps": 2}), ("pds", {})])
-def test_batched_prompts_equal_single_prompt_runs(loss_type, kwargs):
+def test_batched_prompts_equal_single_prompt_runs(loss_type, kwargs, load_tiny_sd):
     src = torch.rand(3, 16, 16) * 2 - 1
     if loss_type == "pds":
         items = [Item("a red circle", "a green circle", src_image=src), Item("a blue square", "a red square",
                                                                             src_image=src.flip(0))]
     else:
         items = [Item("a red circle"), Item("a blue square")]
-    batched = run_latents(loss_type, items, **kwargs)
+    batched = run_latents(load_tiny_sd(), loss_type, items, **kwargs)
     for b, it in enumerate(items):
-        torch.testing.assert_close(batched[b:b + 1], run_latents(loss_type, [it], **kwargs), rtol=1e-3, atol=1e-3)
+        single = run_latents(load_tiny_sd(), loss_type, [it], **kwargs)
+        torch.testing.assert_close(batched[b:b + 1], single, rtol=1e-3, atol=1e-3)
     assert not torch.allclose(batched[0], batched[1])
 
 
 @pytest.mark.parametrize("name", list(T_SCHEDULES))
-def test_t_schedules_stay_in_range(name):
-    a = load_tiny_pipe().scheduler.alphas_cumprod if name == "dreamtime" else None
+def test_t_schedules_stay_in_range(name, load_tiny_sd):
+    a = load_tiny_sd().scheduler.alphas_cumprod if name == "dreamtime" else None
     t = make_t_schedule(name, 200, 20, 980, torch.Generator().manual_seed(0), a)
     assert t.shape == (200,) and t.dtype == torch.long and t.min() >= 20 and t.max() <= 980
     if name in ("linear", "hifa", "dreamtime"):

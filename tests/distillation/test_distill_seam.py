@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from distill_helpers import StubUNet, load_tiny_pipe, one_thread, sd_alphas_cumprod
+from distill_helpers import StubUNet, one_thread, sd_alphas_cumprod
 
 from common.cli import UserError
 from common.tweedie import add_noise
@@ -59,12 +59,12 @@ def test_nan_unet_raises_a_clear_error_instead_of_zero_gradients(method):
     assert "\n" not in str(err.value) and x.grad is None
 
 
-def test_nan_guidance_scale_raises_and_the_runner_names_method_and_step():
+def test_nan_guidance_scale_raises_and_the_runner_names_method_and_step(load_tiny_sd):
     with pytest.raises(NonFiniteUpdate, match="the sds gradient g became NaN"):
         call_loss(Guidance(StubUNet(C, H), None, A), "sds", inputs()[0].requires_grad_(True), s=float("nan"))
     cfg = RunConfig(loss_type="sds", items=[Item("a red circle")], steps=2, log_step=0, guidance_scale=float("nan"))
     with pytest.raises(UserError, match=r"the sds gradient g became NaN or infinite at step 0 \(t = \[\d+\]\); try"):
-        Run(cfg, load_tiny_pipe(), torch.device("cpu")).optimise(progress=False)
+        Run(cfg, load_tiny_sd(), torch.device("cpu")).optimise(progress=False)
 
 
 class NoState:
@@ -129,7 +129,7 @@ def test_sdi_loss_refreshes_at_step_zero_and_every_interval_only():
     assert len(calls) == 3 and float(target[0, 0, 0, 0]) == 3.0  # steps 0, 3, 6
 
 
-def test_a_student_region_without_bookkeeping_runs_and_logs(tmp_path, monkeypatch):
+def test_a_student_region_without_bookkeeping_runs_and_logs(tmp_path, monkeypatch, load_tiny_sd):
     """A student's SDS that is only the math (no aux, no NaN handling) drives a full run with progress previews;
     a loss that never fills aux at all does not KeyError in the runner either."""
 
@@ -141,13 +141,13 @@ def test_a_student_region_without_bookkeeping_runs_and_logs(tmp_path, monkeypatc
     monkeypatch.setattr(sds, "sds_gradient", student_sds)
     cfg = RunConfig(loss_type="sds", items=[Item("a red circle")], steps=2, log_step=1, warmup_steps=0,
                     save_dir=str(tmp_path / "a"))
-    job = Run(cfg, load_tiny_pipe(), torch.device("cpu"))
+    job = Run(cfg, load_tiny_sd(), torch.device("cpu"))
     job.optimise(progress=False)
     assert set(job.guidance.aux) == {"x0_hat", "g", "t"}
 
     monkeypatch.setattr(Guidance, "get_sds_loss", lambda self, latents, *a, **k: (latents ** 2).sum())
     cfg.save_dir = str(tmp_path / "b")
-    job = Run(cfg, load_tiny_pipe(), torch.device("cpu"))
+    job = Run(cfg, load_tiny_sd(), torch.device("cpu"))
     job.optimise(progress=False)
     assert job.guidance.aux == {} and len(list(Path(cfg.save_dir, "progress").rglob("step_*.png"))) == 2
 

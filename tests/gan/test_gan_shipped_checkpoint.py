@@ -4,21 +4,21 @@ import torch
 
 from gan.dataset import to_float
 from gan.generate import load_generator
-from gan.make_toy_checkpoint import DEFAULT_OUT
+from gan.make_toy_checkpoint import SHIPPED
 from gan.metrics import fid_against, load_feature_net
 from gan.toy import toy_dataset
 
 
 def test_shipped_checkpoint_is_small_and_loads():
-    assert DEFAULT_OUT.is_file(), "run `python -m gan.make_toy_checkpoint --device cuda` to create it"
-    assert DEFAULT_OUT.stat().st_size < 3 * 2**20
-    G = load_generator(DEFAULT_OUT, torch.device("cpu")).eval()
+    assert SHIPPED.is_file(), "run `python -m gan.make_toy_checkpoint --device cuda` to create it"
+    assert SHIPPED.stat().st_size < 3 * 2**20
+    G = load_generator(SHIPPED, torch.device("cpu")).eval()
     assert G.cfg.resolution == 64
 
 
 def test_shipped_checkpoint_beats_noise_in_fid():
     device = torch.device("cpu")
-    G = load_generator(DEFAULT_OUT, device).eval()
+    G = load_generator(SHIPPED, device).eval()
     reals = to_float(toy_dataset())  # the 100 toy few-shot faces, [100, 3, 64, 64] in [-1, 1]
     features = load_feature_net(device)
     fid_g = fid_against(reals, G, 500, device, features)  # 500 fakes, as in training logs

@@ -57,6 +57,22 @@ def test_resume_gives_the_same_next_step(tmp_path):
     assert torch.equal(straight.loss.pl_mean, resumed.loss.pl_mean)
 
 
+def test_images_seen_count_the_saved_runs_batch_after_a_resume(tmp_path):
+    first = Trainer(TrainConfig(**TINY))
+    first.train_step()
+    path = first.save(tmp_path / "ckpt.safetensors")
+    resumed = Trainer(TrainConfig(**{**TINY, "batch": 8}, checkpoint_path=str(path)))
+    assert (resumed.step, resumed.nimg) == (1, 4)  # 1 step of batch 4, not 1 x the new batch 8
+    resumed.train_step()
+    assert resumed.nimg == 12 and ckpt_state(resumed.save(tmp_path / "next.safetensors"))["nimg"] == 12
+
+
+def ckpt_state(path):
+    from gan.checkpoint import read_checkpoint
+
+    return read_checkpoint(path)[2]
+
+
 def _run(args):
     return CliRunner().invoke(train.main, args)
 
@@ -90,12 +106,12 @@ def _png(path, size):
     Image.fromarray(np.full((size, size, 3), 128, np.uint8)).save(path)
 
 
-@pytest.mark.parametrize("case", ["missing", "empty", "mixed", "not_pow2", "bad_ckpt"])
+@pytest.mark.parametrize("case", ["missing", "empty", "mixed", "not_pow2", "bad_ckpt", "pickle_ckpt"])
 def test_bad_input_is_one_line_exit_2(tmp_path, case):
     data, extra = tmp_path / "data", []
     if case == "empty":
         data.mkdir()
-    elif case in ("mixed", "not_pow2", "bad_ckpt"):
+    elif case in ("mixed", "not_pow2", "bad_ckpt", "pickle_ckpt"):
         _png(data / "a.png", 8)
         _png(data / "b.png", 16 if case == "mixed" else 8)
     if case == "not_pow2":
@@ -103,10 +119,14 @@ def test_bad_input_is_one_line_exit_2(tmp_path, case):
     if case == "bad_ckpt":
         (tmp_path / "x.safetensors").write_bytes(b"not a checkpoint")
         extra = ["--checkpoint_path", str(tmp_path / "x.safetensors")]
+    if case == "pickle_ckpt":  # the handout's flag with its StyleGAN2-ADA pickle
+        (tmp_path / "part1-10K.pkl").write_bytes(b"\x80\x04\x95" + bytes(16))
+        extra = ["--checkpoint_path", str(tmp_path / "part1-10K.pkl")]
     result = _run(["--outdir", str(tmp_path / "runs"), "--data", str(data), "--use_r1_regularization", "True",
                    "--use_diffaug", "True", "--kimg", "0.004", "--batch", "4", "--cbase", "32", "--cmax", "8"] + extra)
     expected = {"missing": "dataset not found", "empty": "no images", "mixed": "mixed sizes",
-                "not_pow2": "power of two", "bad_ckpt": "not a safetensors checkpoint"}[case]
+                "not_pow2": "power of two", "bad_ckpt": "not a safetensors checkpoint",
+                "pickle_ckpt": "pickles are refused by design"}[case]
     assert result.exit_code == 2 and expected in result.output, result.output
     assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
 

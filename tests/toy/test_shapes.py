@@ -61,7 +61,10 @@ def test_captions_exact_and_invertible():
     spec = shapes.ShapeSpec("red", "circle", "blue", (0.5, 0.5), 0.5)
     assert shapes.caption(spec) == "a red circle on a blue background"
     assert shapes.parse_caption("a red circle on a blue background") == ("red", "circle", "blue")
+    orange = shapes.ShapeSpec("orange", "square", "orange", (0.5, 0.5), 0.5)
+    assert shapes.caption(orange) == "an orange square on an orange background"  # not "a orange"
     captions = shapes.all_captions()
+    assert not any("a orange" in c for c in captions) and sum("an orange" in c for c in captions) == 2 * 3 * 7
     assert len(captions) == len(set(captions)) == 8 * 3 * 7
     for i, (c, s, b) in enumerate(shapes.all_attributes()):
         assert shapes.caption_index(c, s, b) == i and shapes.parse_caption(captions[i]) == (c, s, b)
