@@ -74,7 +74,7 @@ def reference_zip(hw: Homework, folder: Path, sid: str) -> Path:
     root = hw.zip_root.strip("/")
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
         for rel, text in workspace.region_files(hw).items():
-            zf.writestr(f"{root}/{rel}" if root else rel, markers.fill(markers.strip(text, rel), bodies))
+            zf.writestr(f"{root}/{rel}" if root else rel, markers.fill(workspace.starter_text(hw, rel, text), bodies))
     return path
 
 

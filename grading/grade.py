@@ -131,7 +131,7 @@ def extract_submission(hw: Homework, files: dict[str, str], root: Path = workspa
         regions = {r.id: r for r in markers.find_regions(reference, rel) if r.id in hw.region_ids}
         if not regions:
             continue
-        starter = markers.strip(reference, rel)
+        starter = workspace.starter_text(hw, rel, reference, root)
         if rel not in files:
             blocked.update({i: f"{rel} is missing from the submission" for i in regions})
             continue
@@ -255,7 +255,8 @@ def grade_reference_and_starter(hw: Homework, source: Path, seed: int = 0) -> di
                                               work / "calibrate", ref.limits)
         e2e.configure(ref, calibration=calibration)
         bodies = workspace.reference_bodies(hw, Path(source))
-        starters = {rel: markers.strip(text, rel) for rel, text in workspace.region_files(hw, Path(source)).items()}
+        starters = {rel: workspace.starter_text(hw, rel, text, Path(source))
+                    for rel, text in workspace.region_files(hw, Path(source)).items()}
         points = {}
         for side, chosen in (("reference", bodies), ("starter", {})):
             files = {rel: markers.fill(st, chosen) for rel, st in starters.items()}

@@ -38,6 +38,15 @@ def region_files(hw: Homework, root: Path = ROOT) -> dict[str, str]:
     return out
 
 
+def starter_text(hw: Homework, rel: str, reference: str, root: Path = ROOT) -> str:
+    """The starter a student of ``hw`` received for ``rel``: the release's pristine copy under ``.grading/starter``
+    when ``root`` is a release or autograder tree, else the same text built from the reference (lint-cleaned)."""
+    shipped = root / ".grading" / "starter" / rel
+    if shipped.is_file():
+        return shipped.read_text()
+    return tree.strip_file(reference, rel, set(hw.region_ids), hw.id).starter
+
+
 def _strip_helpers(hw: Homework, dest: Path) -> None:
     for dotted in hw.strip_functions:
         rel, qualname = tree.resolve_function(dest, dotted)

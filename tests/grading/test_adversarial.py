@@ -123,7 +123,9 @@ def world(tmp_path_factory):
         for module in task.cases:
             ref.outputs(module)  # the reference outputs first, once, under the generous limit
     tight = copy.copy(ref)  # shares the cached reference and mistake runs
-    tight.limits = Limits(wall_s=WALL_S)
+    # disk_mb above the huge-file attack's ~310 MB: this suite checks the per-file cap; the total-disk watchdog
+    # has its own test (tests/grading/test_sandbox.py)
+    tight.limits = Limits(wall_s=WALL_S, disk_mb=1024)
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen(4)
@@ -279,15 +281,6 @@ def test_network_huge_files_and_hostile_archive(world):
     assert "link" in problems and "adv-slip" in problems and "adv-absolute" in problems, problems
     assert not list(world.base.rglob("adv-slip*")) and not list(world.base.rglob("adv-absolute*"))
     assert not Path(f"/tmp/adv-absolute-{world.paths.token}.py").exists()
-
-
-@pytest.mark.xfail(strict=True, reason=(
-    "By design: RLIMIT_FSIZE caps each file at 64 MB and the sandbox's disk watchdog kills a worker past "
-    "Limits.disk_mb (256 MB) in total, so TMPDIR alone may still hold more than one file's cap before the kill"))
-def test_worker_disk_use_is_capped_in_total(world):
-    g = world.grade("net")
-    sizes = attack_message(g, ga.R1)
-    assert int(re.search(r"'tmp': (\d+)", sizes).group(1)) <= Limits().file_size_mb, sizes
 
 
 def test_zip_bomb_is_refused_without_unpacking(world, tmp_path):

@@ -209,7 +209,8 @@ def test_grading_a_reversed_sds_in_the_sandbox_lands_lowest_and_a_misreport_fail
     ref = Reference(hw, 0, tmp_path / "ref", limits=Limits(wall_s=240))
     e2e.configure(ref, calibration=calibration)
     bodies = {**workspace.reference_bodies(hw), "sds-loss": reversed_sds.body}
-    files = {rel: markers.fill(markers.strip(text, rel), bodies) for rel, text in workspace.region_files(hw).items()}
+    files = {rel: markers.fill(workspace.starter_text(hw, rel, text), bodies)
+             for rel, text in workspace.region_files(hw).items()}
     reported = _submit(tmp_path / "sub/outputs/sds", runs["reference"], CAPTIONS, score_shift=-0.05)
     tests, _ = grade_files(hw, files, ref, tmp_path / "work", items=tmp_path / "sub")
     band, check = tests

@@ -24,7 +24,8 @@ def ref(tmp_path_factory):
 
 def _files(bodies: dict[str, str]) -> dict[str, str]:
     """What a student hands in: every region file's starter with ``bodies`` written into its TODO regions."""
-    return {rel: markers.fill(markers.strip(text, rel), bodies) for rel, text in workspace.region_files(HW).items()}
+    return {rel: markers.fill(workspace.starter_text(HW, rel, text), bodies)
+            for rel, text in workspace.region_files(HW).items()}
 
 
 def _by_task(tests) -> dict[str, tuple[float, float]]:

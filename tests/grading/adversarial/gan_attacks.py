@@ -86,7 +86,7 @@ def code_files(sub: Submission) -> dict[str, str]:
     for rel, text in workspace.region_files(HW).items():
         if rel in sub.drop:
             continue
-        filled = markers.fill(markers.strip(text, rel), bodies)
+        filled = markers.fill(workspace.starter_text(HW, rel, text), bodies)
         for anchor, inserted in sub.outside.get(rel, []):
             if anchor not in filled:
                 raise ValueError(f"{rel}: anchor {anchor!r} not found")
