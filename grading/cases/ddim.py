@@ -25,6 +25,7 @@ from grading.cases.ddpm import (
     grid_index,
     shares,
     step_inputs,
+    x0_and_prev_cases,
 )
 
 
@@ -116,10 +117,7 @@ _PREV_CASES = [
 # TODO #1 (beta-bar and x0) and TODO #2 (the rest of Formula 9) are half of the task each.
 _POINTS = shares(TASK_POINTS, [1 / len(_X0_CASES)] * len(_X0_CASES) + [1 / len(_PREV_CASES)] * len(_PREV_CASES))
 
-CASES: tuple[Case, ...] = tuple(
-    [_case(n, title, s, k, w, output=X0, points=p, **kw) for (n, title, s, k, w, kw), p in zip(_X0_CASES, _POINTS)]
-    + [_case(n, title, s, k, w, points=p, **kw)
-       for (n, title, s, k, w, kw), p in zip(_PREV_CASES, _POINTS[len(_X0_CASES):])])
+CASES = x0_and_prev_cases(_case, _X0_CASES, _PREV_CASES, _POINTS)
 
 # ---------------------------------------------------------------------------------------------------------------
 # Mistakes (bodies indented as in ddpm_ddim/schedulers.py)

@@ -75,6 +75,15 @@ def grid_index(timesteps: torch.Tensor, num_train_timesteps: int, where: str, g:
     return hits[int(torch.randint(0, len(hits), (), generator=g))]
 
 
+def x0_and_prev_cases(make, x0_cases: list, prev_cases: list, points: list[float]) -> tuple[Case, ...]:
+    """The cases of a step task: ``make`` applied to each (name, title, spacing, steps, where, kwargs) row, the x0
+    rows scoring ``pred_original_sample`` and the prev rows ``prev_sample``; ``points`` in the same order."""
+    x0 = [make(n, title, s, k, w, output=X0, points=p, **kw) for (n, title, s, k, w, kw), p in zip(x0_cases, points)]
+    prev = [make(n, title, s, k, w, points=p, **kw)
+            for (n, title, s, k, w, kw), p in zip(prev_cases, points[len(x0_cases):])]
+    return tuple(x0 + prev)
+
+
 def shares(total: float, weights: list[float]) -> list[float]:
     """``total`` split in proportion to ``weights``."""
     return [total * w / sum(weights) for w in weights]
@@ -156,10 +165,7 @@ _PREV_CASES = [
 # TODO #2 (x0) is one of the task's three TODOs: the x0 cases carry a third of the points, the prev cases the rest.
 _POINTS = shares(TASK_POINTS, [1 / len(_X0_CASES)] * len(_X0_CASES) + [2 / len(_PREV_CASES)] * len(_PREV_CASES))
 
-CASES: tuple[Case, ...] = tuple(
-    [_case(n, title, s, k, w, output=X0, points=p, **kw) for (n, title, s, k, w, kw), p in zip(_X0_CASES, _POINTS)]
-    + [_case(n, title, s, k, w, points=p, **kw)
-       for (n, title, s, k, w, kw), p in zip(_PREV_CASES, _POINTS[len(_X0_CASES):])])
+CASES = x0_and_prev_cases(_case, _X0_CASES, _PREV_CASES, _POINTS)
 
 # ---------------------------------------------------------------------------------------------------------------
 # Mistakes (bodies indented as in ddpm_ddim/schedulers.py)

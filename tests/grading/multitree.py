@@ -35,6 +35,11 @@ class Run:
     files: dict
     files_ok: bool
 
+    def checked(self, run: str) -> tuple[dict, dict]:
+        """(outputs, status), after asserting that every ``check`` module came from the tree under test."""
+        assert self.files_ok, f"{run}: modules were imported from outside the tree: {self.files}"
+        return self.outputs, self.status
+
 
 def run(jobs: list[dict], work: Path, *, drop: tuple[str, ...], checked: str = "loaded", deterministic: bool = False,
         timeout: float = 600, env: dict | None = None) -> tuple[subprocess.CompletedProcess, dict | None]:

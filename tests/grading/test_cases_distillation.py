@@ -191,9 +191,7 @@ def _build(hw, dest: Path, bodies: dict[str, str], built: dict[str, Path]) -> Pa
 
 
 def _load(run: str, result: multitree.Run) -> tuple[dict, dict]:
-    """(case id -> {name: tensor}, case id -> "ok" or the error) of one tree and seed."""
-    assert result.files_ok, f"{run}: modules were imported from outside the tree: {result.files}"
-    return result.outputs, result.status
+    return result.checked(run)
 
 
 @pytest.fixture(scope="module")

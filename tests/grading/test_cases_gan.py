@@ -30,9 +30,7 @@ MISTAKES = {k.id: k for m in MODULES for k in importlib.import_module(m).MISTAKE
 CHECK = ("gan.loss", "gan.augment", "common.diffaugment", *MODULES)
 
 def _load(run: str, result: multitree.Run) -> tuple[dict, dict]:
-    """(case id -> {name: tensor}, case id -> "ok" or the error) of one tree and seed."""
-    assert result.files_ok, f"{run}: modules were imported from outside the tree"
-    return result.outputs, result.status
+    return result.checked(run)
 
 
 @pytest.fixture(scope="module")
