@@ -135,6 +135,27 @@ class IntListType(click.ParamType):
             self.fail(str(err), param, ctx)
 
 
+class FiniteFloat(click.FloatRange):
+    """``click.FloatRange`` that also refuses NaN and +-inf (a plain ``FloatRange`` lets NaN through any bound).
+
+    >>> @click.option("--lr", type=finite(min=0, min_open=True))
+    """
+
+    name = "float"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float:
+        number = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return super().convert(number, param, ctx)
+
+
+def finite(min: float | None = None, max: float | None = None, min_open: bool = False,
+           max_open: bool = False) -> FiniteFloat:
+    """A finite, range-checked float option type; every float option of every CLI uses one."""
+    return FiniteFloat(min=min, max=max, min_open=min_open, max_open=max_open)
+
+
 def check_finite(x: torch.Tensor | float, what: str) -> None:
     """Raise a one-line error when optimisation or sampling produced NaN or inf."""
     ok = bool(torch.isfinite(x).all()) if isinstance(x, torch.Tensor) else math.isfinite(x)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+PRECISION_CHOICES = ("auto", *PRECISIONS)  # auto: fp16 weights for frozen models on CUDA, fp32 elsewhere
 
 
 def get_device(name: str = "auto") -> torch.device:
@@ -38,9 +39,15 @@ def get_device(name: str = "auto") -> torch.device:
 
 
 def precision_dtype(precision: str, device: torch.device | str = "cpu") -> torch.dtype:
-    """Map ``fp32|fp16|bf16`` to a dtype; fp16 on CPU falls back to fp32 (CPU fp16 convs are slow or missing)."""
+    """Map ``auto|fp32|fp16|bf16`` to a dtype for frozen model weights.
+
+    ``auto`` is fp16 on CUDA and fp32 elsewhere; fp16 on CPU falls back to fp32 (CPU fp16 convs are slow or
+    missing). Schedules, Tweedie and optimised tensors stay fp32 whatever this returns.
+    """
+    if precision == "auto":
+        return torch.float16 if torch.device(device).type == "cuda" else torch.float32
     if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISION_CHOICES)}")
     dtype = PRECISIONS[precision]
     if torch.device(device).type == "cpu" and dtype == torch.float16:
         return torch.float32

@@ -12,6 +12,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 Range = tuple[float, float]
+MAX_PIXELS = 64 * 2**20  # 64 megapixels: far above any image here; a 50 kB PNG can claim 400 megapixels
 SIGNED: Range = (-1.0, 1.0)
 UNIT: Range = (0.0, 1.0)
 
@@ -38,21 +39,46 @@ def pil_to_tensor(img: Image.Image, value_range: Range = SIGNED) -> torch.Tensor
     return torch.from_numpy(arr).permute(2, 0, 1) * (hi - lo) + lo
 
 
-def load_image(path: str | os.PathLike, size: int | tuple[int, int] | None = None,
-               value_range: Range = SIGNED) -> torch.Tensor:
-    """Read an image file as [3, H, W]; optionally resize (bicubic) to ``size``. One-line errors on bad files."""
+def _to_rgb8(img: Image.Image) -> Image.Image:
+    """8-bit RGB; 16-bit and 32-bit integer images are rescaled (PIL's own convert clips them to white)."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        peak = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) <= 65535 else float(2**32 - 1)
+        img = Image.fromarray(np.clip(arr / peak * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+    elif img.mode == "F":
+        raise ValueError("floating-point images are not supported; save it as an 8- or 16-bit PNG")
+    return img.convert("RGB")
+
+
+def read_pil(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Read an image file as an 8-bit RGB PIL image; one-line ``ValueError`` for every way a file can be bad.
+
+    Refuses images above ``max_pixels`` from the header alone (before decoding, so a decompression bomb
+    costs nothing), truncated or non-image files, and rescales 16-bit PNGs instead of clipping them.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(2, "No such file", str(path))
     try:
         with Image.open(path) as img:
+            w, h = img.size
+            if w * h > max_pixels:
+                raise ValueError(f"cannot read image {path}: {w}x{h} is {w * h / 1e6:.0f} megapixels, more than "
+                                 f"the {max_pixels / 1e6:.0f} allowed")
             img.load()
-            if size is not None:
-                hw = (size, size) if isinstance(size, int) else size
-                img = img.convert("RGB").resize((hw[1], hw[0]), Image.BICUBIC)
-            return pil_to_tensor(img, value_range)
-    except (UnidentifiedImageError, OSError) as err:
+            return _to_rgb8(img)
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, SyntaxError) as err:
         raise ValueError(f"cannot read image {path}: not a valid image file") from err
+
+
+def load_image(path: str | os.PathLike, size: int | tuple[int, int] | None = None,
+               value_range: Range = SIGNED) -> torch.Tensor:
+    """Read an image file as [3, H, W]; optionally resize (bicubic) to ``size``. One-line errors on bad files."""
+    img = read_pil(path)
+    if size is not None:
+        hw = (size, size) if isinstance(size, int) else size
+        img = img.resize((hw[1], hw[0]), Image.BICUBIC)
+    return pil_to_tensor(img, value_range)
 
 
 def make_grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2, pad_value: float = 1.0) -> torch.Tensor:

@@ -56,6 +56,7 @@ class ModelSpec:
     folder: Path | None = None  # shipped toy folder or a user's local folder
     stage2_hub_id: str | None = None  # DeepFloyd IF super-resolution stage
     text_from: str | None = None  # registry name whose tokenizer/text encoder this model uses
+    toy: bool = False  # an embedded toy-world model (defaults, judges and CLIP follow the toy world)
 
     @property
     def is_real(self) -> bool:
@@ -73,7 +74,7 @@ class ModelSpec:
 
 
 def _toy(name: str, kind: str, description: str, **kwargs: Any) -> ModelSpec:
-    return ModelSpec(name, kind, description, folder=TOY_MODELS_DIR / name, **kwargs)
+    return ModelSpec(name, kind, description, folder=TOY_MODELS_DIR / name, toy=True, **kwargs)
 
 
 MODELS: dict[str, ModelSpec] = {

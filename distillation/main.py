@@ -51,7 +51,7 @@ OPTION_NAMES = ("negative_prompt", "guidance_scale", "steps", "lr", "warmup_step
                 "device", "seed", "model", "t_schedule", "w_schedule", "t_min", "t_max", "representation",
                 "grad_clip", "lora_lr", "lora_rank", "lora_loss_weight", "inversion_n_steps",
                 "inversion_guidance_scale", "inversion_eta", "sdi_update_interval", "ism_delta_t", "ism_delta_s",
-                "ism_inv_steps")
+                "ism_inv_steps", "pds_posterior", "sdi_inversion_form", "ism_grid")
 
 
 def settings_from_context(ctx: click.Context, params: dict, loss_type: str, preset: str | None) -> dict:
@@ -123,6 +123,15 @@ def settings_from_context(ctx: click.Context, params: dict, loss_type: str, pres
               help="ISM: inversion step size up to s.")
 @click.option("--ism_inv_steps", type=click.IntRange(min=0), default=5, show_default=True,
               help="ISM: most inversion steps up to s.")
+@click.option("--ism_grid", type=click.Choice(["2d-sds", "luciddreamer"]), default="2d-sds", show_default=True,
+              help="ISM inversion grid: 2d-sds (noise at s - n delta_s, n = min(s // delta_s, inv_steps)) or "
+                   "luciddreamer (noise at the first step, delta_s steps with a partial last step up to s).")
+@click.option("--pds_posterior", type=click.Choice(["official", "exact"]), default="official", show_default=True,
+              help="PDS posterior: official (the PDS code's one-step beta_t with alpha_bar_{t-2}; pulls the edit "
+                   "toward the source) or exact (t -> t-delta posterior; a time-weighted DDS).")
+@click.option("--sdi_inversion_form", type=click.Choice(["authors", "ddim"]), default="authors", show_default=True,
+              help="SDI inversion step with eta > 0: authors (sqrt(1 - alpha_bar_next) eps_hat + sigma z, the SDI "
+                   "code's) or ddim (sqrt(1 - alpha_bar_next - sigma^2) eps_hat + sigma z).")
 @click.pass_context
 @user_errors
 def main(ctx: click.Context, prompts: tuple[str, ...], prompts_file: str | None, edit_prompt: str | None,

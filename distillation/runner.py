@@ -89,6 +89,9 @@ class RunConfig:
     ism_delta_t: int = 80
     ism_delta_s: int = 200
     ism_inv_steps: int = 5
+    pds_posterior: str = "official"  # PDS: official (one-step beta_t with alpha_bar_{t-2}) or exact (t -> t-delta)
+    sdi_inversion_form: str = "authors"  # SDI eta > 0: authors' sqrt(1 - a_next) eps + sigma z, or ddim's form
+    ism_grid: str = "2d-sds"  # ISM inversion grid: 2d-sds (s - n delta_s) or luciddreamer (delta_s steps up to s)
     items: list[Item] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -186,12 +189,17 @@ class Run:
             return g.get_sdi_loss(latents, self.text_embeddings, s, t=t, step=step,
                                   update_interval=cfg.sdi_update_interval, inversion_n_steps=cfg.inversion_n_steps,
                                   inversion_guidance_scale=cfg.inversion_guidance_scale,
-                                  inversion_eta=cfg.inversion_eta, generators=gens)
+                                  inversion_eta=cfg.inversion_eta, inversion_form=cfg.sdi_inversion_form,
+                                  generators=gens)
         if cfg.loss_type == "ism":
             return g.get_ism_loss(latents, self.text_embeddings, s, t=t, delta_t=cfg.ism_delta_t,
-                                  delta_s=cfg.ism_delta_s, inv_steps=cfg.ism_inv_steps, generators=gens)
-        method = g.get_pds_loss if cfg.loss_type == "pds" else g.get_dds_loss
-        return method(self.src_latents, latents, self.text_embeddings, self.tgt_embeddings, s, t=t, generators=gens)
+                                  delta_s=cfg.ism_delta_s, inv_steps=cfg.ism_inv_steps, grid=cfg.ism_grid,
+                                  generators=gens)
+        if cfg.loss_type == "pds":
+            return g.get_pds_loss(self.src_latents, latents, self.text_embeddings, self.tgt_embeddings, s, t=t,
+                                  posterior=cfg.pds_posterior, generators=gens)
+        return g.get_dds_loss(self.src_latents, latents, self.text_embeddings, self.tgt_embeddings, s, t=t,
+                              generators=gens)
 
     def optimise(self, progress: bool = True) -> torch.Tensor:
         """Run all steps; return the final images [B, 3, H, W] in [-1, 1].
