@@ -57,7 +57,7 @@ class ISMMixin:
 
     def get_ism_loss(self: Guidance, latents: torch.Tensor, text_embeddings: torch.Tensor,
                      guidance_scale: float = 7.5, t: torch.Tensor | None = None, noise: torch.Tensor | None = None,
-                     delta_t: int = 80, delta_s: int = 200, inv_steps: int = 5,
+                     delta_t: int = 80, delta_s: int = 200, inv_steps: int = 5, grid: str = "2d-sds",
                      generators: Sequence[torch.Generator] | None = None) -> torch.Tensor:
         """Interval Score Matching (Liang et al. 2024, Eq. 16): dL/dx = w(t) (eps_cfg(x_t, t, y) - eps(x_s, s, 0)).
 

@@ -56,7 +56,7 @@ class PDSMixin:
     def get_pds_loss(self: Guidance, src_latents: torch.Tensor, tgt_latents: torch.Tensor,
                      src_text_embedding: torch.Tensor, tgt_text_embedding: torch.Tensor, guidance_scale: float = 7.5,
                      grad_scale: float = 1.0, t: torch.Tensor | None = None, noise_t: torch.Tensor | None = None,
-                     noise_prev: torch.Tensor | None = None, t_delta: int = 2,
+                     noise_prev: torch.Tensor | None = None, t_delta: int = 2, posterior: str = "official",
                      generators: Sequence[torch.Generator] | None = None) -> torch.Tensor:
         """Posterior Distillation Sampling (Koo et al. 2024, Eq. 11), official sign: dL/dx_tgt = z_tgt - z_src.
 

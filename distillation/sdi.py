@@ -108,7 +108,8 @@ class SDIMixin:
     def get_sdi_loss(self: Guidance, latents: torch.Tensor, text_embeddings: torch.Tensor,
                      guidance_scale: float = 7.5, t: torch.Tensor | None = None, step: int = 0,
                      update_interval: int = 25, inversion_n_steps: int = 10, inversion_guidance_scale: float = -7.5,
-                     inversion_eta: float = 0.3, generators: Sequence[torch.Generator] | None = None) -> torch.Tensor:
+                     inversion_eta: float = 0.3, inversion_form: str = "authors",
+                     generators: Sequence[torch.Generator] | None = None) -> torch.Tensor:
         """Score Distillation via Reparametrized DDIM (Lukoianov et al. 2024, Alg. 1): loss 1/2 ||x - x0_target||^2.
 
         t [B] is annealed linearly from t_max to t_min by the caller (``linear`` t-schedule). Every
