@@ -81,19 +81,6 @@ def load_image(path: str | os.PathLike, size: int | tuple[int, int] | None = Non
     return pil_to_tensor(img, value_range)
 
 
-def make_grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2, pad_value: float = 1.0) -> torch.Tensor:
-    """[B, C, H, W] -> one [C, H', W'] grid with ``nrow`` images per row (default: near-square)."""
-    b, c, h, w = images.shape
-    nrow = nrow or max(1, math.ceil(math.sqrt(b)))
-    ncol = math.ceil(b / nrow)
-    grid = images.new_full((c, ncol * (h + padding) + padding, nrow * (w + padding) + padding), pad_value)
-    for i in range(b):
-        r, q = divmod(i, nrow)
-        y, x = padding + r * (h + padding), padding + q * (w + padding)
-        grid[:, y : y + h, x : x + w] = images[i]
-    return grid
-
-
 def save_image(x: torch.Tensor, path: str | os.PathLike, value_range: Range = SIGNED) -> Path:
     """Save one [C, H, W] tensor as an image file (atomically)."""
     path = Path(path)
@@ -106,10 +93,13 @@ def save_image(x: torch.Tensor, path: str | os.PathLike, value_range: Range = SI
 
 def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int | None = None,
               value_range: Range = SIGNED) -> Path:
-    """Save a batch [B, C, H, W] as one grid image."""
-    lo, hi = value_range
-    unit = _to_unit(images, value_range)
-    return save_image(make_grid(unit, nrow) * (hi - lo) + lo, path, value_range)
+    """Save a batch [B, C, H, W] as one grid image: ``nrow`` images per row (default: near-square,
+    ``ceil(sqrt(B))``), 2 px white padding around every image (``torchvision.utils.make_grid``)."""
+    from torchvision.utils import make_grid  # local: torchvision is slow to import
+
+    unit = _to_unit(images, value_range)  # [B, C, H, W] in [0, 1]
+    nrow = nrow or max(1, math.ceil(math.sqrt(unit.shape[0])))
+    return save_image(make_grid(unit, nrow=nrow, padding=2, pad_value=1.0), path, UNIT)
 
 
 def save_gif(frames: Sequence[torch.Tensor | Image.Image], path: str | os.PathLike, duration_ms: int = 80,

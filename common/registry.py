@@ -8,10 +8,13 @@ takes a real model with ``--model <name>``; a local folder in a standard format 
 - a bare ``UNet2DModel`` folder (``config.json``) -> ``ddpm``;
 - an open_clip folder with ``open_clip_config.json`` + ``open_clip_model.safetensors`` -> ``clip``.
 
-Only safetensors weights are loaded (``use_safetensors=True``); pickled checkpoints are refused. Loading a real
-model without network access raises :class:`ModelLoadError` with one line naming the model and an offline
-alternative. ``ModelLoadError`` is both a ``ValueError`` and a :class:`common.cli.UserError`, so a click command
-prints ``Error: <line>`` with exit code 2 whether or not it is wrapped in :func:`common.cli.user_errors`.
+Local folders (toy models and the user's) load only safetensors (``use_safetensors=True``): pickled checkpoints
+are refused, and a truncated safetensors file or one whose keys do not match its config is one line naming the
+folder (:mod:`common.hub`). Only the registry's own Hub repositories may fall back to ``.bin`` weights when they
+ship no safetensors, through torch's weights-only unpickler (``use_safetensors=False``), which runs no code.
+Loading a real model without network access raises :class:`ModelLoadError` with one line naming the model and an
+offline alternative. ``ModelLoadError`` is both a ``ValueError`` and a :class:`common.cli.UserError`, so a click
+command prints ``Error: <line>`` with exit code 2 whether or not it is wrapped in :func:`common.cli.user_errors`.
 """
 
 from __future__ import annotations
@@ -25,23 +28,13 @@ from typing import Any, NamedTuple
 import torch
 
 from common import hub
-from common.cli import UserError
 from common.clip_folder import CONFIG_FILE, WEIGHTS_FILE, load_clip_folder
 from common.clip_folder import save_clip_folder as save_clip_folder  # re-exported: registry.save_clip_folder
+from common.hub import ModelLoadError as ModelLoadError  # re-exported: registry.ModelLoadError
 
 TOY_MODELS_DIR = Path(__file__).resolve().parent / "toy" / "models"
 KINDS = ("sd", "clip", "ddpm", "pixel")
-_OFFLINE_ALTERNATIVE = {
-    "sd": "use --model toy-sd (embedded) or a local Stable Diffusion folder",
-    "clip": "use --clip_model toy-clip (embedded) or a local open_clip folder",
-    "ddpm": "use --model toy-faces (embedded) or a local UNet2DModel folder",
-    "pixel": "use --model toy-pixel (embedded) or a local folder",
-}
-_TOY_TRAIN = {"toy-sd": "sd", "toy-clip": "clip", "toy-faces": "faces", "toy-pixel": "pixel"}
-
-
-class ModelLoadError(UserError, ValueError):
-    """A model name or folder that cannot be resolved or loaded (one line, exit code 2 in a CLI)."""
+_SD_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline")
 
 
 @dataclass(frozen=True)
@@ -57,6 +50,8 @@ class ModelSpec:
     stage2_hub_id: str | None = None  # DeepFloyd IF super-resolution stage
     text_from: str | None = None  # registry name whose tokenizer/text encoder this model uses
     toy: bool = False  # an embedded toy-world model (defaults, judges and CLIP follow the toy world)
+    fp16_variant: bool = False  # the Hub repository ships ``*.fp16.safetensors`` variants (loaded in fp16)
+    train: str | None = None  # ``python -m common.toy train <train>`` rebuilds the shipped weights
 
     @property
     def is_real(self) -> bool:
@@ -73,8 +68,8 @@ class ModelSpec:
         return str(self.folder)
 
 
-def _toy(name: str, kind: str, description: str, **kwargs: Any) -> ModelSpec:
-    return ModelSpec(name, kind, description, folder=TOY_MODELS_DIR / name, toy=True, **kwargs)
+def _toy(name: str, kind: str, train: str, description: str, **kwargs: Any) -> ModelSpec:
+    return ModelSpec(name, kind, description, folder=TOY_MODELS_DIR / name, toy=True, train=train, **kwargs)
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -92,12 +87,12 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec("ddpm-ema-celebahq-256", "ddpm", "DDPM on CelebA-HQ 256, EMA weights",
                   hub_id="google/ddpm-ema-celebahq-256"),
         ModelSpec("deepfloyd-if", "pixel", "DeepFloyd IF stage I (64 px, T5-XXL text) + stage II upscaler",
-                  hub_id="DeepFloyd/IF-I-XL-v1.0", stage2_hub_id="DeepFloyd/IF-II-L-v1.0"),
-        _toy("toy-sd", "sd", "embedded latent text-to-image model on the shapes domain (64 px)"),
-        _toy("toy-clip", "clip", "embedded CLIP trained on the shapes domain (64 px)"),
-        _toy("toy-faces", "ddpm", "embedded unconditional pixel DDPM on procedural faces"),
-        _toy("toy-pixel", "pixel", "embedded pixel-space text-to-image model (64 px), text encoder from toy-sd",
-             text_from="toy-sd"),
+                  hub_id="DeepFloyd/IF-I-XL-v1.0", stage2_hub_id="DeepFloyd/IF-II-L-v1.0", fp16_variant=True),
+        _toy("toy-sd", "sd", "sd", "embedded latent text-to-image model on the shapes domain (64 px)"),
+        _toy("toy-clip", "clip", "clip", "embedded CLIP trained on the shapes domain (64 px)"),
+        _toy("toy-faces", "ddpm", "faces", "embedded unconditional pixel DDPM on procedural faces"),
+        _toy("toy-pixel", "pixel", "pixel", "embedded pixel-space text-to-image model (64 px), text encoder from "
+             "toy-sd", text_from="toy-sd"),
     )
 }
 
@@ -126,7 +121,7 @@ def detect_folder_kind(folder: str | os.PathLike) -> str:
         return "clip"
     if (folder / "model_index.json").is_file():
         cls = _read_json(folder / "model_index.json").get("_class_name", "")
-        if cls.startswith("StableDiffusion") or (folder / "vae").is_dir():
+        if cls in _SD_PIPELINES or (folder / "vae").is_dir():
             return "sd"
         if cls in ("DDPMPipeline", "DDIMPipeline"):
             return "ddpm"
@@ -161,9 +156,8 @@ def resolve(name: str | os.PathLike, kind: str | None = None) -> ModelSpec:
 
 
 def _missing_toy_message(spec: ModelSpec) -> str:
-    train = _TOY_TRAIN.get(spec.name)
-    hint = f"; train it with `python -m common.toy train {train} --out common/toy/models/{spec.name} --force`" \
-        if train else ""
+    hint = f"; train it with `python -m common.toy train {spec.train} --out common/toy/models/{spec.name} --force`" \
+        if spec.train else ""
     return f"weights of {spec.name!r} not found in {spec.folder}{hint}"
 
 
@@ -177,49 +171,17 @@ def _check_folder(spec: ModelSpec) -> Path:
     raise ModelLoadError(_missing_toy_message(spec))
 
 
-def _offline_error(spec: ModelSpec, err: BaseException, offline: bool) -> ModelLoadError:
-    """One line: which model failed, why (offline or other), and what to use instead."""
-    if offline or hub.is_network_error(err):
-        why = "no network access to the Hugging Face Hub (and not in the local cache)"
-    else:
-        why = " ".join(str(err).split())[:200] or type(err).__name__
-    return ModelLoadError(f"could not load {spec.name!r} ({spec.source}): {why}; {_OFFLINE_ALTERNATIVE[spec.kind]}")
-
-
-def _from_source(spec: ModelSpec, load: Any, *args: Any, **kwargs: Any) -> Any:
-    """Call a local ``from_pretrained``-style loader, mapping its failures to one line."""
-    try:
-        return load(*args, **kwargs)
-    except ModelLoadError:
-        raise
-    except hub.hub_errors() as err:
-        if spec.is_real:
-            raise _offline_error(spec, err, offline=False) from err
-        raise ModelLoadError(f"could not load {spec.name!r} from {spec.source}: "
-                             f"{' '.join(str(err).split())[:300]}") from err
-
-
-def _from_hub(spec: ModelSpec, load: Any, *args: Any, **kwargs: Any) -> Any:
-    """Call a Hub loader (``from_pretrained``, ``load_config``, ``hf_hub_download``) for a real model: the local
-    cache only when offline, and one line naming the model and the offline alternative when it fails. Local
-    models (toy or folder) go straight to :func:`_from_source`."""
-    if not spec.is_real:
-        return _from_source(spec, load, *args, **kwargs)
-    offline = hub.env_offline() or hub.hub_unreachable()
-    if offline:
-        kwargs["local_files_only"] = True
-    try:
-        with hub.held_warnings():
-            return load(*args, **kwargs)
-    except ModelLoadError:
-        raise
-    except hub.hub_errors() as err:
-        raise _offline_error(spec, err, offline) from err
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Loaders
 # ---------------------------------------------------------------------------------------------------------------
+
+
+def load_local_weights(from_pretrained: Any, folder: str | os.PathLike, **kwargs: Any) -> Any:
+    """The checked local ``from_pretrained`` (:func:`common.hub.load_local`) for any diffusers/transformers folder,
+    e.g. ``load_local_weights(AutoencoderKL.from_pretrained, out / "vae", dtype=torch.float32)``."""
+    folder = Path(folder)
+    return hub.load_local(ModelSpec(str(folder), "local", f"local folder {folder}", folder=folder), from_pretrained,
+                          folder, **kwargs)
 
 
 def load_sd(name: str | os.PathLike = "toy-sd", device: torch.device | str = "cpu",
@@ -228,9 +190,12 @@ def load_sd(name: str | os.PathLike = "toy-sd", device: torch.device | str = "cp
     from diffusers import StableDiffusionPipeline
 
     spec = resolve(name, "sd")
-    source = spec.hub_id if spec.is_real else str(_check_folder(spec))
-    pipe = _from_hub(spec, StableDiffusionPipeline.from_pretrained, source, **hub.dtype_kw(dtype),
-                        use_safetensors=True)
+    if spec.is_real:
+        pipe = hub.from_hub(spec, StableDiffusionPipeline.from_pretrained, spec.hub_id, **hub.dtype_kw(dtype),
+                            use_safetensors=True)
+    else:
+        pipe = hub.load_local(spec, StableDiffusionPipeline.from_pretrained, _check_folder(spec),
+                              **hub.dtype_kw(dtype))
     return pipe.to(device)
 
 
@@ -246,10 +211,11 @@ class ClipBundle(NamedTuple):
 def _load_clip_folder(spec: ModelSpec, folder: Path, device: torch.device | str) -> ClipBundle:
     if not (folder / WEIGHTS_FILE).is_file():
         raise ModelLoadError(f"{folder} has no {WEIGHTS_FILE} (only safetensors weights are loaded)")
+    hub.check_weight_files(folder)
     if "model_cfg" not in _read_json(folder / CONFIG_FILE):
         raise ModelLoadError(f"{folder / CONFIG_FILE} has no 'model_cfg' (expected open_clip's Hub "
                              "format {'model_cfg': ..., 'preprocess_cfg': ...}, as written by save_clip_folder)")
-    model, preprocess, tokenizer = _from_source(spec, load_clip_folder, folder, device=device)
+    model, preprocess, tokenizer = hub.from_source(spec, load_clip_folder, folder, device=device)
     return ClipBundle(model, preprocess, tokenizer, spec.name)
 
 
@@ -270,8 +236,8 @@ def _load_clip_hub(spec: ModelSpec, device: torch.device | str) -> ClipBundle:
         raise ModelLoadError(f"open_clip has no Hub weights for {arch}/{tag}")
     repo = cfg["hf_hub"].rstrip("/").split("/")
     repo_id = "/".join(repo[:2])
-    weights = _from_hub(spec, huggingface_hub.hf_hub_download, repo_id, filename="open_clip_model.safetensors")
-    model, _, preprocess = _from_source(
+    weights = hub.from_hub(spec, huggingface_hub.hf_hub_download, repo_id, filename="open_clip_model.safetensors")
+    model, _, preprocess = hub.from_source(
         spec, open_clip.create_model_and_transforms, arch, pretrained=weights, device=device,
         force_quick_gelu=bool(cfg.get("quick_gelu")), image_mean=cfg.get("mean"), image_std=cfg.get("std"),
         image_interpolation=cfg.get("interpolation"), image_resize_mode=cfg.get("resize_mode"))
@@ -305,12 +271,12 @@ def load_ddpm(name: str | os.PathLike = "toy-faces", device: torch.device | str 
 
     spec = resolve(name, "ddpm")
     if spec.is_real:
-        unet = _from_hub(spec, UNet2DModel.from_pretrained, spec.hub_id, **hub.dtype_kw(dtype), use_safetensors=True)
-        config = _from_hub(spec, DDPMScheduler.load_config, spec.hub_id)
+        unet = hub.from_hub(spec, UNet2DModel.from_pretrained, spec.hub_id, **hub.dtype_kw(dtype),
+                            use_safetensors=True)
+        config = hub.from_hub(spec, DDPMScheduler.load_config, spec.hub_id)
     else:
         unet_dir, sched_file = _ddpm_layout(_check_folder(spec))
-        unet = _from_source(spec, UNet2DModel.from_pretrained, str(unet_dir), **hub.dtype_kw(dtype),
-                            use_safetensors=True)
+        unet = hub.load_local(spec, UNet2DModel.from_pretrained, unet_dir, **hub.dtype_kw(dtype))
         config = _read_json(sched_file)
     return unet.to(device).eval(), dict(config)
 
@@ -327,7 +293,7 @@ class PixelModel(NamedTuple):
 def _load_scheduler(spec: ModelSpec, source: str) -> Any:
     import diffusers
 
-    config = _from_hub(spec, diffusers.DDPMScheduler.load_config, source, subfolder="scheduler")
+    config = hub.from_hub(spec, diffusers.DDPMScheduler.load_config, source, subfolder="scheduler")
     cls = getattr(diffusers, str(config.get("_class_name", "DDPMScheduler")), None)
     if cls is None or not hasattr(cls, "from_config"):
         raise ModelLoadError(f"unknown scheduler class {config.get('_class_name')!r} in {spec.source}")
@@ -346,8 +312,7 @@ def load_pixel(name: str | os.PathLike = "toy-pixel", device: torch.device | str
     spec = resolve(name, "pixel")
     source = spec.hub_id if spec.is_real else str(_check_folder(spec))
     variant = _fp16_variant(spec, dtype)
-    unet = _from_hub(spec, UNet2DConditionModel.from_pretrained, source, subfolder="unet", **hub.dtype_kw(dtype),
-                        use_safetensors=True, **variant)
+    unet = _load_part(spec, UNet2DConditionModel.from_pretrained, source, "unet", dtype, variant)
     scheduler = _load_scheduler(spec, source)
     if spec.text_from is not None:
         text_spec = resolve(spec.text_from)
@@ -359,8 +324,17 @@ def load_pixel(name: str | os.PathLike = "toy-pixel", device: torch.device | str
 
 
 def _fp16_variant(spec: ModelSpec, dtype: torch.dtype) -> dict[str, str]:
-    """DeepFloyd IF ships ``*.fp16.safetensors`` variants; use them in fp16 to halve the (T5-XXL) download."""
-    return {"variant": "fp16"} if spec.stage2_hub_id is not None and dtype == torch.float16 else {}
+    """``*.fp16.safetensors`` variants (DeepFloyd IF) in fp16: half the (T5-XXL) download."""
+    return {"variant": "fp16"} if spec.fp16_variant and dtype == torch.float16 else {}
+
+
+def _load_part(spec: ModelSpec, from_pretrained: Any, source: str, part: str, dtype: torch.dtype,
+               variant: dict[str, str], library: str = "diffusers") -> Any:
+    """One weighted component (``unet``, ``text_encoder``) of a Hub repository or a checked local folder."""
+    if spec.is_real:
+        return hub.from_hub(spec, from_pretrained, source, subfolder=part, **hub.dtype_kw(dtype, library),
+                            use_safetensors=True, **variant)
+    return hub.load_local(spec, from_pretrained, Path(source) / part, **hub.dtype_kw(dtype, library))
 
 
 def _load_text(spec: ModelSpec, source: str, dtype: torch.dtype,
@@ -369,7 +343,7 @@ def _load_text(spec: ModelSpec, source: str, dtype: torch.dtype,
     import transformers
     from diffusers import DiffusionPipeline
 
-    index = _from_hub(spec, DiffusionPipeline.load_config, source)
+    index = hub.from_hub(spec, DiffusionPipeline.load_config, source)
     classes = []
     for part in ("tokenizer", "text_encoder"):
         entry = index.get(part) or [None, None]
@@ -377,9 +351,10 @@ def _load_text(spec: ModelSpec, source: str, dtype: torch.dtype,
         if cls is None:
             raise ModelLoadError(f"{spec.source} has no usable {part} (model_index.json says {entry})")
         classes.append(cls)
-    tokenizer = _from_hub(spec, classes[0].from_pretrained, source, subfolder="tokenizer")
-    text_encoder = _from_hub(spec, classes[1].from_pretrained, source, subfolder="text_encoder",
-                                **hub.dtype_kw(dtype, "transformers"), use_safetensors=True, **variant)
+    tokenizer_cls, encoder_cls = classes
+    tokenizer = hub.from_hub(spec, tokenizer_cls.from_pretrained, source, subfolder="tokenizer")  # text files only
+    text_encoder = _load_part(spec, encoder_cls.from_pretrained, source, "text_encoder", dtype, variant,
+                              "transformers")
     return tokenizer, text_encoder
 
 
@@ -394,6 +369,6 @@ def load_pixel_upscaler(name: str = "deepfloyd-if", device: torch.device | str =
     spec = resolve(name, "pixel")
     if spec.stage2_hub_id is None:
         raise ModelLoadError(f"model {spec.name!r} has no super-resolution stage")
-    pipe = _from_hub(spec, IFSuperResolutionPipeline.from_pretrained, spec.stage2_hub_id, text_encoder=None,
+    pipe = hub.from_hub(spec, IFSuperResolutionPipeline.from_pretrained, spec.stage2_hub_id, text_encoder=None,
                         **hub.dtype_kw(dtype), use_safetensors=True, **_fp16_variant(spec, dtype))
     return pipe.to(device)

@@ -4,7 +4,11 @@ Real models: the 10 prompts of KAIST A4 / NYCU Lab 3 (``eval_prompts.json``, shi
 PDS/DDS the 10 source/edit pairs with KAIST's source images ``<data_dir>/<key>.png``; scored with OpenAI CLIP
 ViT-B/32 like the handouts' eval.py. ``--model toy-sd``: a toy evaluation set of held-out shapes captions
 (``common.toy.shapes`` test split; edits change the object colour) scored with toy-clip, plus the toy judge.
-All prompts are optimised together in one batch (``--batch_size`` splits them).
+All prompts are optimised together in one batch (``--batch_size`` splits them). Every option of
+``python -m distillation.main`` is accepted (the same declarations, :func:`distillation.main.run_options`), so
+ablations (``--inversion_n_steps``, ``--pds_posterior``, ``--ism_grid``, ...) run on the evaluation set too.
+Writes ``SAVE_ROOT/<loss_type>/eval.json`` (strict JSON) and ``SAVE_ROOT/<loss_type>_contact_sheet.png``: every
+final image with its prompt, CLIP score and (toy) judge verdict; kept outside the scored folder.
 """
 
 from __future__ import annotations
@@ -16,14 +20,13 @@ import click
 import torch
 
 from common.cli import CONTEXT_SETTINGS, UserError, user_errors
-from common.runs import write_json_atomic
-from distillation.guidance import METHODS
-from distillation.main import OPTION_NAMES
-from distillation.presets import PRESETS, resolve_settings
-from distillation.runner import EDIT_METHODS, Item, RunConfig, run
+from common.runs import json_number, write_json_atomic
+from distillation.main import run_options, settings_from_context
+from distillation.presets import resolve_settings
+from distillation.runner import EDIT_METHODS, OPTION_NAMES, Item, RunConfig, labelled_grid, run
 
 PROMPTS_FILE = Path(__file__).with_name("eval_prompts.json")
-PER_METHOD_KEYS = ("guidance_scale", "lr", "t_schedule", "w_schedule", "lora_lr")
+PER_METHOD_KEYS = ("guidance_scale", "lr", "t_schedule", "w_schedule", "lora_lr", "threads")  # layered defaults
 
 
 def handout_items(loss_type: str, data_dir: str | None) -> list[Item]:
@@ -86,66 +89,102 @@ def make_config(loss_type: str, preset: str | None, explicit: dict, items: list[
                      **{k: settings[k] for k in OPTION_NAMES})
 
 
-def judge_accuracy(paths: list[Path], captions: list[str]) -> dict[str, float]:
-    """Toy judge on the final images: per-attribute accuracy and ``all`` (colour, shape and background right)."""
+def judge_images(paths: list[Path], captions: list[str]) -> tuple[dict[str, float], list[str]]:
+    """Toy judge on the final images: per-attribute accuracy with ``all`` (colour, shape and background right),
+    and one verdict line per image (what the judge saw)."""
     from common.images import load_image
+    from common.toy import shapes
     from common.toy.judge import attribute_accuracy, predict, targets_to_indices
 
     images = torch.stack([load_image(p, size=64) for p in paths])
-    return attribute_accuracy(predict(images), targets_to_indices(captions))
+    pred, target = predict(images), targets_to_indices(captions)
+    verdicts = []
+    for i in range(len(paths)):
+        color, shape, bg = (int(pred[k][i]) for k in ("color", "shape", "background"))
+        right = (color, shape, bg) == tuple(int(target[k][i]) for k in ("color", "shape", "background"))
+        verdicts.append(f"judge: {shapes.COLORS[color]} {shapes.SHAPES[shape]} on {shapes.COLORS[bg]} "
+                        f"({'right' if right else 'WRONG'})")
+    return attribute_accuracy(pred, target), verdicts
+
+
+def judge_accuracy(paths: list[Path], captions: list[str]) -> dict[str, float]:
+    """Toy judge accuracies only (see :func:`judge_images`)."""
+    return judge_images(paths, captions)[0]
+
+
+def contact_sheet(paths: list[Path], result: dict, verdicts: list[str] | None, path: Path) -> Path:
+    """One PNG: every final image (64 px toys upscaled x4, nearest) over its prompt, CLIP score and verdict."""
+    from common.eval.clip_score import prompt_from_filename
+    from common.images import read_pil, save_image
+
+    labels = []
+    for i, p in enumerate(paths):
+        score = json_number(result.get(Path(result["source_dir"], p.name).as_posix()))
+        lines = [prompt_from_filename(p), "CLIP: n/a (not finite)" if score is None else f"CLIP {score:.3f}"]
+        labels.append(lines + ([verdicts[i]] if verdicts else []))
+    images = [read_pil(p) for p in paths]
+    return save_image(labelled_grid(images, labels, nrow=min(len(images), 5), min_side=256), path)
+
+
+def write_results(folder: Path, result: dict, toy_judge: dict | None) -> dict:
+    """eval.json as strict JSON: a number that is not finite becomes null, flagged by ``not_finite`` (its keys),
+    never 0."""
+    data = {k: (json_number(v) if isinstance(v, float) else v) for k, v in result.items()}
+    if toy_judge is not None:
+        data["toy_judge"] = {k: json_number(v) for k, v in toy_judge.items()}
+    missing = [k for k, v in result.items() if isinstance(v, float) and data[k] is None]
+    if missing:
+        data["not_finite"] = missing
+    write_json_atomic(folder / "eval.json", data)
+    return data
 
 
 @click.command(context_settings=CONTEXT_SETTINGS)
-@click.option("--loss_type", type=click.Choice(METHODS), default="sds", show_default=True, help="Method.")
-@click.option("--preset", type=click.Choice(sorted(PRESETS)), default=None, help="Assignment settings.")
-@click.option("--model", default=None, help="toy-sd, sd-2.1-base, ... or a folder [default: toy-sd or preset's].")
+@run_options
 @click.option("--save_root", type=click.Path(file_okay=False), default="./outputs", show_default=True,
-              help="Images go to SAVE_ROOT/<loss_type>/ with eval.json.")
+              help="Images go to SAVE_ROOT/<loss_type>/ with eval.json; the contact sheet to "
+                   "SAVE_ROOT/<loss_type>_contact_sheet.png.")
 @click.option("--data_dir", type=click.Path(file_okay=False), default=None,
               help="PDS/DDS with real models: folder of KAIST's source images <key>.png.")
 @click.option("--clip_model", default=None, help="CLIP for the score [default: toy-clip for toy-sd, else "
               "clip-vit-b-32].")
-@click.option("--n_toy", type=click.IntRange(min=1), default=10, show_default=True, help="Toy evaluation size.")
-@click.option("--steps", type=click.IntRange(min=1), default=None, help="Override the steps.")
-@click.option("--guidance_scale", type=float, default=None, help="Override the guidance scale.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Override the LR.")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default=None, help="Weights dtype.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or mps.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Base seed.")
-@click.option("--batch_size", type=click.IntRange(min=1), default=None, help="Prompts per batch [default: all].")
+@click.option("--n_toy", type=click.IntRange(1, 200), default=10, show_default=True, help="Toy evaluation size.")
+@click.pass_context
 @user_errors
-def main(loss_type: str, preset: str | None, model: str | None, save_root: str, data_dir: str | None,
-         clip_model: str | None, n_toy: int, batch_size: int | None, **overrides) -> None:
+def main(ctx: click.Context, loss_type: str, preset: str | None, save_root: str, data_dir: str | None,
+         clip_model: str | None, n_toy: int, **params) -> None:
     """Run the evaluation set of a method and write SAVE_ROOT/<loss_type>/eval.json (raw CLIP cosine).
+
+    Takes every option of python -m distillation.main (same defaults and presets).
 
     \b
     Examples:
       python -m distillation.evaluate --loss_type sds --save_root outputs
+      python -m distillation.evaluate --loss_type sdi --inversion_n_steps 5 --sdi_update_interval 10
       python -m distillation.evaluate --loss_type vsd --preset nycu-lab3 --save_root outputs --device cuda
       python -m distillation.evaluate --loss_type pds --preset kaist-a4 --data_dir data/imgs --save_root outputs
     """
-    from common.eval import clip_score_folder, write_eval_json
-    from common.registry import load_clip
+    from common.eval import clip_score_folder
+    from common.registry import load_clip, resolve
 
-    model = model or (PRESETS[preset]["common"]["model"] if preset else "toy-sd")
-    toy = model == "toy-sd"
+    settings = settings_from_context(ctx, params, loss_type, preset)
+    toy = resolve(settings["model"], "sd").toy
     items, captions = toy_items(loss_type, n_toy) if toy else (handout_items(loss_type, data_dir), [])
-    explicit = {k: v for k, v in overrides.items() if v is not None} | {"model": model}
+    clip = load_clip(clip_model or ("toy-clip" if toy else "clip-vit-b-32"), "cpu")  # refused before optimising
     folder = Path(save_root) / loss_type
-    paths: list[Path] = []
-    size = batch_size or len(items)
-    for start in range(0, len(items), size):
-        paths += run(make_config(loss_type, preset, explicit, items[start:start + size], str(folder)))
-    clip = clip_model or ("toy-clip" if toy else "clip-vit-b-32")
-    result = clip_score_folder(folder, load_clip(clip, "cpu"))
-    if toy:
-        result["toy_judge"] = judge_accuracy(paths, captions)
-    write_eval_json(folder, result)
+    cfg = RunConfig(loss_type=loss_type, preset=preset, save_dir=str(folder), items=items,
+                    **{k: settings[k] for k in OPTION_NAMES})
+    paths = run(cfg)
+    result = clip_score_folder(folder, clip)
+    accuracy, verdicts = judge_images(paths, captions) if toy else (None, None)
+    data = write_results(folder, result, accuracy)
     if toy:
         write_json_atomic(folder / "toy_captions.json", captions)
-    click.echo(f"Cosine similarity {result['score']}")
+    sheet = contact_sheet(paths, result, verdicts, Path(save_root) / f"{loss_type}_contact_sheet.png")
+    click.echo(f"Cosine similarity {data['score']}")
     if toy:
-        click.echo(f"Toy judge: all attributes right {result['toy_judge']['all']:.3f}")
+        click.echo(f"Toy judge: all attributes right {accuracy['all']:.3f}")
+    click.echo(f"Contact sheet: {sheet}")
 
 
 if __name__ == "__main__":

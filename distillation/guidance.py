@@ -27,7 +27,7 @@ import torch
 
 from common.cfg import cfg_combine, split_cfg_batch
 from common.gpu import randn_per_sample
-from common.schedules import alpha_bar_at, make_alphas_cumprod
+from common.schedules import alpha_bar_at, make_alphas_cumprod, make_betas
 from common.tweedie import eps_from_v
 from distillation.dds import DDSMixin
 from distillation.ism import ISMMixin
@@ -40,25 +40,49 @@ from distillation.vsd import VSDMixin
 METHODS = ("sds", "vsd", "sdi", "pds", "ism", "dds")
 
 
+def _named_schedule(cfg: Any) -> bool:
+    """Whether a scheduler config is a beta schedule that ``common.schedules`` rebuilds (linear, scaled_linear)."""
+    return cfg.get("trained_betas") is None and cfg.get("beta_schedule") in ("linear", "scaled_linear")
+
+
 def alphas_cumprod_of(scheduler: Any) -> torch.Tensor:
     """alpha_bar_t [T] from a diffusers scheduler config through ``common.schedules`` (fallback: its own array)."""
     cfg = scheduler.config
-    if cfg.get("trained_betas") is None and cfg.get("beta_schedule") in ("linear", "scaled_linear"):
+    if _named_schedule(cfg):
         return make_alphas_cumprod(cfg.beta_schedule, cfg.num_train_timesteps, cfg.beta_start, cfg.beta_end)
     return scheduler.alphas_cumprod.float()
+
+
+def betas_of(scheduler: Any) -> torch.Tensor:
+    """The one-step beta_t [T] of a diffusers scheduler config (PDS's official posterior uses betas[t])."""
+    cfg = scheduler.config
+    if _named_schedule(cfg):
+        return make_betas(cfg.beta_schedule, cfg.num_train_timesteps, cfg.beta_start, cfg.beta_end)
+    return scheduler.betas.float()
+
+
+def betas_from_alphas_cumprod(alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """beta_t = 1 - alpha_bar_t / alpha_bar_{t-1} [T] (alpha_bar_{-1} = 1), in float64 then float32."""
+    a = alphas_cumprod.double()
+    return (1 - a / torch.cat([a.new_ones(1), a[:-1]])).float()
 
 
 class Guidance(SDSMixin, VSDMixin, SDIMixin, PDSMixin, ISMMixin, DDSMixin):
     """Frozen latent diffusion model + the distillation losses (SDS, VSD, SDI, PDS, ISM, DDS; one mixin each)."""
 
     def __init__(self, unet: torch.nn.Module, vae: torch.nn.Module | None, alphas_cumprod: torch.Tensor,
-                 prediction_type: str = "epsilon", t_min: int = 20, t_max: int = 980, w_schedule: str = "dreamfusion"):
+                 prediction_type: str = "epsilon", t_min: int = 20, t_max: int = 980, w_schedule: str = "dreamfusion",
+                 betas: torch.Tensor | None = None):
         self.unet, self.vae = unet.requires_grad_(False).eval(), vae
         if vae is not None:
             vae.requires_grad_(False).eval()
         self.device = next(unet.parameters()).device
         self.dtype = next(unet.parameters()).dtype
         self.alphas_cumprod = alphas_cumprod.float().to(self.device)  # [T], alpha_bar_t
+        if betas is None:
+            betas = betas_from_alphas_cumprod(alphas_cumprod)
+        self.betas = betas.float().to(self.device)  # [T], the one-step beta_t of the training schedule
+        self.inversion_embeddings: torch.Tensor | None = None  # ISM: empty-prompt embedding [1 or B, L, D]
         self.prediction_type = prediction_type
         self.t_min, self.t_max, self.w_schedule = t_min, t_max, w_schedule
         self.aux: dict[str, torch.Tensor] = {}
@@ -69,7 +93,7 @@ class Guidance(SDSMixin, VSDMixin, SDIMixin, PDSMixin, ISMMixin, DDSMixin):
     def from_pipeline(cls, pipe: Any, **kwargs: Any) -> Guidance:
         """Build from a diffusers ``StableDiffusionPipeline`` (its text encoder is only used by encode_prompts)."""
         return cls(pipe.unet, pipe.vae, alphas_cumprod_of(pipe.scheduler),
-                   pipe.scheduler.config.get("prediction_type", "epsilon"), **kwargs)
+                   pipe.scheduler.config.get("prediction_type", "epsilon"), betas=betas_of(pipe.scheduler), **kwargs)
 
     # -------------------------------------------------------------------------------------------------------
     # Model calls
@@ -77,6 +101,10 @@ class Guidance(SDSMixin, VSDMixin, SDIMixin, PDSMixin, ISMMixin, DDSMixin):
     def alpha_bar(self, t: torch.Tensor) -> torch.Tensor:
         """alpha_bar_t for t [B] (float32 [B]); t = -1 gives 1."""
         return alpha_bar_at(self.alphas_cumprod, t.to(self.device))
+
+    def beta(self, t: torch.Tensor) -> torch.Tensor:
+        """The training schedule's one-step beta_t for t [B] (float32 [B])."""
+        return self.betas[t.to(self.device)]
 
     def weight(self, t: torch.Tensor, w_schedule: str | None = None) -> torch.Tensor:
         """w(t) [B] of the w-schedule (``self.w_schedule`` unless given)."""

@@ -10,7 +10,6 @@ All prompts of a method run in one batch (VSD: one LoRA shared by the batch).
 
 from __future__ import annotations
 
-import dataclasses
 import subprocess
 import sys
 import tempfile
@@ -21,8 +20,8 @@ import click
 
 from common.cli import CONTEXT_SETTINGS, user_errors
 from distillation.evaluate import judge_accuracy, make_config, toy_items
-from distillation.main import OPTION_NAMES
-from distillation.runner import RunConfig, run
+from distillation.main import main as distill_main
+from distillation.runner import MAX_PROMPTS, OPTION_NAMES, run
 
 BARS = (("sds", 25.0), ("vsd", 7.5), ("sdi", 7.5), ("pds", 7.5), ("dds", 7.5))
 
@@ -39,20 +38,23 @@ def time_default_command(save_dir: str, steps: int, device: str, model: str) -> 
 
 
 def parse_overrides(pairs: tuple[str, ...]) -> dict:
-    """``("lr=0.05", "t_schedule=hifa")`` -> settings typed like :class:`RunConfig`'s fields."""
-    fields = {f.name: f.type for f in dataclasses.fields(RunConfig)}
+    """``("lr=0.05", "t_schedule=hifa")`` -> settings converted and range-checked by the option types of
+    ``python -m distillation.main`` (so ``lr=nan`` or ``guidance_scale=1e30`` is refused like on its command line)."""
+    types = {p.name: p.type for p in distill_main.params}
     out = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or key not in OPTION_NAMES:
             raise ValueError(f"--set expects KEY=VALUE with KEY one of {', '.join(OPTION_NAMES)}; got {pair!r}")
-        kind = str(fields[key])
-        out[key] = float(value) if kind == "float" else int(value) if kind == "int" else value
+        try:
+            out[key] = types[key].convert(value, None, None)
+        except click.BadParameter as err:
+            raise ValueError(f"--set {key}: {err.message}") from err
     return out
 
 
 @click.command(context_settings=CONTEXT_SETTINGS)
-@click.option("--n", type=click.IntRange(min=1), default=30, show_default=True, help="Held-out captions.")
+@click.option("--n", type=click.IntRange(1, MAX_PROMPTS), default=30, show_default=True, help="Held-out captions.")
 @click.option("--steps", type=click.IntRange(min=1), default=500, show_default=True, help="Steps per run.")
 @click.option("--methods", default=",".join(m for m, _ in BARS), show_default=True, help="Comma-separated.")
 @click.option("--model", default="toy-sd", show_default=True, help="toy-sd or a folder in the same domain.")
@@ -83,7 +85,7 @@ def main(n: int, steps: int, methods: str, model: str, device: str, out: str | N
             continue
         items, captions = toy_items(method, n)
         explicit = {"guidance_scale": scale, "steps": steps, "model": model, "device": device, "seed": seed,
-                    "log_step": 0} | extra
+                    "log_step": 0, "batch_size": n} | extra
         start = time.perf_counter()
         paths = run(make_config(method, None, explicit, items, str(root / method)), progress=True)
         seconds = time.perf_counter() - start

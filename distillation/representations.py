@@ -2,6 +2,8 @@
 
 Both map their parameter to latents [B, C, h, w] for the losses and to images [B, 3, H, W] in [-1, 1] for
 outputs. Samples of a batch never interact (per-sample ops only), so a batch equals its single-prompt runs.
+``bound`` is each parameter's divergence bound (``common.divergence.check_bounded`` after every update): far
+beyond what a healthy run reaches, so it only stops a blow-up such as ``--lr 1e6``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ REPRESENTATIONS = ("latent", "pixel")
 
 class LatentImage(torch.nn.Module):
     """x = the latents themselves (KAIST/NYCU: a 1x4x64x64 SD latent per prompt)."""
+
+    bound = 1e3  # SD latents live in about [-5, 5]; healthy 500-step toy-sd runs peak at 6.6-10.5 (ISM: 33)
 
     def __init__(self, latents: torch.Tensor):
         super().__init__()
@@ -30,6 +34,8 @@ class LatentImage(torch.nn.Module):
 
 class PixelImage(torch.nn.Module):
     """x = RGB pixels in [-1, 1]; latents = VAE encoder(x) (differentiable), so gradients reach the pixels."""
+
+    bound = 1e2  # shown clamped to [-1, 1]; a healthy 500-step toy-sd SDS run peaks at 2.6
 
     def __init__(self, pixels: torch.Tensor):
         super().__init__()

@@ -4,13 +4,21 @@ Every prompt owns a ``torch.Generator`` seeded from (seed, its prompt text), whi
 initial latents, its timesteps of all steps and then its noises step by step; samples never interact otherwise
 (AdamW is element-wise, gradient clipping is per prompt), so a prompt's result in a batch equals its
 single-prompt run with the same flags up to float tolerance. Exception: VSD's LoRA is shared by the batch (as
-ProlificDreamer's particles share one LoRA), so batched VSD runs differ from single runs.
+ProlificDreamer's particles share one LoRA), so batched VSD runs differ from single runs. More prompts than
+``batch_size`` run in consecutive batches of one run (one config.json).
+
+Every input is validated before anything is written (prompts, source images, model), config.json comes only
+after that; a run that diverges stops with one line naming the step (``common.divergence.check_bounded`` on the
+optimised latents or pixels after every update), and a NaN update g is never zeroed (``NonFiniteUpdate``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import textwrap
+import unicodedata
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,8 +28,9 @@ import torch
 from tqdm.auto import tqdm
 
 from common.cli import UserError, check_finite
+from common.divergence import check_bounded
 from common.gpu import get_device, make_generators, precision_dtype, randn_per_sample, seed_everything
-from common.images import load_image, save_gif, save_image, tensor_to_pil
+from common.images import load_image, pil_to_tensor, save_gif, save_image, tensor_to_pil
 from distillation.guidance import Guidance, encode_prompts
 from distillation.representations import make_representation
 from distillation.schedules import make_t_schedule
@@ -29,7 +38,22 @@ from distillation.update import NonFiniteUpdate
 
 EDIT_METHODS = ("pds", "dds")
 GIF_MAX_SIDE = 256
-SMALL_UNET_PARAMS = 20_000_000  # toy-sd has ~3M; SD 2.1 has 865M
+MAX_PROMPTS = 1000  # per run; they are optimised in batches of --batch_size
+# A prompt names its output file (<key>.png, progress/<key>/): file names stop at 255 bytes, and CLIP's tokenizer
+# reads 77 tokens (about 300 characters) anyway.
+MAX_PROMPT_BYTES = 240
+HANDOUT_FINAL, HANDOUT_PROGRESSIVE = "generated_image.png", "generated_progressive.png"  # UMich HW5's names
+
+
+def check_text(text: str, what: str) -> None:
+    """Refuse a prompt with a control character (NUL, escape, ...) or longer than MAX_PROMPT_BYTES (one line)."""
+    for i, ch in enumerate(text):
+        if unicodedata.category(ch) in ("Cc", "Cs"):  # control characters; Cs: undecodable command-line bytes
+            raise ValueError(f"{what} has the control character U+{ord(ch):04X} at character {i + 1}; remove it")
+    size = len(text.encode("utf-8"))
+    if size > MAX_PROMPT_BYTES:
+        raise ValueError(f"{what} is {len(text)} characters ({size} bytes) long; the limit is {MAX_PROMPT_BYTES} "
+                         "bytes (the output file is named after the prompt, and the text encoder reads 77 tokens)")
 
 
 @dataclass
@@ -70,7 +94,7 @@ class RunConfig:
     lr: float = 0.1
     warmup_steps: int = 100
     log_step: int = 25
-    precision: str = "fp32"
+    precision: str = "auto"  # fp16 weights on CUDA, fp32 on CPU (common.gpu.precision_dtype)
     device: str = "auto"
     seed: int = 0
     t_schedule: str = "uniform"
@@ -92,6 +116,8 @@ class RunConfig:
     pds_posterior: str = "official"  # PDS: official (one-step beta_t with alpha_bar_{t-2}) or exact (t -> t-delta)
     sdi_inversion_form: str = "authors"  # SDI eta > 0: authors' sqrt(1 - a_next) eps + sigma z, or ddim's form
     ism_grid: str = "2d-sds"  # ISM inversion grid: 2d-sds (s - n delta_s) or luciddreamer (delta_s steps up to s)
+    batch_size: int = 32  # prompts optimised together; more run in consecutive batches
+    threads: int = 0  # torch CPU threads (0: torch's default); the CLI default is 1 for toy models
     items: list[Item] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -99,6 +125,11 @@ class RunConfig:
         data["prompts"] = [{"prompt": it.prompt, "edit_prompt": it.edit_prompt, "src_img_path": it.src_img_path,
                             "output": f"{it.key}.png", "seed": it.seed(self.seed)} for it in self.items]
         return data
+
+
+# Settings that are command-line options (shared by distillation.main and distillation.evaluate).
+OPTION_NAMES = tuple(f.name for f in dataclasses.fields(RunConfig) if f.name not in ("loss_type", "preset",
+                                                                                     "save_dir", "items"))
 
 
 def cosine_warmup(warmup_steps: int, total_steps: int):
@@ -125,6 +156,41 @@ def heatmap(grad: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     v = torch.nn.functional.interpolate(v, size=size, mode="nearest")
     rgb = torch.cat([(3 * v).clamp(0, 1), (3 * v - 1).clamp(0, 1), (3 * v - 2).clamp(0, 1)], dim=1)
     return rgb * 2 - 1
+
+
+def labelled_grid(images: list[Any], labels: list[list[str]], nrow: int, min_side: int = 256) -> torch.Tensor:
+    """PIL images of one size, each upscaled (nearest, integer factor) to >= ``min_side`` px with its text lines
+    (wrapped to its width) underneath -> one grid [3, H, W] in [-1, 1] (torchvision make_grid, white padding)."""
+    from PIL import Image, ImageDraw, ImageFont
+    from torchvision.utils import make_grid
+
+    w0, h0 = images[0].size
+    factor = max(1, -(-min_side // max(w0, h0)))  # ceil: a 64 px toy image becomes 256 px (x4)
+    w, h = w0 * factor, h0 * factor
+    font = ImageFont.load_default(size=12)
+    wrapped = [[part for line in lines for part in textwrap.wrap(line, max(8, w // 7)) or [""]] for lines in labels]
+    line_h = 15
+    cells = []
+    for img, lines in zip(images, wrapped):
+        cell = Image.new("RGB", (w, h + 4 + line_h * max(len(x) for x in wrapped)), "white")
+        cell.paste(img.convert("RGB").resize((w, h), Image.NEAREST), (0, 0))
+        draw = ImageDraw.Draw(cell)
+        for i, line in enumerate(lines):
+            draw.text((3, h + 2 + i * line_h), line, fill="black", font=font)
+        cells.append(pil_to_tensor(cell))
+    return make_grid(torch.stack(cells), nrow=nrow, padding=4, pad_value=1.0)
+
+
+@contextlib.contextmanager
+def thread_count(threads: int):
+    """torch's intra-op CPU threads set to ``threads`` (0: unchanged) inside the block, restored after."""
+    before = torch.get_num_threads()
+    if threads > 0:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 class Run:
@@ -163,6 +229,7 @@ class Run:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, cosine_warmup(cfg.warmup_steps, int(cfg.steps * 1.5)))
         self.frames: list[list[Any]] = [[] for _ in cfg.items]
+        self.frame_steps: list[int] = []
 
     def _source_images(self) -> torch.Tensor:
         images = []
@@ -204,9 +271,11 @@ class Run:
     def optimise(self, progress: bool = True) -> torch.Tensor:
         """Run all steps; return the final images [B, 3, H, W] in [-1, 1].
 
-        Raises UserError (one line naming the method and the step) on a NaN/inf update, loss or result.
+        Raises UserError (one line naming the method and the step) on a NaN/inf update, loss or result, and
+        ``Diverged`` when the optimised latents / pixels leave the representation's generous bound.
         """
         cfg = self.cfg
+        hint = f"the likely cause is a too large --lr ({cfg.lr:g}) or --guidance_scale ({cfg.guidance_scale:g})"
         bar = tqdm(range(cfg.steps), desc=f"{cfg.loss_type}", disable=not progress, dynamic_ncols=True)
         for step in bar:
             self.optimizer.zero_grad(set_to_none=True)
@@ -222,6 +291,7 @@ class Run:
                     clip_per_sample_(p.grad, cfg.grad_clip)
             self.optimizer.step()
             self.scheduler.step()
+            check_bounded(self.rep.param, self.rep.bound, f"the optimised {cfg.representation}s", step, hint)
             bar.set_postfix(loss=f"{value / len(cfg.items):.4g}", t=int(self.t_table[step, 0]))
             if cfg.log_step > 0 and (step % cfg.log_step == 0 or step == cfg.steps - 1):
                 self.log(step)
@@ -238,19 +308,29 @@ class Run:
         grad = self.rep.param.grad if self.rep.param.grad is not None else torch.zeros_like(self.rep.param)
         heat = heatmap(grad, tuple(images.shape[-2:]))
         root = Path(self.cfg.save_dir) / "progress"
+        self.frame_steps.append(step)
         for b, it in enumerate(self.cfg.items):
             save_image(torch.cat([images[b], x0_hat[b], heat[b]], dim=2), root / it.key / f"step_{step:04d}.png")
             frame = tensor_to_pil(images[b])
             frame.thumbnail((GIF_MAX_SIDE, GIF_MAX_SIDE))
             self.frames[b].append(frame)
 
-    def save(self, images: torch.Tensor) -> list[Path]:
-        """Final images ``save_dir/<key>.png`` and GIFs ``save_dir/progress/<key>/progress.gif``."""
-        out = []
+    def save(self, images: torch.Tensor, handout_files: bool = False) -> list[Path]:
+        """Final images ``save_dir/<key>.png``; ``save_dir/progress/<key>/`` gets progress.gif and progressive.png
+        (the snapshots labelled with their step numbers). ``handout_files`` (a single prompt): also UMich HW5's
+        ``generated_image.png`` and ``generated_progressive.png`` in save_dir."""
+        root, out = Path(self.cfg.save_dir), []
         for b, it in enumerate(self.cfg.items):
-            out.append(save_image(images[b], Path(self.cfg.save_dir) / f"{it.key}.png"))
+            out.append(save_image(images[b], root / f"{it.key}.png"))
             if self.frames[b]:
-                save_gif(self.frames[b], Path(self.cfg.save_dir) / "progress" / it.key / "progress.gif")
+                save_gif(self.frames[b], root / "progress" / it.key / "progress.gif")
+                strip = labelled_grid(self.frames[b], [[f"step {s}"] for s in self.frame_steps],
+                                      nrow=min(len(self.frame_steps), 8), min_side=128)
+                save_image(strip, root / "progress" / it.key / "progressive.png")
+                if handout_files:
+                    save_image(strip, root / HANDOUT_PROGRESSIVE)
+            if handout_files:
+                save_image(images[b], root / HANDOUT_FINAL)
         return out
 
 
@@ -258,10 +338,16 @@ def check_items(cfg: RunConfig) -> None:
     """Validate prompts and source images before loading any model (one-line errors)."""
     if not cfg.items:
         raise UserError("give at least one --prompt (or --prompts_file)")
+    if len(cfg.items) > MAX_PROMPTS:
+        raise UserError(f"{len(cfg.items)} prompts given; at most {MAX_PROMPTS} per run (they run in batches of "
+                        "--batch_size): split them into several runs")
+    check_text(cfg.negative_prompt, "--negative_prompt")
     keys = set()
     for it in cfg.items:
         if not it.prompt.strip():
             raise UserError("the prompt is empty; give a non-empty --prompt")
+        check_text(it.prompt, f"the prompt {it.prompt[:40]!r}")
+        check_text(it.edit_prompt or "", f"the edit prompt {(it.edit_prompt or '')[:40]!r}")
         if cfg.loss_type in EDIT_METHODS:
             if not (it.edit_prompt or "").strip():
                 raise UserError(f"--loss_type {cfg.loss_type} needs a non-empty --edit_prompt")
@@ -274,23 +360,26 @@ def check_items(cfg: RunConfig) -> None:
         keys.add(it.key)
 
 
-def run(cfg: RunConfig, progress: bool = True, pipe: Any = None) -> list[Path]:
-    """Validate, load the model, optimise all prompts together, save; returns the final image paths."""
+def run(cfg: RunConfig, progress: bool = True, pipe: Any = None, handout_files: bool = False) -> list[Path]:
+    """Validate, load the model, optimise the prompts in batches of ``cfg.batch_size``, save; returns the final
+    image paths. config.json is written once every input passed validation and the first batch is built.
+    ``handout_files``: a single-prompt run also writes UMich HW5's generated_image.png / generated_progressive.png.
+    """
     from common.registry import load_sd
     from common.runs import write_config
 
     check_items(cfg)
     device = get_device(cfg.device)
-    seed_everything(cfg.seed)
-    if pipe is None:
-        pipe = load_sd(cfg.model, device, precision_dtype(cfg.precision, device))
-    write_config(cfg.save_dir, cfg.to_json())
-    threads = torch.get_num_threads()
-    if device.type == "cpu" and sum(p.numel() for p in pipe.unet.parameters()) < SMALL_UNET_PARAMS:
-        torch.set_num_threads(1)  # tiny convolutions: one thread is faster, and 10x faster on a busy CPU
-    try:
-        job = Run(cfg, pipe, device)
-        images = job.optimise(progress)
-        return job.save(images)
-    finally:
-        torch.set_num_threads(threads)
+    dtype = precision_dtype(cfg.precision, device)
+    out: list[Path] = []
+    with thread_count(cfg.threads):
+        for start in range(0, len(cfg.items), cfg.batch_size):
+            seed_everything(cfg.seed)
+            if pipe is None or (start and cfg.loss_type == "vsd"):
+                pipe = load_sd(cfg.model, device, dtype)  # VSD: every batch starts from a fresh LoRA
+            job = Run(dataclasses.replace(cfg, items=cfg.items[start:start + cfg.batch_size]), pipe, device)
+            if not start:
+                write_config(cfg.save_dir, cfg.to_json())
+            images = job.optimise(progress)
+            out += job.save(images, handout_files=handout_files and len(cfg.items) == 1)
+    return out

@@ -18,9 +18,12 @@ from typing import Any
 import torch
 
 from common.ddim import ddim_step
+from common.divergence import check_bounded
 from common.gpu import randn_per_sample
 from common.sampling import SamplingConfig, ddim_sample_loop, grid_alpha_bars, model_shape, unet_eps
 from dps.operators import Operator
+
+X_BOUND = 1e3  # |x_t| of a sane chain stays below ~10 (x_T ~ N(0, I)); beyond this the step size zeta blew it up
 
 
 def dps_update(prev_sample: torch.Tensor, sample: torch.Tensor, pred_original_sample: torch.Tensor,
@@ -59,14 +62,15 @@ def dps_sample(unet: torch.nn.Module, config: SamplingConfig, measurement: torch
                                  generators, config.clip_sample, config.final_alpha_cumprod, progress)
         return _checked(x)
     measurement = measurement.to(device)
-    for t, alpha_bar_t, alpha_bar_prev in grid_alpha_bars(timesteps, config.alphas_cumprod,
-                                                          config.final_alpha_cumprod):
+    steps = grid_alpha_bars(timesteps, config.alphas_cumprod, config.final_alpha_cumprod)
+    for step, (t, alpha_bar_t, alpha_bar_prev) in enumerate(steps, start=1):
         noise = randn_per_sample(tuple(x.shape[1:]), generators, device=device) if eta > 0 else None
         x = x.detach().requires_grad_(True)  # x_t
         with torch.enable_grad():  # x0_hat keeps the graph through the UNet for the gradient w.r.t. x_t
             prev_sample, x0_hat = ddim_step(x, unet_eps(unet, x, t), alpha_bar_t, alpha_bar_prev, eta, noise,
                                             config.clip_sample)
             x, _ = dps_update(prev_sample, x, x0_hat, measurement, operator, scale)
+        check_bounded(x, X_BOUND, f"the DPS sample (after t = {t})", step, hint=f"lower --scale (now {scale:g})")
         if progress is not None:
             progress.update(1)
     return _checked(x)

@@ -1,8 +1,11 @@
 """Solve inverse problems with Diffusion Posterior Sampling on a DDPM face model (UMich EECS 498 HW5 part B, Sec. 6).
 
-For each image writes ``NNN_input.png``, ``NNN_measurement.png``, ``NNN_reconstruction.png`` and ``NNN_panel.png``
-(input | measurement | naive reconstruction | DPS), plus ``metrics.json`` (PSNR/SSIM to the ground truth) and
-``config.json``; prints a timing line. Without ``--images`` the held-out toy faces are the ground truth.
+Writes to ``--save_dir`` (default ``DPS_results``, the handout's folder) for each image i the handout's
+``DPS_masked_input_image{i}.png`` (the noisy measurement y; ``DPS_measurement_image{i}.png`` for the other tasks) and
+``DPS_generated_image{i}.png`` (the DPS reconstruction), plus ``DPS_ground_truth_image{i}.png`` and a labelled
+``DPS_panel_image{i}.png`` (truth | measurement | DPS; toy-size images enlarged x4), ``metrics.json`` (PSNR/SSIM
+to the ground truth, also of the naive reconstruction) and ``config.json``; prints a timing line. Without
+``--images`` the held-out toy faces are the ground truth.
 """
 
 from __future__ import annotations
@@ -15,17 +18,33 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
-from common.cli import CONTEXT_SETTINGS, UserError, user_errors
-from common.gpu import CudaTimer, get_device, make_generators, precision_dtype, seed_everything
-from common.images import load_image, save_grid, save_image
-from common.runs import write_config, write_json_atomic
+from common.cli import CONTEXT_SETTINGS, UserError, finite, user_errors
+from common.gpu import PRECISION_CHOICES, CudaTimer, get_device, make_generators, precision_dtype, seed_everything
+from common.images import load_image, pil_to_tensor, save_image
+from common.runs import json_number, write_config, write_json_atomic
 from common.sampling import load_model, model_shape, sampling_config
 from common.toy.faces import heldout_faces
 from dps.dps import dps_sample
 from dps.metrics import psnr, ssim
 from dps.operators import DEFAULT_SCALES, TASKS, add_measurement_noise, build_operator
+from dps.panels import display_upscale, labelled_row
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+CHANNELS = {"L": 1, "I;16": 1, "I;16B": 1, "I;16L": 1, "I": 1, "F": 1, "LA": 2, "RGBA": 4, "CMYK": 4, "P": "palette"}
+MAX_SCALE = 1e6  # zeta; the default is 0.3-0.5, and far larger values diverge (caught at the step that blows up)
+MAX_KERNEL_FACTOR = 4  # --kernel_size <= 4 x image size + 1: larger kernels only average reflected copies
+MAX_BATCH_PIXELS = 2**20  # images x pixels per UNet batch (DPS keeps the graph for the backward): 256 of 64 px
+MAX_IMAGES = 1000
+
+
+class OneLineCommand(click.Command):
+    """A bad option value is one ``Error:`` line with exit code 2, like a domain error (no usage block)."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as err:
+            raise UserError(err.format_message()) from err
 
 
 def load_images(folder: str | Path, size: int, limit: int | None = None) -> torch.Tensor:
@@ -38,48 +57,62 @@ def load_images(folder: str | Path, size: int, limit: int | None = None) -> torc
         raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
     images = []
     for path in files:
-        try:
-            with Image.open(path) as img:
-                mode, (w, h) = img.mode, img.size
-        except OSError as err:
-            raise ValueError(f"cannot read image {path}: not a valid image file") from err
+        image = load_image(path)  # one-line errors for corrupt files and decompression bombs
+        with Image.open(path) as img:
+            mode, (w, h) = img.mode, img.size
         if mode != "RGB":
-            channels = {"L": 1, "LA": 2, "RGBA": 4, "CMYK": 4, "P": "palette"}.get(mode, mode)
-            raise ValueError(f"image {path.name} has {channels} channels (mode {mode}); expected an RGB image")
+            raise ValueError(f"image {path.name} has {CHANNELS.get(mode, mode)} channel(s) (mode {mode}); "
+                             "expected an RGB image")
         if (w, h) != (size, size):
             raise ValueError(f"image {path.name} is {w}x{h} but the model works on {size}x{size} images")
-        images.append(load_image(path))
+        images.append(image)
     return torch.stack(images)
 
 
-def _panel(images: list[torch.Tensor], size: int) -> torch.Tensor:
-    """Resize (nearest) to size x size and stack for a one-row grid."""
-    return torch.stack([F.interpolate(x[None].float().cpu(), size=(size, size), mode="nearest")[0] for x in images])
+def check_kernel_size(task: str, kernel_size: int, size: int) -> None:
+    """Refuse an even blur kernel, or one far wider than ``size``-px images (it would only average reflections)."""
+    if kernel_size % 2 == 0:
+        raise UserError(f"--kernel_size must be odd, got {kernel_size}")
+    if task.endswith("blur") and kernel_size > MAX_KERNEL_FACTOR * size + 1:
+        raise UserError(f"--kernel_size {kernel_size} is too large for {size}-px images "
+                        f"(at most {MAX_KERNEL_FACTOR * size + 1})")
 
 
-@click.command(context_settings=CONTEXT_SETTINGS)
-@click.option("--task", type=click.Choice(TASKS), required=True, help="Inverse problem.")
+def check_batch_size(batch_size: int, size: int) -> None:
+    """Refuse a UNet batch of ``size``-px images that cannot fit in memory with DPS's backward pass."""
+    if batch_size * size * size > MAX_BATCH_PIXELS:
+        raise UserError(f"--batch_size {batch_size} is too large for {size}-px images "
+                        f"(at most {max(1, MAX_BATCH_PIXELS // (size * size))} per UNet batch)")
+
+
+@click.command(cls=OneLineCommand, context_settings=CONTEXT_SETTINGS)
+@click.option("--task", type=click.Choice(TASKS), default="inpainting", show_default=True, help="Inverse problem.")
 @click.option("--images", "images_dir", type=click.Path(), default=None,
               help="Folder of RGB ground-truth images of the model's size [default: held-out toy faces].")
-@click.option("--num_images", type=click.IntRange(min=1), default=4, show_default=True,
+@click.option("--num_images", type=click.IntRange(1, MAX_IMAGES), default=4, show_default=True,
               help="How many images to reconstruct (held-out faces, or the first ones of --images).")
 @click.option("--num_inference_steps", type=click.IntRange(min=1), default=1000, show_default=True)
-@click.option("--scale", type=click.FloatRange(min=0.0), default=None,
-              help="DPS step size zeta [default: inpainting 0.5, others 0.3].")
-@click.option("--eta", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True, help="DDIM eta.")
+@click.option("--scale", type=finite(min=0.0, max=MAX_SCALE), default=None,
+              help=f"DPS step size zeta, at most {MAX_SCALE:g} [default: inpainting 0.5, others 0.3].")
+@click.option("--eta", type=finite(0.0, 1.0), default=0.0, show_default=True, help="DDIM eta.")
 @click.option("--mask_type", type=click.Choice(["random", "box"]), default="random", show_default=True)
-@click.option("--sr_mode", type=click.Choice(["bicubic", "avgpool"]), default="bicubic", show_default=True)
-@click.option("--kernel_size", type=click.IntRange(min=3), default=61, show_default=True, help="Blur kernel size.")
-@click.option("--blur_sigma", type=click.FloatRange(min=0.0, min_open=True), default=3.0, show_default=True)
-@click.option("--motion_intensity", type=click.FloatRange(0.0, 1.0), default=0.5, show_default=True)
-@click.option("--noise_sigma", type=click.FloatRange(min=0.0), default=0.05, show_default=True,
+@click.option("--sr_mode", type=click.Choice(["bicubic", "avgpool"]), default="bicubic", show_default=True,
+              help="x4 downsampler: DPS's antialiased cubic Resizer, or 4 x 4 means.")
+@click.option("--kernel_size", type=click.IntRange(min=3), default=61, show_default=True,
+              help=f"Blur kernel size: odd, at most {MAX_KERNEL_FACTOR} x image size + 1 (257 for 64-px faces).")
+@click.option("--blur_sigma", type=finite(min=0.0, min_open=True), default=3.0, show_default=True)
+@click.option("--motion_intensity", type=finite(0.0, 1.0), default=0.5, show_default=True)
+@click.option("--noise_sigma", type=finite(min=0.0, max=10.0), default=0.05, show_default=True,
               help="Measurement noise std on the [-1, 1] scale.")
-@click.option("--batch_size", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--batch_size", type=click.IntRange(min=1), default=4, show_default=True,
+              help=f"Images per UNet batch: at most {MAX_BATCH_PIXELS // 4096} of 64 px "
+                   f"({MAX_BATCH_PIXELS // 65536} of 256 px).")
 @click.option("--model", default="toy-faces", show_default=True, help="Registry name or local DDPM folder.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True)
-@click.option("--save_dir", type=click.Path(file_okay=False), required=True)
+@click.option("--precision", type=click.Choice(PRECISION_CHOICES), default="auto", show_default=True,
+              help="UNet weights (auto: fp16 on CUDA, fp32 on CPU); the sampler math stays fp32.")
+@click.option("--save_dir", type=click.Path(file_okay=False), default="DPS_results", show_default=True)
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @user_errors
 def main(task, images_dir, num_images, num_inference_steps, scale, eta, mask_type, sr_mode, kernel_size, blur_sigma,
@@ -88,19 +121,20 @@ def main(task, images_dir, num_images, num_inference_steps, scale, eta, mask_typ
 
     \b
     Examples:
-      python -m dps.main --task inpainting --save_dir DPS_results
+      python -m dps.main
       python -m dps.main --task super_resolution --num_inference_steps 250 --save_dir dps_sr
       python -m dps.main --task motion_blur --images my_faces/ --scale 0.3 --save_dir dps_motion
     """
-    if kernel_size % 2 == 0:
-        raise UserError(f"--kernel_size must be odd, got {kernel_size}")
     seed_everything(seed)
     dev = get_device(device)
-    unet, sched_config = load_model(model, dev, precision_dtype(precision, dev))
+    dtype = precision_dtype(precision, dev)
+    unet, sched_config = load_model(model, dev, dtype)
     config = sampling_config(sched_config)  # DDIM grid, alpha_bar and clipping of the model's scheduler config
     if num_inference_steps > config.num_train_timesteps:
         raise UserError(f"--num_inference_steps must be at most {config.num_train_timesteps}")
     _, size, _ = model_shape(unet)
+    check_kernel_size(task, kernel_size, size)
+    check_batch_size(batch_size, size)
     truth = (load_images(images_dir, size, num_images) if images_dir else heldout_faces(num_images, size)).to(dev)
     n = len(truth)
     scale = DEFAULT_SCALES[task] if scale is None else scale
@@ -116,36 +150,43 @@ def main(task, images_dir, num_images, num_inference_steps, scale, eta, mask_typ
                                     make_generators(range(seed + sl.start, seed + sl.stop), dev), eta, bar))
     recon = torch.cat(recon)
     seconds = timer.ms / 1000
-    _write_outputs(save_dir, truth, measurement, operator.naive(measurement).clamp(-1, 1), recon, size)
     metrics = _metrics(truth, operator.naive(measurement), recon)
     metrics.update({"task": task, "num_images": n, "num_inference_steps": num_inference_steps, "scale": scale,
                     "seconds": round(seconds, 3), "seconds_per_image": round(seconds / n, 4), "device": str(dev)})
+    _write_outputs(save_dir, task, truth, measurement, recon)
     write_json_atomic(Path(save_dir) / "metrics.json", metrics)
     write_config(save_dir, {"task": task, "images": images_dir, "num_images": n,
                             "num_inference_steps": num_inference_steps, "scale": scale, "eta": eta,
                             "mask_type": mask_type, "sr_mode": sr_mode,
                             "kernel_size": kernel_size, "blur_sigma": blur_sigma, "motion_intensity": motion_intensity,
                             "noise_sigma": noise_sigma, "batch_size": batch_size, "model": model, "seed": seed,
-                            "device": str(dev), "precision": precision, "save_dir": save_dir})
-    mean = metrics["mean"]
+                            "device": str(dev), "precision": precision,
+                            "unet_dtype": str(dtype).removeprefix("torch."), "save_dir": save_dir})
+    mean = {k: "inf" if v is None else f"{v:.3f}" for k, v in metrics["mean"].items()}  # None: identical images
     click.echo(f"DPS {task} {num_inference_steps} steps: {n} images in {seconds:.2f} s ({seconds / n:.3f} s/image); "
-               f"PSNR {mean['psnr']:.2f} dB (naive {mean['psnr_naive']:.2f}), SSIM {mean['ssim']:.3f} -> {save_dir}")
+               f"PSNR {mean['psnr']} dB (naive {mean['psnr_naive']}), SSIM {mean['ssim']} -> {save_dir}")
 
 
-def _write_outputs(save_dir, truth, measurement, naive, recon, size) -> None:
+def _write_outputs(save_dir, task, truth, measurement, recon) -> None:
+    """The handout's DPS_results files, plus the ground truth and a labelled panel per image."""
+    size = truth.shape[-1]
+    kind = "masked_input" if task == "inpainting" else "measurement"
     for i in range(len(truth)):
-        save_image(truth[i], f"{save_dir}/{i:03d}_input.png")
-        save_image(measurement[i].clamp(-1, 1), f"{save_dir}/{i:03d}_measurement.png")
-        save_image(recon[i], f"{save_dir}/{i:03d}_reconstruction.png")
-        row = _panel([truth[i], measurement[i].clamp(-1, 1), naive[i], recon[i]], size)
-        save_grid(row, f"{save_dir}/{i:03d}_panel.png", nrow=4)
+        y = measurement[i].clamp(-1, 1)
+        save_image(truth[i], f"{save_dir}/DPS_ground_truth_image{i}.png")
+        save_image(y, f"{save_dir}/DPS_{kind}_image{i}.png")
+        save_image(recon[i], f"{save_dir}/DPS_generated_image{i}.png")
+        y_shown = F.interpolate(y[None].float(), size=(size, size), mode="nearest")[0]  # SR: 16 -> 64 px blocks
+        panel = labelled_row([truth[i], y_shown, recon[i]], ["truth", "measurement", "DPS reconstruction"],
+                             display_upscale(size))
+        save_image(pil_to_tensor(panel), f"{save_dir}/DPS_panel_image{i}.png")
 
 
 def _metrics(truth, naive, recon) -> dict:
     values = {"psnr": psnr(recon, truth), "ssim": ssim(recon, truth), "psnr_naive": psnr(naive, truth),
               "ssim_naive": ssim(naive, truth)}
-    per_image = [{k: round(float(v[i]), 4) for k, v in values.items()} for i in range(len(truth))]
-    return {"mean": {k: round(float(v.mean()), 4) for k, v in values.items()}, "per_image": per_image}
+    per_image = [{k: json_number(round(float(v[i]), 4)) for k, v in values.items()} for i in range(len(truth))]
+    return {"mean": {k: json_number(round(float(v.mean()), 4)) for k, v in values.items()}, "per_image": per_image}
 
 
 if __name__ == "__main__":

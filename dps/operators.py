@@ -4,15 +4,18 @@ Each operator is a small class whose ``forward(x)`` maps images [B, 3, H, W] in 
 differentiably (DPS backpropagates through it). ``naive(y)`` is the obvious reconstruction from the
 measurement alone (the masked image, bicubic upsampling, the blurry image), used as a baseline and for panels.
 Defaults follow the DPS configs: random inpainting mask with 30-70% of the pixels missing, super-resolution x4,
-Gaussian blur (kernel 61, sigma 3), motion blur (kernel 61, intensity 0.5); measurement noise sigma 0.05.
+Gaussian blur (kernel 61, sigma 3), motion blur (kernel 61, intensity 0.5, ``dps.motion``); measurement noise sigma
+0.05.
 """
 
 from __future__ import annotations
 
-import math
-
+import numpy as np
 import torch
 import torch.nn.functional as F
+
+from dps.motion import motion_kernel
+from dps.resize import resize
 
 TASKS = ("inpainting", "super_resolution", "gaussian_blur", "motion_blur")
 DEFAULT_SCALES = {"inpainting": 0.5, "super_resolution": 0.3, "gaussian_blur": 0.3, "motion_blur": 0.3}
@@ -105,7 +108,7 @@ class Inpainting(Operator):
 
 
 class SuperResolution(Operator):
-    """y = downsample_s(x): bicubic (antialiased, like DPS's Resizer) or average pooling over s x s blocks."""
+    """y = downsample_s(x): DPS's Resizer (antialiased cubic, mirrored borders; ``dps.resize``) or s x s means."""
 
     name = "super_resolution"
 
@@ -121,8 +124,7 @@ class SuperResolution(Operator):
             raise ValueError(f"image size {tuple(x.shape[-2:])} is not divisible by the scale factor {self.scale}")
         if self.mode == "avgpool":
             return F.avg_pool2d(x, self.scale)
-        size = (x.shape[-2] // self.scale, x.shape[-1] // self.scale)
-        return F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False)
+        return resize(x, (x.shape[-2] // self.scale, x.shape[-1] // self.scale))
 
     def naive(self, y: torch.Tensor) -> torch.Tensor:
         """Bicubic upsampling back to the image size (the classic baseline)."""
@@ -144,37 +146,6 @@ def gaussian_kernel(kernel_size: int = 61, sigma: float = 3.0) -> torch.Tensor:
     g = torch.exp(-(r**2) / (2 * sigma**2))
     k = torch.outer(g, g)
     return (k / k.sum()).float()
-
-
-def motion_kernel(kernel_size: int = 61, intensity: float = 0.5, generator: torch.Generator | None = None,
-                  extent: float = 0.3) -> torch.Tensor:
-    """[k, k] random camera-shake kernel (sums to 1): a smooth random trajectory splatted onto the grid.
-
-    The trajectory has length ~ U(0.5, 1) * extent * k pixels. Its heading starts uniform and follows a random
-    walk whose step standard deviation grows with ``intensity`` in [0, 1] (0 = a straight line, 1 = very shaky),
-    the idea of Schuler/Boracchi-style camera-shake models; the points are splatted bilinearly.
-    """
-    if not 0 <= intensity <= 1:
-        raise ValueError(f"motion blur intensity must be in [0, 1], got {intensity}")
-    if kernel_size < 3 or kernel_size % 2 == 0:
-        raise ValueError(f"kernel size must be odd and >= 3, got {kernel_size}")
-    num = 4 * kernel_size
-    length = (0.5 + 0.5 * float(torch.rand((), generator=generator))) * extent * kernel_size
-    heading = 2 * math.pi * float(torch.rand((), generator=generator))
-    turns = torch.randn(num, generator=generator, dtype=torch.float64)
-    angles = heading + 2.5 * intensity * torch.cumsum(turns, 0) / math.sqrt(num)  # heading: a Brownian path
-    steps = torch.stack([torch.cos(angles), torch.sin(angles)], 1) * (length / num)
-    path = torch.cumsum(steps, 0)
-    path = path - path.mean(0) + (kernel_size - 1) / 2  # centre the blur on the kernel
-    kernel = torch.zeros(kernel_size, kernel_size, dtype=torch.float64)
-    base = path.floor().long()
-    frac = path - base
-    for dy in (0, 1):
-        for dx in (0, 1):
-            w = (frac[:, 1] if dy else 1 - frac[:, 1]) * (frac[:, 0] if dx else 1 - frac[:, 0])
-            yy, xx = (base[:, 1] + dy).clamp(0, kernel_size - 1), (base[:, 0] + dx).clamp(0, kernel_size - 1)
-            kernel.index_put_((yy, xx), w, accumulate=True)
-    return (kernel / kernel.sum()).float()
 
 
 class Blur(Operator):
@@ -199,7 +170,7 @@ def gaussian_blur(kernel_size: int = 61, sigma: float = 3.0) -> Blur:
 
 
 def motion_blur(kernel_size: int = 61, intensity: float = 0.5, seed: int = 0) -> Blur:
-    return Blur(motion_kernel(kernel_size, intensity, torch.Generator().manual_seed(seed)), "motion_blur")
+    return Blur(motion_kernel(kernel_size, intensity, np.random.default_rng(seed)), "motion_blur")
 
 
 # ---------------------------------------------------------------------------------------------------------------

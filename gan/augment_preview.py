@@ -2,6 +2,7 @@
 
 The handout's ``python DiffAugment_pytorch.py`` check: cutout boxes must be 25-50% of the side with
 ``--cutout random`` (50% with ``fixed``), translation at most 1/8 of the side, colours shifted per image.
+The options and seed go to ``<out stem>.config.json`` next to the PNG.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import torch
 
 from common.cli import CONTEXT_SETTINGS, user_errors
 from common.images import save_grid
+from common.runs import write_config
 from gan.augment import diff_augment
 from gan.dataset import load_dataset, to_float
 
@@ -43,8 +45,11 @@ def main(data, out, num, cutout, seed, resolution):
     """
     images, _ = load_dataset(data, resolution)
     grid = preview(to_float(images[:num]), cutout, seed)
-    save_grid(grid, Path(out), nrow=min(num, len(images)))
-    click.echo(f"wrote {out}")
+    out = Path(out)
+    save_grid(grid, out, nrow=min(num, len(images)))
+    config = write_config(out.parent, {"data": data, "out": str(out), "n": num, "cutout": cutout, "seed": seed,
+                                       "resolution": resolution, "rows": list(ROWS)}, name=f"{out.stem}.config.json")
+    click.echo(f"wrote {out} and {config}")
 
 
 if __name__ == "__main__":

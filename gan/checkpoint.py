@@ -4,21 +4,23 @@ Never pickle: ``safetensors`` stores only tensors plus a str->str metadata heade
 ``G.*``, ``D.*``, ``G_ema.*`` (state dicts), ``opt.G.<i>.<key>`` / ``opt.D.<i>.<key>`` (Adam state of parameter i),
 ``rng.<name>`` (``torch.Generator.get_state()`` bytes), ``loss.pl_mean``. Metadata: ``format``, ``arch`` (the
 :class:`gan.networks.ArchConfig` as JSON) and ``state`` (step, images seen, training options).
-Files are written to ``<name>.tmp`` first and moved into place with ``os.replace`` (atomic on POSIX).
+Files go through ``common.files.save_safetensors``: a byte-stable header (two identical runs write identical
+bytes) written to a temporary file and moved into place with ``os.replace`` (atomic on POSIX). Reading
+validates everything a hand-edited or foreign file can get wrong (metadata, architecture keys, RNG state sizes,
+optimiser shapes) and reports it as one-line ``ValueError``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import load_file, safe_open
 
-from common.files import refuse_pickle
+from common.files import refuse_pickle, save_safetensors
 from gan.networks import ArchConfig
 
 FORMAT = "genmodels-stylegan2/1"
@@ -50,14 +52,45 @@ def save_checkpoint(path: str | Path, arch: ArchConfig, nets: dict, optimizers: 
 
 
 def _write(tensors: dict, arch: ArchConfig, state: dict, path: str | Path) -> Path:
-    """Atomic write: ``<path>.tmp`` then ``os.replace``."""
-    metadata = {"format": FORMAT, "arch": json.dumps(dataclasses.asdict(arch)), "state": json.dumps(state)}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
-    return path
+    """Atomic, byte-stable write (sorted header keys) through ``common.files.save_safetensors``."""
+    metadata = {"format": FORMAT, "arch": json.dumps(dataclasses.asdict(arch)),
+                "state": json.dumps(state, sort_keys=True, allow_nan=False)}
+    return save_safetensors(tensors, path, metadata)
+
+
+def _json_object(text: str | None, key: str, path: Path) -> dict:
+    try:
+        value = json.loads(text) if text is not None else None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: metadata {key!r} is not valid JSON ({err.msg})") from err
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: metadata {key!r} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _parse_arch(metadata: dict, path: Path) -> ArchConfig:
+    """ArchConfig from the metadata; missing or unknown keys and bad values are one line naming them."""
+    arch = _json_object(metadata.get("arch"), "arch", path)
+    names = {f.name for f in dataclasses.fields(ArchConfig)}
+    if set(arch) != names:
+        missing, extra = sorted(names - set(arch)), sorted(set(arch) - names)
+        raise ValueError(f"{path}: metadata 'arch' does not describe a gan.networks.ArchConfig (missing keys: "
+                         f"{', '.join(missing) or 'none'}; unknown keys: {', '.join(extra) or 'none'})")
+    ints = [k for k in names - {"conv_clamp"} if type(arch[k]) is not int or arch[k] < 1]
+    clamp = arch["conv_clamp"]
+    if ints or not (clamp is None or (isinstance(clamp, (int, float)) and 0 < clamp < float("inf"))):
+        raise ValueError(f"{path}: metadata 'arch' has invalid values for {', '.join(sorted(ints) or ['conv_clamp'])}")
+    return ArchConfig(**arch)  # checks the resolution (power of two)
+
+
+def _parse_state(metadata: dict, path: Path) -> dict:
+    state = _json_object(metadata.get("state", "{}"), "state", path)
+    for key in ("step", "nimg"):
+        if key in state and (type(state[key]) is not int or state[key] < 0):
+            raise ValueError(f"{path}: metadata 'state' has {key} = {state[key]!r}, expected an integer >= 0")
+    if not isinstance(state.get("config", {}), dict):
+        raise ValueError(f"{path}: metadata 'state' has a 'config' that is not a JSON object")
+    return state
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict, ArchConfig, dict]:
@@ -74,8 +107,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict, ArchConfig, dict]:
         raise ValueError(f"{path} is not a safetensors checkpoint ({err})") from err
     if metadata.get("format") != FORMAT:
         raise ValueError(f"{path} is not a gan checkpoint (format {metadata.get('format')!r}, expected {FORMAT!r})")
-    arch = ArchConfig(**json.loads(metadata["arch"]))
-    return tensors, arch, json.loads(metadata.get("state", "{}"))
+    return tensors, _parse_arch(metadata, path), _parse_state(metadata, path)
 
 
 def check_arch(saved: ArchConfig, current: ArchConfig, path) -> None:
@@ -100,19 +132,33 @@ def has_optimizer(tensors: dict, name: str) -> bool:
 
 def load_optimizer(opt: torch.optim.Optimizer, tensors: dict, name: str) -> None:
     """Restore Adam moments and step counts; lr/betas keep the values this run configured."""
+    params = [p for group in opt.param_groups for p in group["params"]]
     state = {}
     for key, value in tensors.items():
         if key.startswith(f"opt.{name}."):
             idx, field = key[len(f"opt.{name}."):].split(".", 1)
-            state.setdefault(int(idx), {})[field] = value
+            state.setdefault(int(idx) if idx.isdigit() else idx, {})[field] = value
+    for idx, fields in state.items():
+        ok = isinstance(idx, int) and idx < len(params) and set(fields) == {"step", "exp_avg", "exp_avg_sq"}
+        if not ok or fields["step"].numel() != 1 or any(fields[k].shape != params[idx].shape
+                                                        for k in ("exp_avg", "exp_avg_sq")):
+            raise ValueError(f"checkpoint optimiser state opt.{name}.{idx} does not match the network")
     opt.load_state_dict({"state": state, "param_groups": opt.state_dict()["param_groups"]})
 
 
 def load_rng(gen: torch.Generator, tensors: dict, name: str) -> bool:
+    """Restore a generator state; a state of another size or kind is a one-line ValueError."""
     key = f"rng.{name}"
     if key not in tensors:
         return False
-    gen.set_state(tensors[key])
+    saved, current = tensors[key], gen.get_state()
+    if saved.dtype != torch.uint8 or saved.shape != current.shape:
+        raise ValueError(f"checkpoint {key} is not a {gen.device.type} generator state ({saved.numel()} "
+                         f"{saved.dtype} values, expected {current.numel()} uint8)")
+    try:
+        gen.set_state(saved)
+    except RuntimeError as err:
+        raise ValueError(f"checkpoint {key} is not a valid generator state ({str(err).splitlines()[0]})") from err
     return True
 
 

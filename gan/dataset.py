@@ -7,41 +7,87 @@ is an index draw from a ``torch.Generator``. The word ``toy`` selects the built-
 
 from __future__ import annotations
 
-import io
+import tempfile
 import zipfile
+import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
+from common.images import read_pil
+
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 TOY = "toy"
+MAX_MEMBER_BYTES = 2**28  # 256 MiB: no image of a GAN data set is larger; refuses zip bombs before inflating
+ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, RuntimeError)
 
 
-def _list_images(path: Path) -> list[tuple[str, object]]:
-    """(name, opener) pairs, sorted by name."""
+def _is_image(name: str) -> bool:
+    """Image suffix, and no hidden part (``.partial`` folders of an interrupted dataset_tool, ``__MACOSX``)."""
+    parts = Path(name).parts
+    return Path(name).suffix.lower() in IMAGE_EXTS and not any(p.startswith((".", "__MACOSX")) for p in parts)
+
+
+def _list_images(path: Path) -> list[str]:
+    """Image names (relative paths or zip members), sorted."""
     if not path.exists():
         raise FileNotFoundError(f"dataset not found: {path}")
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file())
-        return [(str(p.relative_to(path)), p) for p in files]
-    if zipfile.is_zipfile(path):
+        return sorted(str(p.relative_to(path)) for p in path.rglob("*") if _is_image(str(p.relative_to(path)))
+                      and p.is_file())
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"dataset {path} is neither a folder nor a zip file")
+    try:
         with zipfile.ZipFile(path) as zf:
-            names = sorted(n for n in zf.namelist() if Path(n).suffix.lower() in IMAGE_EXTS)
-        return [(n, (path, n)) for n in names]
-    raise ValueError(f"dataset {path} is neither a folder nor a zip file")
+            return sorted(n for n in zf.namelist() if _is_image(n))
+    except ZIP_ERRORS as err:
+        raise ValueError(f"dataset {path} is a corrupt zip file ({err})") from err
 
 
-def _open(source) -> Image.Image:
-    if isinstance(source, tuple):
-        with zipfile.ZipFile(source[0]) as zf:
-            return Image.open(io.BytesIO(zf.read(source[1]))).convert("RGB")
-    return Image.open(source).convert("RGB")
+def _read_zip_member(zf: zipfile.ZipFile, name: str, tmp: Path, path: Path) -> Image.Image:
+    """Decode one zip member through ``common.images.read_pil`` (size and bomb checks) via a temporary file."""
+    try:
+        info = zf.getinfo(name)
+        if info.file_size > MAX_MEMBER_BYTES:
+            raise ValueError(f"cannot read image {name} in {path}: {info.file_size / 2**20:.0f} MiB uncompressed, "
+                             f"more than the {MAX_MEMBER_BYTES / 2**20:.0f} MiB allowed")
+        data = zf.read(name)
+    except ZIP_ERRORS as err:
+        raise ValueError(f"cannot read image {name} in {path}: corrupt zip member ({err})") from err
+    file = tmp / f"member{Path(name).suffix.lower()}"
+    file.write_bytes(data)
+    try:
+        return read_pil(file)
+    except ValueError as err:
+        raise ValueError(str(err).replace(str(file), f"{name} in {path}")) from err
+
+
+def _decoded(path: Path, names: list[str]) -> Iterator[tuple[str, Image.Image]]:
+    """(name, 8-bit RGB image) for each name of a folder or zip data set; one-line ValueError on bad files."""
+    if path.is_dir():
+        for name in names:
+            yield name, read_pil(path / name)
+        return
+    with tempfile.TemporaryDirectory(prefix="gan-dataset-") as tmp:
+        try:
+            zf = zipfile.ZipFile(path)
+        except ZIP_ERRORS as err:
+            raise ValueError(f"dataset {path} is a corrupt zip file ({err})") from err
+        with zf:
+            for name in names:
+                yield name, _read_zip_member(zf, name, Path(tmp), path)
 
 
 def is_power_of_two(n: int) -> bool:
     return n >= 4 and n & (n - 1) == 0
+
+
+def check_resolution(resolution: int | None) -> None:
+    if resolution is not None and not is_power_of_two(resolution):
+        raise ValueError(f"--resolution must be a power of two >= 4, got {resolution}")
 
 
 def load_images(path: str | Path, resolution: int | None = None, max_images: int | None = None) -> torch.Tensor:
@@ -50,18 +96,13 @@ def load_images(path: str | Path, resolution: int | None = None, max_images: int
     Without ``resolution`` all images must be square with the same power-of-two size; with it, every image is
     resized (Lanczos) to R x R after a centre crop to square. Raises ValueError/FileNotFoundError with one line.
     """
-    if resolution is not None and not is_power_of_two(resolution):
-        raise ValueError(f"--resolution must be a power of two >= 4, got {resolution}")
-    entries = _list_images(Path(path))
-    if not entries:
+    check_resolution(resolution)
+    names = _list_images(Path(path))
+    if not names:
         raise ValueError(f"no images (png/jpg/webp/bmp) found in {path}")
-    entries = entries[:max_images] if max_images else entries
+    names = names[:max_images] if max_images else names
     arrays, first = [], None
-    for name, source in entries:
-        try:
-            img = _open(source)
-        except OSError as err:
-            raise ValueError(f"cannot read image {name} in {path}: {err}") from err
+    for name, img in _decoded(Path(path), names):
         if resolution is None:
             first = first or (name, img.size)
             if img.size != first[1]:
@@ -89,8 +130,8 @@ def load_dataset(data: str, resolution: int | None = None, seed: int = 0) -> tup
     if data == TOY and not Path(data).exists():
         from gan.toy import toy_dataset
 
-        images = toy_dataset(resolution=resolution or 64)
-        return images, "toy"
+        check_resolution(resolution)
+        return toy_dataset(resolution=resolution or 64), "toy"
     images = load_images(data, resolution)
     return images, Path(data).stem or "data"
 

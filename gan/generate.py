@@ -1,4 +1,4 @@
-"""Generate images from a checkpoint: one PNG per seed (``seed0000.png``) plus ``grid.png``.
+"""Generate images from a checkpoint: one PNG per seed (``seed0000.png``), ``grid.png`` and ``config.json``.
 
 An image depends only on its seed (latent and noise drawn from a generator seeded with it), not on the batch.
 """
@@ -10,9 +10,10 @@ from pathlib import Path
 import click
 import torch
 
-from common.cli import CONTEXT_SETTINGS, IntListType, user_errors
+from common.cli import CONTEXT_SETTINGS, IntListType, finite, user_errors
 from common.gpu import get_device
 from common.images import save_grid, save_image
+from common.runs import write_config
 from gan import checkpoint as ckpt
 from gan.networks import Generator
 
@@ -41,7 +42,7 @@ def generate(G: Generator, seeds: list[int], truncation_psi: float = 1.0, noise_
 @click.option("--checkpoint", required=True, type=click.Path(dir_okay=False), help="Checkpoint .safetensors.")
 @click.option("--seeds", type=IntListType(), default="0-15", help="Seeds, e.g. 0-15 or 1,5,9.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
-@click.option("--trunc", type=click.FloatRange(0, 1), default=1.0, help="Truncation psi (1 = none).")
+@click.option("--trunc", type=finite(0, 1), default=1.0, help="Truncation psi (1 = none).")
 @click.option("--noise_mode", type=click.Choice(["const", "random", "none"]), default="const", help="Noise inputs.")
 @click.option("--device", default="auto", help="auto, cpu, cuda, ...")
 @user_errors
@@ -59,7 +60,9 @@ def main(checkpoint, seeds, out, trunc, noise_mode, device):
     for seed, img in zip(seeds, images):
         save_image(img, out / f"seed{seed:04d}.png")
     save_grid(images, out / "grid.png")
-    click.echo(f"wrote {len(seeds)} images and grid.png to {out}")
+    write_config(out, {"checkpoint": str(checkpoint), "seeds": seeds, "trunc": trunc, "noise_mode": noise_mode,
+                       "device": device, "which": "G_ema"})
+    click.echo(f"wrote {len(seeds)} images, grid.png and config.json to {out}")
 
 
 if __name__ == "__main__":

@@ -57,20 +57,21 @@ def path_length_penalty(gen_img: torch.Tensor, gen_ws: torch.Tensor, pl_mean: to
                         decay: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
     """StyleGAN2 Eq. 4. Returns per-sample (||J^T y|| - a)^2 [B] and the updated running mean a (detached).
 
-    gen_img [B, 3, H, W] = synthesis(gen_ws); pl_noise ~ N(0, I) of gen_img's shape.
+    gen_img [B, 3, H, W] = synthesis(gen_ws); pl_noise ~ N(0, I) of gen_img's shape. As in StyleGAN2-ADA's
+    ``training/loss.py``, a = lerp(a_old, mean(lengths), decay) stays in the graph inside the penalty (G's
+    gradient sees d a / d lengths = decay / B); only the copy kept for the next step is detached.
     """
     H, W = gen_img.shape[2:]
     y = pl_noise / math.sqrt(H * W)
     (grad,) = torch.autograd.grad((gen_img * y).sum(), gen_ws, create_graph=True)  # J_w^T y  [B, num_ws, w_dim]
     lengths = grad.square().sum(dim=2).mean(dim=1).sqrt()  # [B]
-    pl_mean = pl_mean.lerp(lengths.mean().detach(), decay)
-    return (lengths - pl_mean).square(), pl_mean
+    pl_mean = pl_mean.lerp(lengths.mean(), decay)  # a, differentiable
+    return (lengths - pl_mean).square(), pl_mean.detach()
 
 
 @dataclasses.dataclass
 class LossConfig:
     r1_gamma: float = 10.0
-    use_r1: bool = True
     d_reg_interval: int = 16
     pl_weight: float = 2.0
     g_reg_interval: int = 4

@@ -9,6 +9,8 @@ dropping R1 and augmentation on 100 images lets D over-fit and the samples degra
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import click
@@ -38,6 +40,23 @@ def toy_run_options(fn):
     return fn
 
 
+def check_writable(out: Path) -> None:
+    """One-line ValueError, before training, when ``out`` cannot be written (read-only folder, a file in the way)."""
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder; give a .safetensors file name")
+    parent = out.parent
+    while not parent.exists():  # the nearest existing folder is where the missing ones would be created
+        parent = parent.parent
+    try:
+        if not parent.is_dir():
+            raise NotADirectoryError(f"{parent} is not a folder")
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise ValueError(f"cannot write --out {out} ({err.strerror or err}); choose a writable place") from err
+
+
 @click.command(context_settings={**CONTEXT_SETTINGS, "show_default": True})
 @click.option("--steps", type=click.IntRange(min=1), default=4000, help="Training steps (iterations).")
 @click.option("--batch", type=click.IntRange(min=4), default=32, help="Batch size.")
@@ -57,6 +76,7 @@ def main(steps, batch, out, force, workdir, use_diffaug, resolution, device, pre
       python -m gan.make_toy_checkpoint --device cuda --out gan/checkpoints/toy_faces64_start.safetensors --force
     """
     check_overwrite(out, force)  # before minutes of training
+    check_writable(Path(out))
     set_default_impl("auto")
     cfg = TrainConfig(data="toy", use_r1=True, use_diffaug=use_diffaug, kimg=steps * batch / 1000, batch=batch,
                       resolution=resolution,

@@ -11,7 +11,8 @@ import functools
 
 import torch
 
-from common.toy.fid import compute_features, frechet_distance, load_feature_extractor
+from common.eval.frechet import compute_features, frechet_distance
+from common.toy.fid import load_feature_extractor
 
 
 @functools.lru_cache(maxsize=4)

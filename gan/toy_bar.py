@@ -7,14 +7,14 @@ same fixed latents. Prints a table, writes ``toy_bar.json`` and ``toy_bar.png`` 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 import torch
 
-from common.cli import CONTEXT_SETTINGS, UserError, user_errors
+from common.cli import CONTEXT_SETTINGS, UserError, finite, user_errors
 from common.images import load_image, save_grid
+from common.runs import json_number, write_json_atomic
 from gan.make_toy_checkpoint import SHIPPED, toy_run_options
 from gan.ops import set_default_impl
 from gan.train import run_training
@@ -41,7 +41,7 @@ def run_toy_bar(checkpoint: Path, outdir: Path, kimg: float, batch: int, device:
 @click.command(context_settings={**CONTEXT_SETTINGS, "show_default": True})
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=str(SHIPPED), help="Start checkpoint.")
 @click.option("--outdir", type=click.Path(file_okay=False), default="runs/toy_bar", help="Output folder.")
-@click.option("--kimg", type=click.FloatRange(min=0, min_open=True), default=2.4, help="Budget per configuration.")
+@click.option("--kimg", type=finite(min=0, min_open=True), default=2.4, help="Budget per configuration.")
 @click.option("--batch", type=click.IntRange(min=4), default=8, help="Batch size.")
 @toy_run_options
 @click.option("--fid_every", type=click.IntRange(min=0), default=0, help="Also log FID every N steps (0: end only).")
@@ -65,8 +65,9 @@ def main(checkpoint, outdir, kimg, batch, fid_n, resolution, device, precision, 
         click.echo(f"{row['config']:<18}{row['fid']:>40.3f}  {row['grid']}")
     grids = torch.stack([load_image(row["grid"]) for row in rows])
     save_grid(grids, outdir / "toy_bar.png", nrow=len(rows))
-    (outdir / "toy_bar.json").write_text(json.dumps({"checkpoint": str(checkpoint), "kimg": kimg, "batch": batch,
-                                                     "seed": seed, "fid_n": fid_n, "runs": rows}, indent=2) + "\n")
+    runs = [row | {"fid": json_number(row["fid"])} for row in rows]
+    write_json_atomic(outdir / "toy_bar.json", {"checkpoint": str(checkpoint), "kimg": kimg, "batch": batch,
+                                                "seed": seed, "fid_n": fid_n, "runs": runs})
     better = rows[2]["fid"] < rows[0]["fid"]
     click.echo(f"+R1+DiffAugment {'beats' if better else 'does NOT beat'} plain "
                f"({rows[2]['fid']:.3f} vs {rows[0]['fid']:.3f}); wrote {outdir / 'toy_bar.png'}")

@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-from common.cli import CONTEXT_SETTINGS, user_errors
+from common.cli import CONTEXT_SETTINGS, finite, user_errors
 from common.files import refuse_pickle
 from common.gpu import seed_everything
 from common.images import save_grid
@@ -64,9 +64,10 @@ def run_training(cfg: TrainConfig, outdir: str | Path, snap: int = 500, fid_ever
     log = RunLog(run_dir / "log.txt", quiet)
     log("flags: " + json.dumps(dataclasses.asdict(cfg) | {"snap": snap, "fid_every": fid_every, "fid_n": fid_n}))
     write_config(run_dir, dataclasses.asdict(cfg) | {"snap": snap, "fid_every": fid_every, "fid_n": fid_n})
+    resumed = f" (resumed from {trainer.resumed_from})" if trainer.resumed_from else ""
     log(f"data: {len(trainer.images)} images {tuple(trainer.images.shape[1:])}; device {trainer.device}; "
-        f"G {_count(trainer.G):.2f}M params, D {_count(trainer.D):.2f}M params; start step {trainer.step}"
-        + (f" (resumed from {trainer.resumed_from})" if trainer.resumed_from else ""))
+        f"G {_count(trainer.G):.2f}M params, D {_count(trainer.D):.2f}M params; start step {trainer.step}, "
+        f"kimg {trainer.nimg / 1000:.3f}{resumed}")  # kimg: images seen by the saved run(s), at their batch size
     features = load_feature_net(trainer.device) if fid_n > 0 else None
     end_step = trainer.step + cfg.total_steps
     result = {"run_dir": str(run_dir), "fid": None, "fid_label": None}
@@ -99,18 +100,18 @@ def _count(net) -> float:
 @click.option("--use_r1_regularization", "use_r1", required=True, type=bool, help="Lazy R1 penalty on reals.")
 @click.option("--use_diffaug", required=True, type=bool, help="DiffAugment on every discriminator input.")
 @click.option("--checkpoint_path", type=click.Path(dir_okay=False), default=None, help="Resume from a .safetensors.")
-@click.option("--kimg", type=click.FloatRange(min=0, min_open=True), default=300.0,
+@click.option("--kimg", type=finite(min=0, min_open=True), default=300.0,
               help="Thousands of images to train in this run (counted from the checkpoint when resuming).")
 @click.option("--batch", type=click.IntRange(min=1), default=8, help="Batch size.")
-@click.option("--gamma", type=click.FloatRange(min=0), default=10.0, help="R1 weight gamma.")
+@click.option("--gamma", type=finite(min=0), default=10.0, help="R1 weight gamma.")
 @click.option("--resolution", type=click.IntRange(min=4), default=None, help="Resize images to R (power of two).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, help="Random seed.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=0.002, help="Adam learning rate.")
-@click.option("--ema_kimg", type=click.FloatRange(min=0, min_open=True), default=10.0, help="G_ema half-life.")
+@click.option("--lr", type=finite(min=0, min_open=True), default=0.002, help="Adam learning rate.")
+@click.option("--ema_kimg", type=finite(min=0, min_open=True), default=10.0, help="G_ema half-life.")
 @click.option("--cbase", type=click.IntRange(min=16), default=None, help="Channel base [default: 1024 / 32768].")
 @click.option("--cmax", type=click.IntRange(min=4), default=None, help="Max channels [default: 64 / 512].")
-@click.option("--pl_weight", type=click.FloatRange(min=0), default=2.0, help="Path-length weight (0 = off).")
-@click.option("--style_mixing", type=click.FloatRange(0, 1), default=0.9, help="Style-mixing probability.")
+@click.option("--pl_weight", type=finite(min=0), default=2.0, help="Path-length weight (0 = off).")
+@click.option("--style_mixing", type=finite(0, 1), default=0.9, help="Style-mixing probability.")
 @click.option("--cutout", type=click.Choice(["random", "fixed"]), default="random",
               help="DiffAugment cutout: 25-50% random box (HW5) or the original 50% box.")
 @click.option("--mirror", type=bool, default=False, help="Random x-flips of the reals.")

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from common.cli import check_finite
+from common.divergence import BlowUpGuard
 from common.gpu import autocast, get_device, precision_dtype
 from gan import checkpoint as ckpt
 from gan.dataset import BatchSampler, load_dataset, to_float
@@ -79,13 +80,17 @@ class Trainer:
         self.gen_train = torch.Generator(self.device).manual_seed(cfg.seed + 1)
         self.sampler = BatchSampler(images, cfg.batch, self.gen_data, cfg.mirror)
         self.loss = StyleGAN2Loss(self.G, self.D, LossConfig(
-            r1_gamma=cfg.gamma, use_r1=cfg.use_r1, pl_weight=cfg.pl_weight, style_mixing_prob=cfg.style_mixing,
+            r1_gamma=cfg.gamma, pl_weight=cfg.pl_weight, style_mixing_prob=cfg.style_mixing,
             diffaug_policy=cfg.policy if cfg.use_diffaug else None, cutout_mode=cfg.cutout), self.gen_train)
         self.g_interval = self.loss.cfg.g_reg_interval if cfg.pl_weight > 0 else None
         self.d_interval = self.loss.cfg.d_reg_interval if cfg.use_r1 else None
         self.opt_G = self._adam(self.G, self.g_interval)
         self.opt_D = self._adam(self.D, self.d_interval)
         self.step, self.nimg, self.resumed_from = 0, 0, None  # nimg: real images shown to D so far, all runs
+        # Generous: softplus losses live in about [0, 10], so > 1e3 x max(first loss, 10) is a blow-up (--lr 1e8: 1e20)
+        hint = "the learning rate is probably too high (try --lr 0.002) or training diverged"
+        self.guards = {key: BlowUpGuard(f"the {net} loss ({key})", factor=1e3, warmup=1, floor=10.0, hint=hint)
+                       for key, net in (("loss_G", "generator"), ("loss_D", "discriminator"))}
         if cfg.checkpoint_path:
             self.load(cfg.checkpoint_path)
 
@@ -122,6 +127,8 @@ class Trainer:
         stats.update(self._phase(self.D, self.opt_D, self.loss.d_main, real, self._latents()))
         if is_reg_step(self.step, self.d_interval):
             stats.update(self._phase(self.D, self.opt_D, self.loss.d_reg, real))
+        for key, guard in self.guards.items():
+            guard.update(stats[key], self.step + 1)  # step numbers as in log.txt and checkpoint names
         update_ema(self.G_ema, self.G, ema_beta(self.cfg.batch, self.cfg.ema_kimg))
         self.step += 1
         self.nimg += self.cfg.batch
@@ -149,9 +156,14 @@ class Trainer:
         if state.get("train_rng_device") == self.device.type:  # generator states are device specific
             ckpt.load_rng(self.gen_train, tensors, "train")
         if "loss.pl_mean" in tensors:
-            self.loss.pl_mean = tensors["loss.pl_mean"].to(self.device)
+            pl_mean = tensors["loss.pl_mean"]
+            if pl_mean.numel() != 1 or not pl_mean.is_floating_point() or not torch.isfinite(pl_mean).all():
+                raise ValueError(f"checkpoint {path}: loss.pl_mean must be one finite number")
+            self.loss.pl_mean = pl_mean.reshape([]).float().to(self.device)
         self.step = int(state.get("step", 0))
-        saved_batch = int(state.get("config", {}).get("batch", self.cfg.batch))
+        saved_batch = state.get("config", {}).get("batch", self.cfg.batch)
+        if type(saved_batch) is not int or saved_batch < 1:
+            raise ValueError(f"checkpoint {path}: metadata 'state' has batch {saved_batch!r}, expected an int >= 1")
         self.nimg = int(state.get("nimg", self.step * saved_batch))  # the saved run's batch, not this run's
         self.resumed_from = str(path)
 

@@ -16,58 +16,51 @@ import torch.nn.functional as F
 
 from common.schedules import make_alphas_cumprod
 from common.tweedie import add_noise
+from synchronization.config import AmbiguousConfig
 from synchronization.core import initial_noise, sample, schedule_from_config
 from synchronization.denoisers import TextDenoiser, encode_text
 from synchronization.views import View, ViewMapping
 
 
 def _run_stage(unet: Any, scheduler_config: dict, mapping: ViewMapping, cond: torch.Tensor, uncond: torch.Tensor,
-               size: int, num_inference_steps: int, guidance_scale: float, sync: str, canonical: bool, init: str,
-               generator: torch.Generator, max_batch: int | None, progress: bool, desc: str,
+               size: int, cfg: AmbiguousConfig, generator: torch.Generator, desc: str,
                condition: torch.Tensor | None = None, class_labels: int | None = None) -> torch.Tensor:
-    schedule = schedule_from_config(scheduler_config, num_inference_steps)
-    eps_fn = TextDenoiser(unet, cond, uncond, guidance_scale, schedule, max_batch, condition, class_labels)
+    schedule = schedule_from_config(scheduler_config, cfg.num_inference_steps)
+    eps_fn = TextDenoiser(unet, cond, uncond, cfg.guidance_scale, schedule, cfg.max_batch, condition, class_labels)
     channels = int(unet.config.out_channels) if condition is None else 3
     channels = min(channels, int(unet.config.in_channels))
     n = len(mapping.views)
-    x_T = initial_noise(mapping, (1, channels, size, size), n, (channels, size, size), init, generator)
-    z0, _ = sample(mapping, eps_fn, schedule, x_T.to(unet.device), sync, canonical, progress, desc)
+    x_T = initial_noise(mapping, (1, channels, size, size), n, (channels, size, size), cfg.init, generator)
+    z0, _ = sample(mapping, eps_fn, schedule, x_T.to(unet.device), cfg.sync, cfg.canonical_denoising, cfg.progress,
+                   desc)
     return z0
 
 
 @torch.no_grad()
-def generate_ambiguous(model: Any, prompts: list[str], views: list[View], negative_prompt: str = "",
-                       num_inference_steps: int = 30, guidance_scale: float = 10.0, sync: str = "x0",
-                       canonical: bool = False, init: str = "canonical", seed: int = 1,
-                       max_batch: int | None = None, upscaler: Any = None, stage2_noise_level: int = 50,
-                       progress: bool = True) -> dict[str, Any]:
-    """``model``: :class:`common.registry.PixelModel`; ``upscaler``: IF stage II pipeline or None.
+def generate_ambiguous(model: Any, cfg: AmbiguousConfig, upscaler: Any = None) -> dict[str, Any]:
+    """``model``: :class:`common.registry.PixelModel`; ``upscaler``: IF stage II pipeline or None (``cfg.stage2``
+    is the CLI's choice; here the upscaler's presence decides).
 
     Returns ``image`` [3, S, S] (canonical, [-1, 1]), ``views`` [N, 3, S, S] = view_i(image) and ``stage1``
     [3, 64, 64] (the stage-I canonical image; equals ``image`` without an upscaler).
     """
-    if len(prompts) != len(views):
-        raise ValueError(f"got {len(prompts)} prompts for {len(views)} views; give one prompt per view")
-    mapping = ViewMapping(views)
-    generator = torch.Generator("cpu").manual_seed(seed)
-    cond = encode_text(model.tokenizer, model.text_encoder, list(prompts))
-    uncond = encode_text(model.tokenizer, model.text_encoder, [negative_prompt] * len(prompts))
+    mapping = ViewMapping(cfg.views())
+    prompts = list(cfg.prompts)
+    generator = torch.Generator("cpu").manual_seed(cfg.seed)
+    cond = encode_text(model.tokenizer, model.text_encoder, prompts)
+    uncond = encode_text(model.tokenizer, model.text_encoder, [cfg.negative_prompt] * len(prompts))
     size = int(model.unet.config.sample_size)
-    z = _run_stage(model.unet, dict(model.scheduler.config), mapping, cond, uncond, size, num_inference_steps,
-                   guidance_scale, sync, canonical, init, generator, max_batch, progress, "stage I")
+    z = _run_stage(model.unet, dict(model.scheduler.config), mapping, cond, uncond, size, cfg, generator, "stage I")
     stage1 = z.clamp(-1, 1)
     if upscaler is not None:
-        z = upsample_stage(upscaler, stage1, mapping, cond, uncond, num_inference_steps, guidance_scale, sync,
-                           canonical, init, generator, max_batch, stage2_noise_level, progress)
+        z = upsample_stage(upscaler, stage1, mapping, cond, uncond, cfg, generator)
     image = z.clamp(-1, 1)
     return {"image": image[0].float().cpu(), "views": mapping.forward_mapping(image).float().cpu(),
             "stage1": stage1[0].float().cpu()}
 
 
 def upsample_stage(upscaler: Any, stage1: torch.Tensor, mapping: ViewMapping, cond: torch.Tensor,
-                   uncond: torch.Tensor, num_inference_steps: int, guidance_scale: float, sync: str,
-                   canonical: bool, init: str, generator: torch.Generator, max_batch: int | None,
-                   noise_level: int, progress: bool) -> torch.Tensor:
+                   uncond: torch.Tensor, cfg: AmbiguousConfig, generator: torch.Generator) -> torch.Tensor:
     """IF stage II with the same synchronization; returns the canonical [1, 3, 256, 256] image."""
     unet = upscaler.unet
     size = int(unet.config.sample_size)
@@ -77,11 +70,10 @@ def upsample_stage(upscaler: Any, stage1: torch.Tensor, mapping: ViewMapping, co
                                          int(noising.get("num_train_timesteps", 1000)),
                                          float(noising.get("beta_start", 1e-4)), float(noising.get("beta_end", 0.02)))
     noise = torch.randn(up.shape, generator=generator).to(up.device)
-    noisy_up = add_noise(up, noise, alphas_cumprod[noise_level])
+    noisy_up = add_noise(up, noise, alphas_cumprod[cfg.stage2_noise_level])
     condition = mapping.forward_mapping(noisy_up).to(unet.device)  # view_i(condition) for view i
-    return _run_stage(unet, dict(upscaler.scheduler.config), mapping, cond, uncond, size, num_inference_steps,
-                      guidance_scale, sync, canonical, init, generator, max_batch, progress, "stage II",
-                      condition=condition, class_labels=noise_level)
+    return _run_stage(unet, dict(upscaler.scheduler.config), mapping, cond, uncond, size, cfg, generator,
+                      "stage II", condition=condition, class_labels=cfg.stage2_noise_level)
 
 
 def animation_frames(image: torch.Tensor, views: list[View], frames_per_view: int = 12,

@@ -31,6 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from common._broadcast import expand_as
+from common.divergence import check_bounded
 from common.sampling import grid_alpha_bars
 from common.schedules import alpha_bar_at, inference_timesteps, make_betas, previous_timesteps
 from common.sync import SYNC_CASES, EpsFn, Mapping, sync_sample_loop, synchronize
@@ -197,6 +198,18 @@ def check_step_finite(x: torch.Tensor, i: int, t: int) -> None:
                                    "compute_prev_state and one_step_process, or use --precision fp32")
 
 
+STATE_BOUND = 1e3  # |x_t| of a sane run: noise ~N(0, 1), SD latents ~[-5, 5], pixels [-1, 1]; CFG 7.5-30 stays < 100
+
+
+def check_step(x: torch.Tensor, i: int, t: int) -> None:
+    """After step i: NaN/inf (:class:`NonFiniteSampleError`) or a blow-up far past any sane sample
+    (``common.divergence.Diverged``, e.g. ``--guidance_scale 1e6``: CFG multiplies eps_c - eps_u by s), one line."""
+    check_step_finite(x, i, t)
+    check_bounded(x, STATE_BOUND, f"the sample x_t (t = {t})", step=i,
+                  hint="the guidance scale is probably far too high (CFG scales eps_cond - eps_uncond by it); "
+                       "lower --guidance_scale")
+
+
 def sample(mapping: Mapping, eps_fn: EpsFn, schedule: DDIMSchedule, x_T: torch.Tensor, sync: str = "x0",
            canonical: bool = False, progress: bool = True, desc: str = "sync") -> tuple[torch.Tensor, torch.Tensor]:
     """Run the full synchronized DDIM loop from instance noise x_T [N, ...].
@@ -208,7 +221,7 @@ def sample(mapping: Mapping, eps_fn: EpsFn, schedule: DDIMSchedule, x_T: torch.T
     step = canonical_one_step_process if canonical else one_step_process
     x = mapping.inverse_mapping(x_T) if canonical else x_T  # canonical: z_T [1, ...]; else instances [N, ...]
     with tqdm(total=len(schedule.timesteps), desc=desc, disable=not progress, leave=False) as bar:
-        x = sync_sample_loop(mapping, eps_fn, schedule.steps(), x, sync, step, check_step_finite, bar)
+        x = sync_sample_loop(mapping, eps_fn, schedule.steps(), x, sync, step, check_step, bar)
     if canonical:
         return x, mapping.forward_mapping(x)
     return mapping.inverse_mapping(x), x

@@ -11,11 +11,17 @@ Visual Anagrams' (Geng et al. 2024, Sec. 5.1) alignment A = min_i S_ii and conce
 C = (1/N) tr(softmax(S / tau)), with S_ij = cos(view_i image, prompt_j) and tau = 1 / CLIP's logit scale;
 the softmax is taken over prompts (rows) and over images (columns) and the two traces averaged. (The KAIST
 helper divided by the logit scale instead of multiplying, flattening the softmax to ~uniform.)
+
+Toy world: a CLIP cosine alone is a weak verdict (toy-clip gives an L-shaped blob 0.99 for "a white square" and
+0.68 for "a white circle", 0.83 for the pair). Every image whose prompt is a shapes caption is also judged by
+``common.toy.judge`` (the zero-shot argmax over all 168 captions that ``distillation.evaluate`` reports): its
+predicted caption and whether colour, shape and background all match, per image, per illusion (all views right)
+and in the summary. The CLIP model defaults to toy-clip for runs of a toy model (``common.registry`` ``toy``,
+per the folder's ``config.json``) and to the handout's ViT-B/32 otherwise; the output names the one used.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -23,24 +29,36 @@ import click
 import torch
 from PIL import Image
 
-from common.cli import UserError, user_errors
-from common.eval import clip_score_folder, write_eval_json
+from common.cli import CONTEXT_SETTINGS, UserError, user_errors
+from common.eval import clip_score_folder, find_final_images, prompt_from_filename
 from common.gpu import get_device
-from common.images import load_image, save_image
-from synchronization.prompts import ambiguous_pairs, prompt_to_name, wide_prompts
+from common.images import load_image, read_pil, save_image
+from common.runs import write_json_atomic
+from synchronization.prompts import ambiguous_pairs, prompt_to_name, read_json, read_pairs, wide_prompts
 
 APPS = {"wide_image": "wide_images", "ambiguous_image": "ambiguous_images"}
+TOY_CLIP, REAL_CLIP = "toy-clip", "clip-vit-b-32"
 
 
-def default_clip_model(fdir: Path) -> str:
-    """toy-clip for runs of toy (or local-folder) models, per the folder's config.json; else OpenAI ViT-B/32."""
+def default_clip_model(fdir: Path) -> tuple[str, str]:
+    """(CLIP name, why): toy-clip for runs of a toy model (``common.registry.resolve(model).toy``, the model in
+    the folder's config.json) or folders without config.json; the handout's ViT-B/32 for every other model."""
+    from common.registry import resolve
+
     config = fdir / "config.json"
-    if config.is_file():
-        model = str(json.loads(config.read_text()).get("model", ""))
-        if model.startswith("toy-") or Path(model).is_dir():
-            return "toy-clip"
-        return "clip-vit-b-32"
-    return "toy-clip"
+    if not config.is_file():
+        return TOY_CLIP, "no config.json: taken as a toy run"
+    data = read_json(config, "the run's configuration")
+    model = data.get("model") if isinstance(data, dict) else None
+    if not isinstance(model, str) or not model:
+        raise ValueError(f"{config} names no model (a JSON object with \"model\" is expected); pass --clip_model")
+    try:
+        spec = resolve(model)
+    except ValueError as err:
+        raise ValueError(f"{config} names model {model!r}, unknown here ({err}); pass --clip_model") from None
+    if spec.toy:
+        return TOY_CLIP, f"run of toy model {model!r}"
+    return REAL_CLIP, f"run of {model!r}, not a toy model"
 
 
 def crop_missing(fdir: Path) -> list[Path]:
@@ -79,41 +97,88 @@ def anagram_metrics(sim: torch.Tensor, logit_scale: float) -> dict[str, float]:
 
 
 def illusions(fdir: Path) -> list[list[str]]:
-    """Prompt tuples of the illusions in ``fdir`` whose view images all exist."""
+    """Prompt tuples of the illusions in ``fdir`` whose view images all exist (``pairs.json``, else the handout's)."""
     pairs_file = fdir / "pairs.json"
-    groups = [e["prompts"] for e in json.loads(pairs_file.read_text())] if pairs_file.is_file() \
+    groups = [e["prompts"] for e in read_pairs(pairs_file)] if pairs_file.is_file() \
         else [list(p) for p in ambiguous_pairs()]
     return [g for g in groups if all((fdir / f"{prompt_to_name(p)}.png").is_file() for p in g)]
 
 
+def _shapes_caption(text: str) -> tuple[str, str, str] | None:
+    from common.toy.shapes import parse_caption
+
+    try:
+        return parse_caption(text)
+    except ValueError:
+        return None
+
+
+def judge_folder(fdir: Path, app: str) -> dict[str, Any] | None:
+    """Toy judge of the scored images whose prompt is a shapes caption (None when there are none):
+    ``{"images": {path: {"prompt", "judged", "correct"}}, "correct": k, "judged": n, "accuracy": k / n}``."""
+    from common.toy.judge import classify
+    from common.toy.shapes import caption_text
+
+    paths = find_final_images(fdir, APPS[app])
+    rows = [(p, t, c) for p in paths if (c := _shapes_caption(t := prompt_from_filename(p, APPS[app])))]
+    if not rows:
+        return None
+    images = torch.stack([load_image(p, size=64) for p, _, _ in rows])  # [n, 3, 64, 64] in [-1, 1]
+    pred = classify(images)
+    per_image = {}
+    for k, (path, prompt, target) in enumerate(rows):
+        got = (pred["color"][k], pred["shape"][k], pred["background"][k])
+        per_image[(fdir / path.name).as_posix()] = {"prompt": prompt, "judged": caption_text(*got),
+                                                   "correct": got == target}
+    correct = sum(r["correct"] for r in per_image.values())
+    return {"images": per_image, "correct": correct, "judged": len(rows), "accuracy": correct / len(rows)}
+
+
 def evaluate(fdir: Path, app: str, bundle: Any, batch_size: int = 32) -> dict[str, Any]:
+    """eval.json's content: the handout's per-image cosines and ``score``, ``clip_model``, the toy judge
+    (``toy_judge``, shapes-caption prompts only) and for ambiguous images the illusions' metrics."""
+    groups = illusions(fdir) if app == "ambiguous_image" else []  # pairs.json is checked before anything is written
     if app == "wide_image":
         crop_missing(fdir)
     result = clip_score_folder(fdir, bundle, app=APPS[app], batch_size=batch_size)
+    result["clip_model"] = bundle.name
+    judge = judge_folder(fdir, app)
+    if judge is not None:
+        result["toy_judge"] = judge
     if app == "ambiguous_image":
         scale = float(bundle.model.logit_scale.detach().exp()) if hasattr(bundle.model, "logit_scale") else 100.0
-        rows = []
-        for group in illusions(fdir):
-            images = [Image.open(fdir / f"{prompt_to_name(p)}.png").convert("RGB") for p in group]
-            rows.append({"prompts": group, **anagram_metrics(similarity_matrix(images, group, bundle), scale)})
+        rows = [_illusion_row(fdir, group, bundle, scale, judge) for group in groups]
         result["illusions"] = rows
         if rows:
             result["alignment"] = sum(r["alignment"] for r in rows) / len(rows)
             result["concealment"] = sum(r["concealment"] for r in rows) / len(rows)
-    result["clip_model"] = bundle.name
+            verdicts = [r["judge_all_correct"] for r in rows if r.get("judge_all_correct") is not None]
+            if verdicts:
+                result["illusions_judged_correct"] = sum(verdicts) / len(verdicts)
     return result
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+def _illusion_row(fdir: Path, group: list[str], bundle: Any, scale: float, judge: dict | None) -> dict[str, Any]:
+    paths = [fdir / f"{prompt_to_name(p)}.png" for p in group]
+    row = {"prompts": group, **anagram_metrics(similarity_matrix([read_pil(p) for p in paths], group, bundle), scale)}
+    verdicts = [judge["images"].get(p.as_posix(), {}).get("correct") if judge else None for p in paths]
+    if all(v is not None for v in verdicts):
+        row["judge_correct"] = verdicts
+        row["judge_all_correct"] = all(verdicts)
+    return row
+
+
+@click.command(context_settings=CONTEXT_SETTINGS)
 @click.option("--app", type=click.Choice(list(APPS)), required=True, help="Which application's outputs.")
 @click.option("--fdir", required=True, type=click.Path(file_okay=False), help="Folder of generated images.")
-@click.option("--clip_model", default=None, help="CLIP registry name or open_clip folder [default: toy-clip for toy "
-              "runs, clip-vit-b-32 (the handout's ViT-B/32) otherwise].")
+@click.option("--clip_model", default=None, help="CLIP registry name or open_clip folder [default: toy-clip for runs "
+              "of a toy model, clip-vit-b-32 (the handout's ViT-B/32) otherwise].")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--batch_size", type=click.IntRange(min=1), default=32, show_default=True)
 @user_errors
 def main(app: str, fdir: str, clip_model: str | None, device: str, batch_size: int) -> None:
-    """Write FDIR/eval.json and print the CLIP score (and, for ambiguous images, alignment and concealment).
+    """Write FDIR/eval.json and print the CLIP score and, for toy-world prompts, the toy judge's verdicts (and,
+    for ambiguous images, alignment and concealment).
 
     \b
     Examples:
@@ -125,13 +190,31 @@ def main(app: str, fdir: str, clip_model: str | None, device: str, batch_size: i
     folder = Path(fdir)
     if not folder.is_dir():
         raise UserError(f"folder not found: {folder}")
-    bundle = load_clip(clip_model or default_clip_model(folder), get_device(device))
+    name, why = (clip_model, "--clip_model") if clip_model else default_clip_model(folder)
+    bundle = load_clip(name, get_device(device))
     result = evaluate(folder, app, bundle, batch_size)
-    write_eval_json(folder, result)
-    click.echo(f"CLIP score ({bundle.name}): {result['score']:.4f}")
+    write_json_atomic(folder / "eval.json", result)
+    _report(result, why)
+
+
+def _report(result: dict[str, Any], why: str) -> None:
+    judge = result.get("toy_judge") or {"images": {}}
+    click.echo(f"CLIP model: {result['clip_model']} ({why})")
+    for key, value in result.items():
+        if key.endswith(".png"):
+            verdict = judge["images"].get(key)
+            tail = f"  toy judge: {verdict['judged']!r} {'right' if verdict['correct'] else 'WRONG'}" \
+                if verdict else ""
+            click.echo(f"  {Path(key).name}: CLIP {value:.4f}{tail}")
+    click.echo(f"CLIP score ({result['clip_model']}): {result['score']:.4f}")
+    if "toy_judge" in result:
+        click.echo(f"Toy judge: {result['toy_judge']['correct']}/{result['toy_judge']['judged']} images right "
+                   f"({result['toy_judge']['accuracy']:.3f})")
     for row in result.get("illusions", []):
+        tail = "" if "judge_all_correct" not in row else \
+            f"  toy judge: {'all views right' if row['judge_all_correct'] else 'WRONG'}"
         click.echo(f"  {' | '.join(row['prompts'])}: alignment {row['alignment']:.4f}  "
-                   f"concealment {row['concealment']:.4f}")
+                   f"concealment {row['concealment']:.4f}{tail}")
 
 
 if __name__ == "__main__":

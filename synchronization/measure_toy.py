@@ -25,9 +25,10 @@ from __future__ import annotations
 import click
 import torch
 
-from common.cli import user_errors
+from common.cli import CONTEXT_SETTINGS, finite, user_errors
 from common.gpu import get_device
 from common.images import tensor_to_pil
+from synchronization.config import MAX_GUIDANCE
 
 WIDE_PROMPTS = ("a red circle on a blue background", "a yellow square on a green background",
                 "a white triangle on a black background", "a purple circle on a yellow background")
@@ -100,6 +101,7 @@ def crops_hits(out: dict, positions: list[int], prompt: str) -> tuple[int, int]:
 
 
 def measure_wide(pipe, seeds: list[int], steps: int, prompts=WIDE_PROMPTS) -> dict:
+    from synchronization.config import WideConfig
     from synchronization.prompts import wide_prompts
     from synchronization.wide_image import crop_positions, generate_wide, geometry
 
@@ -109,8 +111,9 @@ def measure_wide(pipe, seeds: list[int], steps: int, prompts=WIDE_PROMPTS) -> di
     for k, prompt in enumerate(prompts):
         for seed in seeds:
             for name, sync, stride, init in SEAM_RUNS:
-                run = generate_wide(pipe, prompt, num_inference_steps=steps, seed=seed, progress=False,
-                                    stride=window if stride == "window" else stride, sync=sync, init=init)
+                cfg = WideConfig(prompt=prompt, num_inference_steps=steps, seed=seed, progress=False,
+                                 stride=window if stride == "window" else stride, sync=sync, init=init)
+                run = generate_wide(pipe, cfg)
                 if stride is None:  # the default run is also the crop-bar image
                     hits, n = crops_hits(run, crop_positions(handout[k], run["geometry"]), prompt)
                     correct, total = correct + hits, total + n
@@ -125,27 +128,27 @@ def measure_wide(pipe, seeds: list[int], steps: int, prompts=WIDE_PROMPTS) -> di
 
 def measure_ambiguous(model, clip, seeds: list[int], steps: int, guidance_scale: float, pairs=AMBIGUOUS_PAIRS):
     from synchronization.ambiguous_image import generate_ambiguous
+    from synchronization.config import AmbiguousConfig
     from synchronization.evaluate import similarity_matrix
-    from synchronization.views import get_view
 
     rows = []
     for views_names, p0, p1 in pairs:
-        views = [get_view(n) for n in views_names]
         wins = 0
         for seed in seeds:
-            out = generate_ambiguous(model, [p0, p1], views, num_inference_steps=steps, guidance_scale=guidance_scale,
-                                     seed=seed, progress=False)
+            cfg = AmbiguousConfig(prompts=(p0, p1), views_names=views_names, num_inference_steps=steps,
+                                  guidance_scale=guidance_scale, seed=seed, progress=False)
+            out = generate_ambiguous(model, cfg)
             sim = similarity_matrix(tensor_to_pil(out["views"]), [p0, p1], clip)
             wins += int(sim[0, 0] > sim[0, 1] and sim[1, 1] > sim[1, 0])
         rows.append({"views": views_names, "prompts": (p0, p1), "success": wins / len(seeds)})
     return rows
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(context_settings=CONTEXT_SETTINGS)
 @click.option("--app", type=click.Choice(["both", "wide_image", "ambiguous_image"]), default="both", show_default=True)
 @click.option("--seeds", type=click.IntRange(min=1), default=10, show_default=True, help="Seeds per prompt / pair.")
 @click.option("--steps", type=click.IntRange(min=1), default=30, show_default=True, help="DDIM steps.")
-@click.option("--guidance_scale", type=click.FloatRange(min=0), default=7.5, show_default=True,
+@click.option("--guidance_scale", type=finite(min=0, max=MAX_GUIDANCE), default=7.5, show_default=True,
               help="CFG scale of the ambiguous runs (the wide runs use 7.5).")
 @click.option("--device", default="auto", show_default=True)
 @user_errors

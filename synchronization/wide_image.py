@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from synchronization.config import WideConfig
 from synchronization.core import initial_noise, sample, schedule_from_config
 from synchronization.denoisers import TextDenoiser, encode_text
 from synchronization.windows import WindowMapping
@@ -47,17 +48,38 @@ def vae_factor(pipe: Any) -> int:
 def geometry(pipe: Any, width: int | None = None, height: int | None = None, stride: int | None = None,
              circular: bool = False) -> WideGeometry:
     """Defaults: window = UNet sample size, stride = window / 8 (8 for SD), height = one window, width = 6 windows
-    (512 x 3072 for SD 2 base: 41 views; 64 x 384 for toy-sd). Raises ValueError for unreachable sizes."""
+    (512 x 3072 for SD 2 base: 41 views; 64 x 384 for toy-sd). Raises ValueError for unreachable sizes, stated in
+    image px (the unit of ``--width`` / ``--height``; ``--stride`` is in latent px)."""
     factor, window = vae_factor(pipe), int(pipe.unet.config.sample_size)
     height = window * factor if height is None else height
     width = 6 * window * factor if width is None else width
     stride = max(1, window // 8) if stride is None else stride
     for name, value in (("width", width), ("height", height)):
-        if value <= 0 or value % factor:
-            raise ValueError(f"{name} {value} px must be a positive multiple of the VAE factor {factor}")
+        check_side(name, value, factor, window, stride, circular and name == "width")
     geo = WideGeometry(height, width, factor, window, stride)
-    WindowMapping(*geo.latent_hw, window, stride, circular)  # validates reachability (one-line ValueError)
+    WindowMapping(*geo.latent_hw, window, stride, circular)  # the same conditions in latent px
     return geo
+
+
+def check_side(name: str, pixels: int, factor: int, window: int, stride: int, circular: bool = False) -> None:
+    """One-line ValueError unless ``pixels`` (image px) is covered exactly by windows of ``window`` latent px
+    every ``stride`` latent px: pixels = f * (window + k * stride), or with wrap-around f * k * stride >= f * window.
+    """
+    win_px, step_px = window * factor, stride * factor  # the window and stride in image px
+    what = f"--{name} {pixels} px"
+    if pixels <= 0 or pixels % factor:
+        raise ValueError(f"{what} must be a positive multiple of the VAE factor {factor}")
+    if circular:
+        if pixels < win_px or pixels % step_px:
+            raise ValueError(f"{what} must be >= one window ({win_px} px) and a multiple of the stride "
+                             f"{step_px} px ({stride} latent px x VAE factor {factor}) with --circular")
+        return
+    if pixels < win_px or (pixels - win_px) % step_px:
+        k = max(0, round((pixels - win_px) / step_px))
+        near = sorted({win_px + k * step_px, win_px + (k + 1) * step_px} - {pixels})
+        raise ValueError(f"{what} is not reachable with windows of {win_px} px ({window} latent px) every "
+                         f"{step_px} px (--stride {stride} latent px x VAE factor {factor}): need {name} = "
+                         f"{win_px} + k * {step_px} px, e.g. {' or '.join(map(str, near))}")
 
 
 @torch.no_grad()
@@ -85,27 +107,24 @@ def decode_latent(pipe: Any, z: torch.Tensor, mapping: WindowMapping, decode: st
 
 
 @torch.no_grad()
-def generate_wide(pipe: Any, prompt: str, negative_prompt: str = "", width: int | None = None,
-                  height: int | None = None, stride: int | None = None, num_inference_steps: int = 50,
-                  guidance_scale: float = 7.5, sync: str = "x0", canonical: bool = False, init: str = "canonical",
-                  circular: bool = False, seed: int = 1, max_batch: int | None = None, decode: str = "full",
-                  progress: bool = True) -> dict[str, Any]:
+def generate_wide(pipe: Any, cfg: WideConfig) -> dict[str, Any]:
     """Generate one panorama; returns ``image`` [3, H, W], ``latent`` [1, 4, h, w], ``mapping``, ``geometry``,
     ``denoiser`` (for call counts) and ``x0`` (final window latents [N, 4, window, window])."""
-    geo = geometry(pipe, width, height, stride, circular)
-    mapping = WindowMapping(*geo.latent_hw, geo.window, geo.stride, circular)
+    geo = geometry(pipe, cfg.width, cfg.height, cfg.stride, cfg.circular)
+    mapping = WindowMapping(*geo.latent_hw, geo.window, geo.stride, cfg.circular)
     device = pipe.unet.device
     n = len(mapping)
-    cond = encode_text(pipe.tokenizer, pipe.text_encoder, [prompt]).expand(n, -1, -1)
-    uncond = encode_text(pipe.tokenizer, pipe.text_encoder, [negative_prompt]).expand(n, -1, -1)
-    schedule = schedule_from_config(dict(pipe.scheduler.config), num_inference_steps)
-    eps_fn = TextDenoiser(pipe.unet, cond, uncond, guidance_scale, schedule, max_batch)
+    cond = encode_text(pipe.tokenizer, pipe.text_encoder, [cfg.prompt]).expand(n, -1, -1)
+    uncond = encode_text(pipe.tokenizer, pipe.text_encoder, [cfg.negative_prompt]).expand(n, -1, -1)
+    schedule = schedule_from_config(dict(pipe.scheduler.config), cfg.num_inference_steps)
+    eps_fn = TextDenoiser(pipe.unet, cond, uncond, cfg.guidance_scale, schedule, cfg.max_batch)
     channels = int(pipe.unet.config.in_channels)
-    generator = torch.Generator("cpu").manual_seed(seed)
-    x_T = initial_noise(mapping, (1, channels, *geo.latent_hw), n, (channels, geo.window, geo.window), init,
+    generator = torch.Generator("cpu").manual_seed(cfg.seed)
+    x_T = initial_noise(mapping, (1, channels, *geo.latent_hw), n, (channels, geo.window, geo.window), cfg.init,
                         generator).to(device)
-    z0, x0 = sample(mapping, eps_fn, schedule, x_T, sync, canonical, progress, desc="wide image")
-    image = decode_latent(pipe, z0, mapping, decode, max_batch)
+    z0, x0 = sample(mapping, eps_fn, schedule, x_T, cfg.sync, cfg.canonical_denoising, cfg.progress,
+                    desc="wide image")
+    image = decode_latent(pipe, z0, mapping, cfg.decode, cfg.max_batch)
     return {"image": image.cpu(), "latent": z0.cpu(), "x0": x0.cpu(), "mapping": mapping, "geometry": geo,
             "denoiser": eps_fn}
 

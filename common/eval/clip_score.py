@@ -11,8 +11,11 @@ Reproduces the assignments' ``eval.py`` (KAIST CS492D = NYCU, byte-identical; se
   logit scale; the 0.26 / 0.28 grading thresholds are on this scale), averaged over the images of each prompt,
   then an unweighted mean over prompts;
 - file name -> prompt: underscores -> spaces, case kept (``A_red_bus.png`` -> "A red bus");
-- output ``<folder>/eval.json`` (indent 4): ``source_dir``, one entry per scored image path, ``score``; the CLI
-  prints ``Cosine similarity <score>``.
+- output ``<folder>/eval.json``: ``source_dir``, one entry per scored image path, ``score`` (strict JSON, written
+  atomically; indent 2 where eval.py used 4); the CLI prints ``Cosine similarity <score>``.
+
+The CLI's default CLIP follows the images: toy-clip when the ``config.json`` next to them names a toy model
+(:attr:`common.registry.ModelSpec.toy`, e.g. ``"model": "toy-sd"``), else ViT-B/32 (:func:`clip_for_images`).
 
 Traps of eval.py that are fixed here:
 
@@ -39,11 +42,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from common.registry import ClipBundle
+from common.images import read_pil
+from common.registry import ClipBundle, ModelLoadError, resolve
+from common.runs import write_json_atomic
 
 APPS = ("default", "ambiguous_images", "wide_images")
+TOY_CLIP, REAL_CLIP = "toy-clip", "clip-vit-b-32"
 _WIDE_CROP = re.compile(r"^(?P<prompt>.+)_(?P<pos>\d+)$")
 
 
@@ -91,13 +97,23 @@ def find_final_images(folder: str | os.PathLike, app: str = "default") -> list[P
     return paths
 
 
-def _open_rgb(path: Path) -> Image.Image:
+def clip_for_images(folder: str | os.PathLike) -> tuple[str, str]:
+    """``(registry name, reason)`` of the CLIP that matches a folder's images: toy-clip when the ``config.json``
+    next to them names a toy model (``ModelSpec.toy``), else ViT-B/32, the assignments' eval.py model."""
+    config = Path(folder) / "config.json"
     try:
-        with Image.open(path) as img:
-            img.load()
-            return img.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise ValueError(f"cannot read image {path}: not a valid image file") from err
+        model = json.loads(config.read_text(encoding="utf-8")).get("model")
+    except (OSError, ValueError, AttributeError):
+        return REAL_CLIP, f"no readable {config.name} next to the images"
+    if not isinstance(model, str):
+        return REAL_CLIP, f"{config.name} names no model"
+    try:
+        spec = resolve(model)
+    except ModelLoadError:
+        return REAL_CLIP, f"{config.name} names {model!r}, not a registry model"
+    if spec.toy:
+        return TOY_CLIP, f"{config.name} names the toy model {model!r}"
+    return REAL_CLIP, f"{config.name} names {model!r}"
 
 
 @torch.no_grad()
@@ -133,7 +149,7 @@ def clip_score_folder(folder: str | os.PathLike, clip_bundle: ClipBundle, app: s
         raise ValueError(f"unknown app {app!r}; choose one of {', '.join(APPS)}")
     paths = find_final_images(folder, app)
     prompts = [prompt_from_filename(p, app) for p in paths]
-    images = [_open_rgb(p) for p in paths]
+    images = [read_pil(p) for p in paths]  # 8-bit RGB; decompression bombs and bad files are one line
     cosines = clip_cosine(images, prompts, clip_bundle, batch_size=batch_size)
     if not torch.isfinite(cosines).all():
         raise ValueError(f"CLIP features are not finite for some images in {folder}; check the CLIP model")
@@ -148,9 +164,5 @@ def clip_score_folder(folder: str | os.PathLike, clip_bundle: ClipBundle, app: s
 
 
 def write_eval_json(folder: str | os.PathLike, result: dict[str, Any], name: str = "eval.json") -> Path:
-    """Write ``result`` to ``folder/eval.json`` with indent 4 (eval.py's format), atomically."""
-    path = Path(folder) / name
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=4) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    """Write ``result`` to ``folder/eval.json``: strict JSON, atomically (a refusal or crash leaves no file)."""
+    return write_json_atomic(Path(folder) / name, result)

@@ -1,6 +1,7 @@
 """Fréchet distance (FD) of image features for the toy faces, with data-vs-data and noise baselines.
 
-FD(a, b) = |mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a S_b)^(1/2))  (Heusel et al. 2017, Eq. 6, on other features).
+FD(a, b) = |mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a S_b)^(1/2))  (Heusel et al. 2017, Eq. 6, on other features),
+computed by :func:`common.eval.frechet.frechet_distance`.
 
 Features: the toy-clip image tower (``common/toy/models/toy-clip``) when it is shipped, else a fixed, seeded,
 *untrained* random-conv net (labelled ``random-conv-64``). FDs with different feature nets are not comparable,
@@ -10,19 +11,18 @@ and FD is biased at small sample counts, so always compare a model against the b
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from common.eval.frechet import FeatureFn, compute_features, frechet_distance
 from common.registry import load_clip
 from common.toy.faces import heldout_faces, render_faces, split_seed
 
 TOY_CLIP_DIR = Path(__file__).resolve().parent / "models" / "toy-clip"
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-FeatureFn = Callable[[torch.Tensor], torch.Tensor]
 
 
 class RandomConvFeatures(torch.nn.Module):
@@ -67,30 +67,6 @@ def load_feature_extractor(device: torch.device | str = "cpu",
         return clip_features, "toy-clip"
     net = RandomConvFeatures().to(device).eval()
     return (lambda x: net(x.to(device).float())), "random-conv-64 (untrained fallback)"
-
-
-def compute_features(images: torch.Tensor, features_fn: FeatureFn, batch_size: int = 256) -> torch.Tensor:
-    """Features of a batch of images [N, 3, H, W] in [-1, 1], as float64 [N, D] on the CPU."""
-    return torch.cat([features_fn(images[i : i + batch_size]).double().cpu()
-                      for i in range(0, len(images), batch_size)])
-
-
-def _sqrtm_psd(m: torch.Tensor) -> torch.Tensor:
-    vals, vecs = torch.linalg.eigh((m + m.T) / 2)
-    return (vecs * vals.clamp(min=0).sqrt()) @ vecs.T
-
-
-def frechet_distance(feats_a: torch.Tensor, feats_b: torch.Tensor) -> float:
-    """FD between Gaussians fitted to two feature sets [N, D] (float64 math)."""
-    a, b = feats_a.double(), feats_b.double()
-    if len(a) < 2 or len(b) < 2:
-        raise ValueError("Fréchet distance needs at least 2 samples per set")
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    cov_a, cov_b = torch.cov(a.T).reshape(a.shape[1], -1), torch.cov(b.T).reshape(b.shape[1], -1)
-    root_a = _sqrtm_psd(cov_a)
-    # tr((S_a S_b)^(1/2)) = tr((S_a^(1/2) S_b S_a^(1/2))^(1/2)), a symmetric PSD matrix
-    cross = torch.linalg.eigvalsh(root_a @ cov_b @ root_a).clamp(min=0).sqrt().sum()
-    return float(((mu_a - mu_b) ** 2).sum() + torch.trace(cov_a) + torch.trace(cov_b) - 2 * cross)
 
 
 def noise_images(n: int, size: int = 64, seed: int = 0) -> torch.Tensor:

@@ -18,7 +18,7 @@ from pathlib import Path
 import click
 import torch
 
-from common.cli import CONTEXT_SETTINGS, user_errors
+from common.cli import CONTEXT_SETTINGS, finite, user_errors
 from common.gpu import get_device, seed_everything
 from common.toy import sd_model, shapes
 
@@ -146,7 +146,7 @@ def measure(model: str | Path | None = None, clip: str | Path | None = None, dev
 @click.option("--psnr-images", type=click.IntRange(min=1), default=1000, show_default=True)
 @click.option("--captions", type=click.IntRange(min=1), default=200, show_default=True)
 @click.option("--steps", type=click.IntRange(min=1), default=50, show_default=True, help="DDIM steps.")
-@click.option("--guidance-scale", type=click.FloatRange(min=0.0), default=7.5, show_default=True)
+@click.option("--guidance-scale", type=finite(min=0.0), default=7.5, show_default=True)
 @click.option("--grid", type=click.Path(dir_okay=False), default=None, help="Also save a captioned sample grid.")
 @user_errors
 def main(model, clip, device, psnr_images, captions, steps, guidance_scale, grid) -> None:

@@ -15,6 +15,7 @@ import torch
 from common import registry
 from common.gpu import get_device, seed_everything
 from common.images import save_image
+from common.runs import write_config
 
 
 def load_text_to_image(model: str, device: torch.device):
@@ -27,10 +28,15 @@ def load_text_to_image(model: str, device: torch.device):
 @torch.no_grad()
 def sample_cli_impl(prompt: str, out: str | Path, seed: int = 0, steps: int = 50, guidance_scale: float = 7.5,
                     model: str = "toy-sd", device: str = "auto") -> Path:
-    """Sample ``prompt`` with ``steps`` DDIM steps and guidance ``guidance_scale``; write the image to ``out``."""
+    """Sample ``prompt`` with ``steps`` DDIM steps and guidance ``guidance_scale``; write the image to ``out`` and
+    the configuration (seed, library versions) to ``<out stem>.config.json`` next to it."""
     out = Path(out)
     if out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
         raise ValueError(f"--out must be an image file name ending in .png, .jpg or .webp, got {str(out)!r}")
+    config_path = out.with_name(out.stem + ".config.json")
+    for path in (out, config_path):
+        if path.is_dir():
+            raise ValueError(f"cannot write {path}: it is a folder")
     dev = get_device(device)
     seed_everything(seed)
     pipe = load_text_to_image(model, dev)
@@ -40,5 +46,8 @@ def sample_cli_impl(prompt: str, out: str | Path, seed: int = 0, steps: int = 50
     if not torch.isfinite(image).all():
         raise ValueError("sampling produced NaN or infinite values; try --device cpu (fp32)")
     path = save_image(image.float().cpu(), out, value_range=(0.0, 1.0))
+    write_config(out.parent, {"prompt": prompt, "out": str(out), "seed": seed, "steps": steps,
+                              "guidance_scale": guidance_scale, "model": model, "device": str(dev)},
+                 name=config_path.name)
     print(f"wrote {path} ({image.shape[-1]}x{image.shape[-2]}, {steps} steps, guidance {guidance_scale}, seed {seed})")
     return path

@@ -280,11 +280,13 @@ def check_folder(folder: str | Path | None = None) -> Path:
 
 def load_sd_pipeline(folder: str | Path | None = None, device: torch.device | str = "cpu",
                      dtype: torch.dtype = torch.float32) -> StableDiffusionPipeline:
-    """``StableDiffusionPipeline.from_pretrained(folder)`` in ``dtype`` on ``device``, progress bar off."""
-    folder = check_folder(folder)
-    pipe = StableDiffusionPipeline.from_pretrained(str(folder), **dtype_kwarg(dtype))
+    """The SD folder (default: the shipped toy-sd) through :func:`common.registry.load_sd` (safetensors only, one
+    line for a bad folder) in ``dtype`` on ``device``, progress bar off."""
+    from common.registry import load_sd
+
+    pipe = load_sd(str(check_folder(folder)), device, dtype)
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
+    return pipe
 
 
 def random_pipeline(seed: int = 0, clip_model=None) -> StableDiffusionPipeline:

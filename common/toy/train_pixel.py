@@ -29,6 +29,8 @@ from tqdm import tqdm
 
 from common.cfg import cfg_combine, split_cfg_batch
 from common.gpu import autocast, get_device, seed_everything
+from common.hub import dtype_kw
+from common.registry import load_local_weights
 from common.runs import write_config
 from common.sampling import ddim_sample_loop, sampling_config
 from common.schedules import make_alphas_cumprod
@@ -67,9 +69,9 @@ def load_text(text_from: str | Path | None):
     if not (folder / "text_encoder").is_dir():
         raise FileNotFoundError(f"toy-sd text encoder missing in {folder}; "
                                 f"train toy-sd first ({sd_model.TRAIN_COMMAND})")
-    tokenizer = CLIPTokenizer.from_pretrained(str(folder / "tokenizer"))
-    encoder = CLIPTextModel.from_pretrained(str(folder / "text_encoder"), torch_dtype=torch.float32,
-                                            use_safetensors=True)
+    tokenizer = CLIPTokenizer.from_pretrained(str(folder / "tokenizer"))  # text files only
+    encoder = load_local_weights(CLIPTextModel.from_pretrained, folder / "text_encoder",
+                                 **dtype_kw(torch.float32, "transformers"))
     return tokenizer, encoder.eval().requires_grad_(False)
 
 

@@ -8,8 +8,8 @@ Shapes images are rendered on the device every step; UNet training draws from a 
 
 GPU (one H100), in two phases of at most ~7.5 minutes each (phase 1 can share the GPU with toy-clip training)::
 
-    python -m common.toy.train_sd --stage vae --device cuda --out common/toy/models/toy-sd --force
-    python -m common.toy.train_sd --stage unet --device cuda --out common/toy/models/toy-sd --force \\
+    python -m common.toy train sd --stage vae --device cuda --out common/toy/models/toy-sd --force
+    python -m common.toy train sd --stage unet --device cuda --out common/toy/models/toy-sd --force \\
         --clip common/toy/models/toy-clip
 
 (``python -m common.toy train sd --device cuda --out ...`` runs both stages in one process.)
@@ -26,15 +26,14 @@ import math
 import time
 from pathlib import Path
 
-import click
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
 from tqdm import tqdm
 
-from common.cli import CONTEXT_SETTINGS, check_finite, user_errors
-from common.files import check_overwrite
+from common.cli import check_finite
 from common.gpu import autocast, get_device, seed_everything
+from common.registry import load_local_weights
 from common.runs import write_config, write_json_atomic
 from common.toy import sd_model, shapes
 from common.toy.measure_sd import (
@@ -44,6 +43,7 @@ from common.toy.measure_sd import (
     print_table,
     vae_psnr,
 )
+from common.toy.train_cli import train_sd as main  # `python -m common.toy.train_sd` = `... train sd`
 
 VAE_DEFAULTS = {"steps": 20000, "batch_size": 128, "lr": 5e-4, "warmup": 300, "kl_weight": 1e-5,
                 "time_budget_s": 400.0, "log_every": 50, "scale_images": 2048}
@@ -179,7 +179,7 @@ def load_vae(folder: Path, device: torch.device) -> AutoencoderKL:
     if not (folder / "vae" / "config.json").is_file():
         raise FileNotFoundError(f"no trained VAE in {folder / 'vae'}; run the VAE stage first: "
                                 f"python -m common.toy train sd --stage vae --out {folder}")
-    vae = AutoencoderKL.from_pretrained(str(folder / "vae"), **sd_model.dtype_kwarg(torch.float32))
+    vae = load_local_weights(AutoencoderKL.from_pretrained, folder / "vae", **sd_model.dtype_kwarg(torch.float32))
     return vae.to(device).eval().requires_grad_(False)
 
 
@@ -369,31 +369,6 @@ def _write_records(out: Path, stage: str, seed: int, cfgs: dict, metrics: dict) 
             value = metrics[key]
             rows.append((key, f"{value:.4g}" if isinstance(value, float) else str(value), ""))
     print_table(rows)
-
-
-@click.command(context_settings=CONTEXT_SETTINGS)
-@click.option("--stage", type=click.Choice(["all", "vae", "unet"]), default="all", show_default=True,
-              help="vae: stage 1 only; unet: stage 2 only (needs OUT/vae and the toy-clip folder); all: both.")
-@click.option("--device", type=click.Choice(["auto", "cuda", "cpu", "mps"]), default="auto", show_default=True)
-@click.option("--out", type=click.Path(file_okay=False), default="outputs/toy-sd", show_default=True,
-              help="SD folder to write (the shipped one is common/toy/models/toy-sd: replacing it needs --force).")
-@click.option("--force", is_flag=True, default=False, help="Allow --out to replace the shipped toy-sd weights.")
-@click.option("--clip", type=click.Path(file_okay=False), default=None,
-              help="toy-clip folder for the frozen text encoder [default: common/toy/models/toy-clip].")
-@click.option("--steps", type=click.IntRange(min=1), default=None, help="Steps per stage [default: the stage's own].")
-@click.option("--seed", type=int, default=0, show_default=True)
-@user_errors
-def main(stage: str, device: str, out: str, force: bool, clip: str | None, steps: int | None, seed: int) -> None:
-    """Train toy-sd (same as ``python -m common.toy train sd``).
-
-    \b
-    Examples:
-      python -m common.toy.train_sd --stage vae --device cuda --out common/toy/models/toy-sd --force
-      python -m common.toy.train_sd --stage unet --device cuda --out common/toy/models/toy-sd --force
-      python -m common.toy.train_sd --device cuda   # both stages into outputs/toy-sd
-    """
-    check_overwrite(out, force)
-    train(out=out, device=device, steps=steps, seed=seed, stage=stage, clip=clip)
 
 
 if __name__ == "__main__":

@@ -43,18 +43,24 @@ def _pairs(value, n: int) -> tuple[int, ...]:
 
 def upfirdn2d_ref(x: torch.Tensor, w: torch.Tensor, up: tuple[int, int], down: tuple[int, int],
                   pad: tuple[int, int, int, int]) -> torch.Tensor:
-    """Reference path: correlation kernel w [fh, fw], up/down (x, y), pad (x0, x1, y0, y1). Plain PyTorch."""
-    B, C, H, W = x.shape
+    """Reference path: correlation kernel w [fh, fw], up/down (x, y), pad (x0, x1, y0, y1). Plain PyTorch.
+
+    Without upsampling: pad (negative pads crop), then one depthwise conv with stride ``down`` (only the kept
+    outputs are computed). With upsampling, zero insertion + correlation with w equals a transposed conv with
+    flip(w) and stride ``up`` (no multiplications by the inserted zeros), shifted by fh - 1 - pad0 and cropped
+    or padded to the module docstring's length. Both are about 4x cheaper than filtering at full rate on a CPU.
+    """
+    C = x.shape[1]
     upx, upy = up
     downx, downy = down
     px0, px1, py0, py1 = pad
-    x = x.reshape(B, C, H, 1, W, 1)
-    x = F.pad(x, [0, upx - 1, 0, 0, 0, upy - 1]).reshape(B, C, H * upy, W * upx)  # zero insertion
-    x = F.pad(x, [max(px0, 0), max(px1, 0), max(py0, 0), max(py1, 0)])
-    x = x[:, :, max(-py0, 0): x.shape[2] - max(-py1, 0), max(-px0, 0): x.shape[3] - max(-px1, 0)]
-    weight = w.to(x.dtype)[None, None].expand(C, 1, *w.shape)
-    x = F.conv2d(x, weight, groups=C)  # conv2d is a correlation
-    return x[:, :, ::downy, ::downx]
+    fh, fw = w.shape
+    weight = w.to(x.dtype)[None, None].expand(C, 1, fh, fw)  # depthwise  [C, 1, fh, fw]
+    if upx == upy == 1:
+        return F.conv2d(F.pad(x, [px0, px1, py0, py1]), weight, stride=(downy, downx), groups=C)
+    y = F.conv_transpose2d(x, weight.flip([2, 3]), stride=(upy, upx), groups=C)  # [B, C, (H-1) up + fh, ...]
+    y = F.pad(y, [px0 - fw + 1, upx + px1 - fw, py0 - fh + 1, upy + py1 - fh])  # to (H up + p0 + p1 - fh + 1)
+    return y[:, :, ::downy, ::downx]
 
 
 def _adjoint_pad(in_size: int, out_size: int, f_size: int, up: int, down: int, pad0: int, pad1: int):

@@ -33,6 +33,7 @@ def run_wide(seed: int, steps: int, stride: int = STRIDE) -> Outputs:
     :data:`N_CROPS` evaluation crops ``{"images": [K, 3, 64, 64]}``."""
     from common.gpu import seed_everything
     from common.registry import load_sd
+    from synchronization.config import WideConfig
     from synchronization.wide_image import decode_latent, default_positions, generate_wide, geometry
     from synchronization.windows import WindowMapping
 
@@ -42,8 +43,9 @@ def run_wide(seed: int, steps: int, stride: int = STRIDE) -> Outputs:
     pipe.set_progress_bar_config(disable=True)
     geo = geometry(pipe, stride=stride)
     if steps:
-        image = generate_wide(pipe, PROMPT, stride=stride, num_inference_steps=steps, guidance_scale=GUIDANCE,
-                              sync="x0", seed=seed, progress=False)["image"]  # [3, 64, 384]
+        cfg = WideConfig(prompt=PROMPT, stride=stride, num_inference_steps=steps, guidance_scale=GUIDANCE, sync="x0",
+                         seed=seed, progress=False)
+        image = generate_wide(pipe, cfg)["image"]  # [3, 64, 384]
     else:
         mapping = WindowMapping(*geo.latent_hw, geo.window, geo.stride, False)
         z_T = torch.randn((1, int(pipe.unet.config.in_channels), *geo.latent_hw),

@@ -4,11 +4,13 @@ Task 2).
 Every case calls the public ``guidance.get_pds_loss`` with t and both noises given, back-propagates the loss and
 returns dL/dx_tgt, which must be g = grad_scale (z_tgt - z_src) (Posterior Distillation Sampling, Koo et al. 2024,
 Eq. 11, with the official code's sign; the KAIST README writes the opposite one): both branches share eps_t and
-eps_prev, t_prev = t - t_delta (t_delta = 2 on the official 500-step grid), mu = the DDPM posterior mean of the CFG
-Tweedie estimate (Ho et al. 2020, Eq. 7), sigma_t its standard deviation, z = (x_prev - mu) / sigma_t; on the
-seeded tiny stand-in UNet of :mod:`grading.cases._tiny_sd`. Edge cases: B = 3 with t = t_min, 500, t_max;
-guidance scales 7.5 (the fixed value) and 100; grad_scale; another t_delta; a batch equals its pairs run one at a
-time.
+eps_prev, t_prev = t - t_delta (t_delta = 2 on the official 500-step grid), mu = c0 x0_hat + c1 x_t of the CFG
+Tweedie estimate with the official code's coefficients (``compute_posterior_mean``: the given one-step beta_t,
+alpha_t = 1 - beta_t, alpha_bar_{t_prev}; Ho et al. 2020, Eq. 7), sigma_t = sqrt((1 - alpha_bar_prev) /
+(1 - alpha_bar_t) beta_t), z = (x_prev - mu) / sigma_t; on the seeded tiny stand-in UNet of
+:mod:`grading.cases._tiny_sd`. Edge cases: B = 3 with t = t_min, 500, t_max; guidance scales 7.5 (the fixed value)
+and 100; grad_scale; another t_delta; the exact posterior (``posterior="exact"``: another beta_t handed in); a
+batch equals its pairs run one at a time.
 """
 
 from __future__ import annotations
@@ -22,11 +24,12 @@ from grading.case import Case, Mistake
 from grading.cases import _tiny_sd as tiny
 
 
-def _pds_grad(guidance, x_src, x_tgt, e_src, e_tgt, scale, grad_scale, t, noise_t, noise_prev, t_delta):
+def _pds_grad(guidance, x_src, x_tgt, e_src, e_tgt, scale, grad_scale, t, noise_t, noise_prev, t_delta,
+              posterior="official"):
     """dL/dx_tgt of get_pds_loss with t and both noises given."""
     def loss(v: torch.Tensor) -> torch.Tensor:
         return guidance.get_pds_loss(x_src, v, e_src, e_tgt, guidance_scale=scale, grad_scale=grad_scale, t=t,
-                                     noise_t=noise_t, noise_prev=noise_prev, t_delta=t_delta)
+                                     noise_t=noise_t, noise_prev=noise_prev, t_delta=t_delta, posterior=posterior)
 
     return tiny.grad_of(loss, x_tgt)
 
@@ -44,10 +47,10 @@ def _inputs(seed: int, salt: str, batch: int):
 
 
 def _gradient(seed: int, salt: str, t: tuple[int, ...], scale: float = 7.5, grad_scale: float = 1.0,
-              t_delta: int = 2):
+              t_delta: int = 2, posterior: str = "official"):
     guidance, x_src, x_tgt, e_src, e_tgt, noise_t, noise_prev = _inputs(seed, salt, len(t))
     grad = _pds_grad(guidance, x_src, x_tgt, e_src, e_tgt, scale, grad_scale, torch.tensor(t), noise_t, noise_prev,
-                     t_delta)
+                     t_delta, posterior)
     return tiny.per_sample("grad", grad)
 
 
@@ -62,11 +65,13 @@ def _batch_vs_singles(seed: int) -> dict[str, torch.Tensor]:
 
 _FORMULA = ("dL/dx_tgt must be g = grad_scale (z_tgt - z_src) (PDS Eq. 11, the official sign): both branches use "
             "the same eps_t and eps_prev, x_t = add_noise(x, eps_t, t), x_prev = add_noise(x, eps_prev, t - t_delta), "
-            "mu = DDPM posterior mean of the CFG Tweedie estimate, sigma_t = sqrt(posterior variance), "
-            "z = (x_prev - mu) / sigma_t.")
+            "mu = c0 x0_hat + c1 x_t of the CFG Tweedie estimate with the official code's coefficients "
+            "c0 = sqrt(alpha_bar_prev) beta_t / (1 - alpha_bar_t), c1 = sqrt(1 - beta_t) (1 - alpha_bar_prev) / "
+            "(1 - alpha_bar_t), sigma_t = sqrt((1 - alpha_bar_prev) / (1 - alpha_bar_t) beta_t), with the beta_t "
+            "argument (the schedule's one-step betas[t]), z = (x_prev - mu) / sigma_t.")
 
-# z = (x_prev - mu) / sigma_t cancels in float32 (sigma_t ~ 0.04-0.1): right answers written in another form (the
-# slides' DDIM form of mu) differ from the reference by up to 4e-5, the catalogued mistakes by 0.2 or more.
+# z = (x_prev - mu) / sigma_t cancels in float32 (sigma_t ~ 0.03-0.1): right answers written in another form differ
+# from the reference by up to 4e-5, the catalogued mistakes by 0.01 or more.
 _TOL = {"rtol": 1e-3, "partial": ((1e-3, 1.0), (1e-2, 0.5))}
 
 CASES = (
@@ -82,6 +87,10 @@ CASES = (
     Case("pds/t-delta", 1.0, partial(_gradient, salt="pds/t-delta", t=(100, 600), t_delta=10),
          title="the previous level is t - t_delta (t_delta=10, B=2)",
          feedback="t_prev = t - t_delta, with the t_delta argument (2 on the official 500-step grid). " + _FORMULA),
+    Case("pds/exact-posterior", 1.0, partial(_gradient, salt="pds/exact-posterior", t=(300, 700), posterior="exact"),
+         title="posterior='exact': the beta_t argument sets the posterior (B=2)",
+         feedback="Use the beta_t argument (do not recompute it): get_pds_loss hands in the schedule's betas[t] "
+                  "(official) or 1 - alpha_bar_t / alpha_bar_prev (posterior='exact'). " + _FORMULA),
     Case("pds/batch-vs-singles", 2.0, _batch_vs_singles,
          title="a batch of 3 pairs equals the pairs run one at a time",
          feedback="Each pair's gradient must not depend on its batch: pair_embeddings(src, tgt) orders the "
@@ -91,10 +100,17 @@ CASES = (
 CASES = tuple(replace(c, **_TOL) for c in CASES)
 _ALL = tuple(c.id for c in CASES)
 
-_HEAD = """\
+_T = """\
     t_prev = (t - t_delta).clamp(min=0)
-    a_t, a_prev = guidance.alpha_bar(t), guidance.alpha_bar(t_prev)
-    sigma_t = ddpm_posterior_variance(a_t, a_prev).sqrt().view(-1, 1, 1, 1)
+    a_t, a_prev = guidance.alpha_bar(t), guidance.alpha_bar(t_prev)  # [B]
+"""
+_COEF = """\
+    c0 = a_prev.sqrt() * beta_t / (1 - a_t)  # posterior mean coefficients, alpha_t = 1 - beta_t
+    c1 = (1 - beta_t).sqrt() * (1 - a_prev) / (1 - a_t)
+    sigma_t = ((1 - a_prev) / (1 - a_t) * beta_t).sqrt()
+"""
+_HEAD = _T + _COEF + """\
+    c0, c1, sigma_t = (torch.cat([v, v]).view(-1, 1, 1, 1) for v in (c0, c1, sigma_t))  # [2B, 1, 1, 1]
     x0 = torch.cat([x_src, x_tgt])  # [2B]: src then tgt
 """
 _NOISY = """\
@@ -105,8 +121,8 @@ _EMB = "    embeddings = pair_embeddings(src_text_embedding, tgt_text_embedding)
 _TAIL = """\
     eps_hat = guidance.predict_eps(x_t, torch.cat([t, t]), embeddings, guidance_scale)
     x0_hat = x0_from_eps(x_t, eps_hat, torch.cat([a_t, a_t]))
-    mu = ddpm_posterior_mean(x_t, x0_hat, torch.cat([a_t, a_t]), torch.cat([a_prev, a_prev]))
-    z_src, z_tgt = ((x_prev - mu) / torch.cat([sigma_t, sigma_t])).chunk(2)
+    mu = c0 * x0_hat + c1 * x_t
+    z_src, z_tgt = ((x_prev - mu) / sigma_t).chunk(2)
 """
 _G = "    g = grad_scale * (z_tgt - z_src)\n"
 
@@ -131,4 +147,16 @@ MISTAKES = (
             "The two [uncond, cond] embedding pairs are concatenated as is, so the CFG halves pair latents with the "
             "wrong prompts: for x = cat(src, tgt) use pair_embeddings(src, tgt) = [u_src, u_tgt, c_src, c_tgt].",
             _ALL),
+    Mistake("pds-exact-posterior", "pds-loss",
+            _HEAD.replace(_COEF, _COEF.replace("beta_t", "beta")).replace(
+                _T, _T + "    beta = 1 - a_t / a_prev  # the jump t -> t_prev\n") + _NOISY + _EMB + _TAIL + _G,
+            "mu and sigma_t use the exact posterior of the t -> t_prev jump (beta = 1 - alpha_bar_t / alpha_bar_prev, "
+            "as in the slides' DDIM form of mu): the official code, graded here, uses the beta_t argument (the "
+            "schedule's one-step betas[t]); with the exact posterior PDS reduces to a weighted DDS "
+            "(docs/distillation.md).", tuple(c for c in _ALL if c != "pds/exact-posterior")),
+    Mistake("pds-schedule-beta", "pds-loss",
+            _HEAD.replace(_T, _T + "    beta_t = guidance.beta(t)  # recomputed, not the argument\n") + _NOISY + _EMB
+            + _TAIL + _G,
+            "beta_t is recomputed from the schedule instead of taken from the beta_t argument, so "
+            "posterior='exact' has no effect: use the beta_t handed in.", ("pds/exact-posterior",)),
 )

@@ -5,8 +5,8 @@ Score Distillation via Reparametrized DDIM (Lukoianov et al. 2024, Alg. 1), on t
 :mod:`grading.cases._tiny_sd`:
 
 - inversion cases: ``ddim_invert`` of x0 to exactly t on the grid tau_k = round(k t / n) with CFG at each tau_k and
-  ``common.ddim.ddim_inversion_step`` (DDIM Eq. 12 run backwards, stochasticity eta with the given noises), for
-  n = 10 (the fixed value) and off-grid n = 3 and 7 where round != floor;
+  the given inversion ``step`` (default the SDI authors' ``distillation.sdi.authors_inversion_step``, stochasticity
+  eta with the given noises), for n = 10 (the fixed value) and off-grid n = 3 and 7 where round != floor;
 - target cases: ``sdi_target`` = Tweedie estimate of the CFG prediction at (x_t, t), scored apart from the
   inversion (a trusted inversion stands in for ``ddim_invert`` during these cases);
 - loss cases: ``sdi_loss`` over many steps with a counting ``refresh``: refresh at the first step (no cached target)
@@ -32,9 +32,14 @@ def _noises(g: torch.Generator, like: torch.Tensor, n: int, eta: float) -> list[
     return [tiny.randn(g, *like.shape) if eta > 0 else None for _ in range(n)]
 
 
-def _invert(seed: int, salt: str, t: tuple[int, ...], runs: tuple[tuple[int, float, float], ...]):
-    """x_t = ddim_invert(x0 -> t) for each (n_steps, guidance_scale, eta) of ``runs``."""
+def _invert(seed: int, salt: str, t: tuple[int, ...], runs: tuple[tuple[int, float, float], ...],
+            ddim_step: bool = False):
+    """x_t = ddim_invert(x0 -> t) for each (n_steps, guidance_scale, eta) of ``runs`` (with ``ddim_step``: the
+    step argument is ``common.ddim.ddim_inversion_step``, the ``inversion_form="ddim"`` option)."""
+    from common.ddim import ddim_inversion_step
     from distillation import sdi
+
+    step = {"step": ddim_inversion_step} if ddim_step else {}
 
     g = tiny.generator(seed, salt)
     guidance, _, _ = tiny.make_guidance(g)
@@ -43,22 +48,22 @@ def _invert(seed: int, salt: str, t: tuple[int, ...], runs: tuple[tuple[int, flo
     out = {}
     for n, scale, eta in runs:
         with torch.no_grad():
-            x_t = sdi.ddim_invert(guidance, x0, torch.tensor(t), emb, scale, eta, _noises(g, x0, n, eta))
+            x_t = sdi.ddim_invert(guidance, x0, torch.tensor(t), emb, scale, eta, _noises(g, x0, n, eta), **step)
         out.update(tiny.per_sample(f"x_t_n{n}", x_t))
     return out
 
 
-def trusted_invert(guidance, x0, t, text_embeddings, guidance_scale, eta, noises):
-    """The reference inversion (grid tau_k = round(k t / n), CFG, ``common.ddim.ddim_inversion_step``)."""
-    from common.ddim import ddim_inversion_step
+def trusted_invert(guidance, x0, t, text_embeddings, guidance_scale, eta, noises, step=None):
+    """The reference inversion (grid tau_k = round(k t / n), CFG, the given step, else the authors' one)."""
+    from distillation.sdi import authors_inversion_step
 
+    step = step or authors_inversion_step
     n = len(noises)
     taus = (torch.arange(n + 1)[:, None] * t[None, :] / n).round().long()  # [n+1, B]
     x = x0
     for k in range(n):
         eps_hat = guidance.predict_eps(x, taus[k], text_embeddings, guidance_scale)
-        x = ddim_inversion_step(x, eps_hat, guidance.alpha_bar(taus[k]), guidance.alpha_bar(taus[k + 1]), eta,
-                                noises[k])
+        x = step(x, eps_hat, guidance.alpha_bar(taus[k]), guidance.alpha_bar(taus[k + 1]), eta, noises[k])
     return x
 
 
@@ -135,10 +140,11 @@ def _end_to_end(seed: int) -> dict[str, torch.Tensor]:
 
 _INVERT = ("ddim_invert must take n = len(noises) DDIM inversion steps on the grid tau_k = round(k t / n) (tau_0 = 0, "
            "tau_n = t exactly): eps_hat = guidance.predict_eps(x, tau_k, text_embeddings, guidance_scale), then "
-           "ddim_inversion_step(x, eps_hat, alpha_bar(tau_k), alpha_bar(tau_k+1), eta, noises[k]).")
+           "the step argument step(x, eps_hat, alpha_bar(tau_k), alpha_bar(tau_k+1), eta, noises[k]) (by default "
+           "the SDI authors' x_next = sqrt(a_next) x0_hat + sqrt(1 - a_next) eps_hat + sigma z).")
 _TARGET = ("sdi_target must return the Tweedie estimate (x_t - sqrt(1 - alpha_bar_t) eps_hat) / sqrt(alpha_bar_t) "
            "with eps_hat = guidance.predict_eps(x_t, t, text_embeddings, guidance_scale) at the inverted x_t = "
-           "ddim_invert(x0 -> t, inversion_guidance_scale, inversion_eta, noises).")
+           "ddim_invert(x0 -> t, inversion_guidance_scale, inversion_eta, noises, step).")
 _LOSS = ("sdi_loss must refresh the target when none is cached and every update_interval steps "
          "(step % update_interval == 0), reuse the cached one otherwise, and return 1/2 ||x - target||^2 (sum).")
 
@@ -153,6 +159,10 @@ CASES = (
                                         runs=((INV_STEPS, INV_SCALE, INV_ETA),)),
          title="DDIM inversion: stochastic steps (eta=0.3, 10 steps, B=2)",
          feedback=_INVERT + " With eta > 0 each step adds sigma * noises[k]."),
+    Case("sdi/invert-step", 1.0, partial(_invert, salt="sdi/invert-step", t=(400, 900),
+                                         runs=((INV_STEPS, INV_SCALE, INV_ETA),), ddim_step=True),
+         title="DDIM inversion with the step argument set to the DDIM form (inversion_form='ddim', eta=0.3, B=2)",
+         feedback=_INVERT + " Take each step with the step argument (inversion_form chooses it), not a fixed form."),
     Case("sdi/target-basic", 1.0, partial(_target, salt="sdi/target-basic", t=(600,)),
          title="target: Tweedie estimate at the inverted latent (B=1, t=600)", feedback=_TARGET),
     Case("sdi/target-t-grid", 2.0, partial(_target, salt="sdi/target-t-grid", t=(20, 500, 980)),
@@ -177,8 +187,7 @@ _LOOP = """\
     x = x0
     for k in range(n_steps):
         eps_hat = guidance.predict_eps(x, taus[k], text_embeddings, guidance_scale)
-        x = ddim_inversion_step(x, eps_hat, guidance.alpha_bar(taus[k]), guidance.alpha_bar(taus[k + 1]), eta,
-                                noises[k])
+        x = step(x, eps_hat, guidance.alpha_bar(taus[k]), guidance.alpha_bar(taus[k + 1]), eta, noises[k])
 """
 _N = "    n_steps = len(noises)\n"
 
@@ -190,20 +199,30 @@ MISTAKES = (
 """ + _LOOP + _INV_OUT,
             "The inversion ends at t + delta (threestudio's grid) instead of exactly t: the target is then denoised "
             "as if at t from a latent at another level. Invert on tau_k = round(k t / n).",
-            ("sdi/invert-basic", "sdi/invert-grid", "sdi/invert-eta", "sdi/end-to-end")),
+            ("sdi/invert-basic", "sdi/invert-grid", "sdi/invert-eta", "sdi/invert-step", "sdi/end-to-end")),
     Mistake("sdi-invert-floor", "sdi-invert-noise",
             _N + "    taus = torch.arange(n_steps + 1, device=t.device)[:, None] * t[None, :] // n_steps  # [n+1, B]\n"
             + _LOOP + _INV_OUT,
             "The inversion grid truncates k t / n (floor) instead of rounding: tau_k = round(k t / n).",
             ("sdi/invert-grid",)),
     Mistake("sdi-invert-no-eta", "sdi-invert-noise",
-            _N + _GRID + _LOOP.replace(", eta,\n                                noises[k])", ")") + _INV_OUT,
+            _N + _GRID + _LOOP.replace(", eta, noises[k])", ")") + _INV_OUT,
             "The inversion ignores eta and its noises (always deterministic DDIM): with eta > 0 each step adds "
-            "sigma * noises[k] (ddim_inversion_step(..., eta, noises[k])).",
+            "sigma * noises[k] (step(..., eta, noises[k])).",
+            ("sdi/invert-eta", "sdi/invert-step", "sdi/end-to-end")),
+    Mistake("sdi-invert-ddim-form", "sdi-invert-noise",
+            _N + _GRID + _LOOP.replace("x = step(", "x = ddim_inversion_step(") + _INV_OUT,
+            "The inversion always uses common.ddim.ddim_inversion_step (sqrt(1 - a_next - sigma^2) eps_hat + sigma z) "
+            "instead of the step argument: by default the SDI authors' step, sqrt(1 - a_next) eps_hat + sigma z.",
             ("sdi/invert-eta", "sdi/end-to-end")),
+    Mistake("sdi-invert-fixed-authors-step", "sdi-invert-noise",
+            _N + _GRID + _LOOP.replace("x = step(", "x = authors_inversion_step(") + _INV_OUT,
+            "The inversion always takes the authors' step instead of the step argument, so inversion_form='ddim' "
+            "has no effect: call step(x, eps_hat, alpha_bar(tau_k), alpha_bar(tau_k+1), eta, noises[k]).",
+            ("sdi/invert-step",)),
     Mistake("sdi-target-inversion-scale", "sdi-refresh",
             """\
-    x_t = ddim_invert(guidance, x0, t, text_embeddings, inversion_guidance_scale, inversion_eta, noises)
+    x_t = ddim_invert(guidance, x0, t, text_embeddings, inversion_guidance_scale, inversion_eta, noises, step)
     eps_hat = guidance.predict_eps(x_t, t, text_embeddings, inversion_guidance_scale)
     return x0_from_eps(x_t, eps_hat, guidance.alpha_bar(t))
 """,

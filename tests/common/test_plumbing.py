@@ -5,14 +5,16 @@ import math
 import time
 
 import click
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
 from PIL import Image
 
 from common.cli import IntListType, UserError, check_finite, parse_int_list, user_errors
+from common.eval.frechet import compute_features, frechet_distance
 from common.gpu import CudaTimer, get_device, make_generators, precision_dtype, randn_per_sample, seed_everything
-from common.images import load_image, make_grid, pil_to_tensor, save_gif, save_grid, tensor_to_pil
+from common.images import load_image, pil_to_tensor, save_gif, save_grid, tensor_to_pil
 from common.runs import write_config
 
 
@@ -62,15 +64,34 @@ def test_tensor_pil_round_trip(value_range):
 
 
 def test_grid_and_gif(tmp_path):
-    imgs = torch.stack([torch.full((3, 4, 4), v) for v in (-1.0, 0.0, 1.0)])
-    grid = make_grid((imgs + 1) / 2, nrow=3, padding=1)
-    assert grid.shape == (3, 6, 16)
-    assert grid[0, 1, 1] == 0 and grid[0, 1, 11] == 1
-    save_grid(imgs, tmp_path / "g.png", nrow=2)
-    assert Image.open(tmp_path / "g.png").size == (2 * 6 + 2, 2 * 6 + 2)
+    imgs = torch.stack([torch.full((3, 4, 4), v) for v in (-1.0, 0.0, 1.0)])  # black, grey, white in [-1, 1]
+    save_grid(imgs, tmp_path / "g.png", nrow=2)  # torchvision.utils.make_grid: 2 per row, 2 px white padding
+    grid = np.asarray(Image.open(tmp_path / "g.png").convert("RGB"))
+    assert grid.shape == (2 * 6 + 2, 2 * 6 + 2, 3)
+    assert (grid[2:6, 2:6] == 0).all() and (grid[2:6, 8:12] == 128).all() and (grid[8:12, 2:6] == 255).all()
+    assert (grid[:2] == 255).all() and (grid[:, 6:8] == 255).all() and (grid[8:12, 8:12] == 255).all()  # pad, empty
+    save_grid(torch.zeros(5, 1, 4, 4), tmp_path / "g5.png", value_range=(0.0, 1.0))  # default: ceil(sqrt(5)) = 3
+    assert Image.open(tmp_path / "g5.png").size == (3 * 6 + 2, 2 * 6 + 2)
     save_gif(list(imgs), tmp_path / "a.gif")
     assert Image.open(tmp_path / "a.gif").n_frames == 3
     assert load_image(tmp_path / "g.png", size=8).shape == (3, 8, 8)
+
+
+def test_frechet_distance_closed_forms():
+    a, b = torch.tensor([[0.0], [2.0]]), torch.tensor([[1.0], [5.0]])  # 1-D: means 1, 3; unbiased variances 2, 8
+    assert frechet_distance(a, b) == pytest.approx(4 + (2**0.5 - 8**0.5) ** 2, abs=1e-12)  # = 6
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(400, 3, generator=g, dtype=torch.float64) @ torch.tensor([[1.0, 0.5, 0], [0, 1, 0], [0, 0, 2]],
+                                                                          dtype=torch.float64)
+    assert frechet_distance(x, x) == pytest.approx(0.0, abs=1e-8)
+    assert frechet_distance(x, x + 3.0) == pytest.approx(27.0, abs=1e-6)  # a shift adds |mu_a - mu_b|^2 only
+    scaled = frechet_distance(x, 2 * x)  # S_b = 4 S_a: tr(S_a + 4 S_a - 2 * 2 S_a) = tr(S_a), plus the mean term
+    cov = torch.cov(x.T)
+    assert scaled == pytest.approx(float(torch.trace(cov) + (x.mean(0) ** 2).sum()), rel=1e-6)
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        frechet_distance(x[:1], x)
+    features = compute_features(x.float(), lambda t: t[:, :2], batch_size=7)
+    assert features.dtype == torch.float64 and torch.equal(features, x.float()[:, :2].double())
 
 
 def test_seeding_and_per_sample_generators():

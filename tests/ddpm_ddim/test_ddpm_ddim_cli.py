@@ -35,8 +35,10 @@ def test_sampling_writes_pngs_grid_timing_config(model_dir, tmp_path, name, step
                                        "3", "--batch_size", "2", "--model", model_dir, "--device", "cpu",
                                        "--save_dir", str(out), "--no-progress"] + extra)
     assert result.exit_code == 0 and not result.exception, result.output
-    assert [p.name for p in sorted(out.glob("0*.png"))] == ["000.png", "001.png", "002.png"]
-    assert Image.open(out / "000.png").size == (16, 16) and (out / "grid.png").is_file()
+    assert sorted(p.name for p in out.glob("*_generated_image*.png")) == [f"{name}_generated_image{i}.png"
+                                                                            for i in range(3)]
+    assert Image.open(out / f"{name}_generated_image0.png").size == (16, 16)
+    assert Image.open(out / "grid.png").size == (2 * 66 + 2, 2 * 66 + 2)  # 2 x 2 of 16 px enlarged x4, 2 px padding
     timing = json.loads((out / "timing.json").read_text())
     assert timing["num_inference_steps"] == steps and timing["seconds"] > 0
     assert f"{name} {steps} steps: 3 images in" in result.output
@@ -54,12 +56,26 @@ def test_timing_records_the_batch_that_ran(model_dir, tmp_path):
     assert "batch 2," in result.output
 
 
-@pytest.mark.parametrize("args", [["--num_inference_steps", "0"], ["--num_inference_steps", "5000"],
-                                  ["--eta", "2"], ["--model", "no-such-model"], ["--scheduler_name", "PNDM"]])
-def test_bad_input_exit_2(model_dir, tmp_path, args):
+def test_default_save_dir_is_the_handouts(model_dir, tmp_path, monkeypatch):
+    """The handout's execute_DDPM_DDIM.py writes DDPM_results/DDPM_generated_image{i}.png (DDIM likewise)."""
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["-n", "ddpm", "--num_inference_steps", "1", "--num_samples", "1", "--model",
+                                       model_dir, "--device", "cpu", "--no-progress"])
+    assert result.exit_code == 0 and not result.exception, result.output
+    assert (tmp_path / "DDPM_results" / "DDPM_generated_image0.png").is_file()
+    timing = json.loads((tmp_path / "DDPM_results" / "timing.json").read_text())
+    assert (timing["precision"], timing["unet_dtype"]) == ("auto", "float32")  # auto is fp32 on a CPU
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--num_inference_steps", "0"], "--num_inference_steps"), (["--num_inference_steps", "5000"], "at most 1000"),
+    (["--eta", "2"], "--eta"), (["--eta", "nan"], "not a finite number"), (["--model", "no-such-model"], "no-such"),
+    (["--scheduler_name", "PNDM"], "PNDM"), (["--batch_size", "30000"], "at most 16384"),
+    (["--num_samples", "20000"], "--num_samples")])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(model_dir, tmp_path, args, needle):
     base = ["--scheduler_name", "DDIM", "--model", model_dir, "--device", "cpu", "--save_dir", str(tmp_path / "o")]
     result = CliRunner().invoke(main, base + args)
-    assert result.exit_code == 2 and "Error" in result.output and "Traceback" not in result.output, result.output
-    if args[0] == "--model" or args[1] == "5000":
-        assert len(result.output.strip().splitlines()) == 1
-    assert not (tmp_path / "o" / "grid.png").exists()
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1 and result.output.startswith("Error: "), result.output
+    assert needle in result.output
+    assert not (tmp_path / "o").exists()

@@ -25,7 +25,8 @@ def invoke(tiny_sd_folder):
 
 
 def finals(folder):
-    return sorted(p.name for p in folder.glob("*.png"))
+    """Final images named after their prompts (not UMich HW5's generated_*.png of a single-prompt run)."""
+    return sorted(p.name for p in folder.glob("*.png") if not p.name.startswith("generated_"))
 
 
 def test_sds_run_writes_final_image_progress_and_config(tmp_path, invoke):
@@ -35,10 +36,12 @@ def test_sds_run_writes_final_image_progress_and_config(tmp_path, invoke):
     assert res.exit_code == 0 and not res.exception, res.output
     assert finals(out) == ["a_blue_square.png", "a_red_circle.png"]
     progress = out / "progress" / "a_red_circle"
-    assert sorted(p.name for p in progress.iterdir()) == ["progress.gif", "step_0000.png", "step_0002.png",
-                                                          "step_0003.png"]
+    assert sorted(p.name for p in progress.iterdir()) == ["progress.gif", "progressive.png", "step_0000.png",
+                                                          "step_0002.png", "step_0003.png"]
+    assert not (out / "generated_image.png").exists()  # UMich's names only for a single-prompt run
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["seed"] == 3 and cfg["guidance_scale"] == 25.0 and cfg["steps"] == 4 and cfg["lr"] == 0.1
+    assert cfg["precision"] == "auto" and cfg["threads"] == 0 and cfg["batch_size"] == 32  # a local folder: 0
     assert "torch" in cfg["_run"]["versions"] and len(cfg["prompts"]) == 2
 
 

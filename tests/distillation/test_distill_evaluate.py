@@ -51,6 +51,11 @@ def test_evaluate_end_to_end_writes_eval_json(tmp_path, tiny_sd_folder):
     assert res.exit_code == 0, res.output
     result = json.loads((tmp_path / "ev" / "sds" / "eval.json").read_text())
     assert len(result) == 12 and -1 <= result["score"] <= 1  # source_dir + 10 images + score
+    from PIL import Image
+
+    with Image.open(tmp_path / "ev" / "sds_contact_sheet.png") as sheet:  # 10 cells of 256 px (16 px x 16), 5 a row
+        assert sheet.width == 5 * (256 + 4) + 4 and sheet.height > 2 * (256 + 4)
+    assert not list((tmp_path / "ev" / "sds").glob("generated_*"))  # UMich's names only from the main CLI
 
 
 def test_measure_toy_overrides_are_typed():

@@ -129,13 +129,14 @@ def posterior_z(x0, x_t, x_prev, eps_hat, t, t_prev):
     return (x_prev - mu) / ((1 - a_p) / (1 - a_t) * beta).sqrt()
 
 
-def test_pds_gradient_is_z_target_minus_z_source(data):
+def test_pds_exact_posterior_gradient_is_z_target_minus_z_source(data):
+    """posterior="exact": the DDPM posterior of the t -> t - 2 jump (the official one: test_reference_formulas)."""
     x_tgt, noise_t, t = data
     x_src = torch.randn(B, C, H, H, generator=torch.Generator().manual_seed(5))
     noise_prev = torch.randn(B, C, H, H, generator=torch.Generator().manual_seed(6))
     e_src, e_tgt, s = embeddings(7), embeddings(8), 7.5
     grad = grad_of(lambda v: make_guidance().get_pds_loss(x_src, v, e_src, e_tgt, s, t=t, noise_t=noise_t,
-                                                          noise_prev=noise_prev), x_tgt)
+                                                          noise_prev=noise_prev, posterior="exact"), x_tgt)
     z = []
     for x0, emb in ((x_src, e_src), (x_tgt, e_tgt)):
         x_t, x_prev = noisy(x0, noise_t, t), noisy(x0, noise_prev, t - 2)

@@ -50,13 +50,41 @@ def test_sdi_reaches_the_guided_mode():
     assert rel_err(x, x_u + 2.0 * (x_c - x_u), x0) < 0.05
 
 
-@pytest.mark.parametrize("method", ["pds", "dds"])
-def test_edits_move_by_the_difference_of_the_modes(method):
-    """PDS and DDS with point masses x_src* -> x_tgt*: the optimum is x_src + (x_tgt* - x_src*)."""
+def official_pds_reach(t_min=20, t_max=980, t_delta=2):
+    """E_t[kk] / E_t[psi + kk]: where official PDS stops on the line x_src -> x_src + (x_tgt* - x_src*).
+
+    With point masses eps_tgt - eps_src = sqrt(a_t / (1 - a_t)) (dx - dx*), so official PDS's
+    g = psi dx + k (eps_tgt - eps_src) (docs/distillation.md) vanishes on average over t ~ U[t_min, t_max] at
+    dx = E[kk] / E[psi + kk] dx*, kk = k sqrt(a_t / (1 - a_t)).
+    """
+    a = A.double()
+    beta = 1 - a / torch.cat([a.new_ones(1), a[:-1]])  # the schedule's one-step beta_t
+    t = torch.arange(t_min, t_max + 1)
+    a_t, a_p, b_t = a[t], a[t - t_delta], beta[t]
+    c0, c1 = a_p.sqrt() * b_t / (1 - a_t), (1 - b_t).sqrt() * (1 - a_p) / (1 - a_t)
+    sigma = ((1 - a_p) / (1 - a_t) * b_t).sqrt()
+    psi = (a_p.sqrt() - c0 - c1 * a_t.sqrt()) / sigma
+    kk = c0 / sigma  # k(t) sqrt(a_t / (1 - a_t)), k = c0 sqrt((1 - a_t) / a_t) / sigma
+    return (kk.mean() / (psi + kk).mean()).item()
+
+
+@pytest.mark.parametrize("method, posterior", [("pds", "exact"), ("pds", "official"), ("dds", None)])
+def test_edits_move_by_the_difference_of_the_modes(method, posterior):
+    """PDS (exact posterior) and DDS with point masses x_src* -> x_tgt*: the optimum is x_src + (x_tgt* - x_src*).
+
+    Official PDS (one-step beta_t) stops short, at x_src + r (x_tgt* - x_src*) with r = official_pds_reach() ~ 0.53:
+    its psi(t) (x_tgt - x_src) term pulls the edit back toward the source.
+    """
     guidance, x_u, x_c, x_src, _, g = setup(2)
     e_src = torch.cat([torch.zeros(B, 3, 5), torch.zeros(B, 3, 5)])  # source prompt: the x_u mass
     e_tgt = torch.cat([torch.zeros(B, 3, 5), torch.ones(B, 3, 5)])  # edit prompt: the x_c mass
-    fn = guidance.get_pds_loss if method == "pds" else guidance.get_dds_loss
+    if method == "pds":
+        def fn(*args, **kwargs):
+            return guidance.get_pds_loss(*args, posterior=posterior, **kwargs)
+    else:
+        fn = guidance.get_dds_loss
     x = optimise(lambda v, i: fn(x_src, v, e_src, e_tgt, 1.0, generators=[g] * B), x_src)
-    target = x_src + (x_c - x_u)
+    reach = official_pds_reach() if posterior == "official" else 1.0
+    assert 0.5 < official_pds_reach() < 0.56
+    target = x_src + reach * (x_c - x_u)
     assert rel_err(x, target, x_src) < 0.05

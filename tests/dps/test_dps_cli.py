@@ -1,7 +1,9 @@
-"""python -m dps.main end to end on a tiny random DDPM folder, and its one-line errors."""
+"""python -m dps.main end to end on a tiny random DDPM folder: the handout's DPS_results files, labelled panels,
+and one-line refusals of bad input that leave nothing behind."""
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -21,19 +23,27 @@ def _run(args):
     return CliRunner().invoke(main, args + ["--device", "cpu", "--no-progress"])
 
 
-def test_inpainting_on_heldout_faces_writes_everything(model_dir, tmp_path):
-    out = tmp_path / "out"
-    result = _run(["--task", "inpainting", "--model", model_dir, "--num_images", "3", "--batch_size", "2",
-                   "--num_inference_steps", "3", "--save_dir", str(out)])
+def test_defaults_write_the_handouts_dps_results(model_dir, tmp_path, monkeypatch):
+    """No --task and no --save_dir: inpainting into ./DPS_results, the handout's file names."""
+    monkeypatch.chdir(tmp_path)
+    result = _run(["--model", model_dir, "--num_images", "3", "--batch_size", "2", "--num_inference_steps", "3"])
     assert result.exit_code == 0 and not result.exception, result.output
+    out = tmp_path / "DPS_results"
     for i in range(3):
-        for kind in ("input", "measurement", "reconstruction", "panel"):
-            assert (out / f"{i:03d}_{kind}.png").is_file()
-    assert Image.open(out / "000_panel.png").size[0] > 4 * 16
+        for kind in ("ground_truth", "masked_input", "generated", "panel"):
+            assert (out / f"DPS_{kind}_image{i}.png").is_file(), kind
     metrics = json.loads((out / "metrics.json").read_text())
     assert len(metrics["per_image"]) == 3 and {"psnr", "ssim", "psnr_naive"} <= set(metrics["mean"])
-    assert metrics["scale"] == 0.5 and "DPS inpainting 3 steps" in result.output
-    assert json.loads((out / "config.json").read_text())["seed"] == 0
+    assert metrics["scale"] == 0.5 and metrics["task"] == "inpainting" and "DPS inpainting 3 steps" in result.output
+    config = json.loads((out / "config.json").read_text())
+    assert (config["seed"], config["precision"], config["unet_dtype"]) == (0, "auto", "float32")  # auto: CPU fp32
+    # the panel: truth | measurement | DPS, each 16 px enlarged x4, 2 px padding, a 14 px label strip on top
+    panel = np.asarray(Image.open(out / "DPS_panel_image0.png").convert("L"))
+    assert panel.shape == (14 + 2 + 64 + 2, 3 * (64 + 2) + 2)
+    assert (panel[:14] < 128).sum() > 30  # dark label text on the white strip
+    truth = np.asarray(Image.open(out / "DPS_ground_truth_image0.png").convert("L"))
+    tile = panel[16:80, 2:66]
+    assert np.array_equal(tile[::4, ::4], truth) and np.array_equal(tile[3::4, 3::4], truth)  # nearest x4
 
 
 @pytest.mark.parametrize("task", ["super_resolution", "gaussian_blur", "motion_blur"])
@@ -46,29 +56,54 @@ def test_other_tasks_with_an_image_folder(model_dir, tmp_path, task):
     result = _run(["--task", task, "--model", model_dir, "--images", str(images), "--num_inference_steps", "2",
                    "--save_dir", str(out), "--kernel_size", "9"])
     assert result.exit_code == 0 and not result.exception, result.output
-    assert Image.open(out / "001_measurement.png").size == ((4, 4) if task == "super_resolution" else (16, 16))
+    size = (4, 4) if task == "super_resolution" else (16, 16)
+    assert Image.open(out / "DPS_measurement_image1.png").size == size
+    assert Image.open(out / "DPS_panel_image1.png").size == (3 * 66 + 2, 14 + 2 + 64 + 2)
     assert json.loads((out / "metrics.json").read_text())["scale"] == 0.3
 
 
-def _bad_folder(tmp_path, size, mode):
-    folder = tmp_path / f"bad_{size}_{mode}"
+def _bad_folder(tmp_path, size, mode, corrupt=False):
+    folder = tmp_path / f"bad_{size}_{mode.replace(';', '')}{'_corrupt' if corrupt else ''}"
     folder.mkdir()
-    Image.new(mode, (size, size)).save(folder / "x.png")
+    if corrupt:
+        (folder / "x.png").write_bytes(b"\x89PNG not really")
+    elif mode == "I;16":
+        Image.fromarray(np.full((size, size), 40000, dtype=np.uint16)).save(folder / "x.png")
+    else:
+        Image.new(mode, (size, size)).save(folder / "x.png")
     return str(folder)
 
 
-@pytest.mark.parametrize("case", ["task", "size", "channels", "alpha", "steps", "scale", "model", "folder"])
-def test_bad_input_gives_one_line_and_exit_2(model_dir, tmp_path, case):
-    args = {"task": ["--task", "colorize"], "steps": ["--num_inference_steps", "0"], "scale": ["--scale", "-1"],
-            "size": ["--images", _bad_folder(tmp_path, 32, "RGB")],
-            "channels": ["--images", _bad_folder(tmp_path, 16, "L")],
-            "alpha": ["--images", _bad_folder(tmp_path, 16, "RGBA")], "model": ["--model", "no-such-model"],
-            "folder": ["--images", str(tmp_path / "missing")]}[case]
-    base = ["--task", "inpainting", "--model", model_dir, "--num_inference_steps", "2",
-            "--save_dir", str(tmp_path / "o")]
-    result = _run(base + args)
+BAD = {"task": ["--task", "colorize"], "steps": ["--num_inference_steps", "0"], "scale": ["--scale", "-1"],
+       "scale_nan": ["--scale", "nan"], "scale_huge": ["--scale", "1e30"], "noise_inf": ["--noise_sigma", "inf"],
+       "blur_nan": ["--blur_sigma", "nan"], "eta_nan": ["--eta", "nan"],
+       "kernel": ["--task", "motion_blur", "--kernel_size", "100001"], "batch": ["--batch_size", "30000"],
+       "model": ["--model", "no-such-model"]}
+
+
+@pytest.mark.parametrize("case", [*BAD, "size", "channels", "alpha", "gray16", "corrupt", "folder"])
+def test_bad_input_gives_one_line_exit_2_and_writes_nothing(model_dir, tmp_path, case):
+    folders = {"size": (32, "RGB"), "channels": (16, "L"), "alpha": (16, "RGBA"), "gray16": (16, "I;16")}
+    if case in folders:
+        args = ["--images", _bad_folder(tmp_path, *folders[case])]
+    elif case in ("corrupt", "folder"):
+        args = ["--images", _bad_folder(tmp_path, 16, "RGB", True) if case == "corrupt" else str(tmp_path / "no")]
+    else:
+        args = BAD[case]
+    out = tmp_path / "o"
+    result = _run(["--model", model_dir, "--num_inference_steps", "2", "--save_dir", str(out), *args])
     assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output and "Error" in result.output
-    if case in ("size", "channels", "alpha", "model", "folder"):  # domain errors: exactly one line
-        assert len(result.output.strip().splitlines()) == 1 and result.output.startswith("Error: ")
-    assert not (tmp_path / "o" / "metrics.json").exists()
+    assert len(result.output.strip().splitlines()) == 1 and result.output.startswith("Error: "), result.output
+    assert not out.exists()
+    needle = {"gray16": "1 channel(s) (mode I;16)", "corrupt": "not a valid image file", "scale_nan": "finite",
+              "kernel": "at most 65", "batch": "at most 4096", "scale_huge": "--scale"}.get(case, "")
+    assert needle in result.output, result.output
+
+
+def test_a_huge_scale_stops_at_the_step_that_diverged(model_dir, tmp_path):
+    out = tmp_path / "o"
+    result = _run(["--model", model_dir, "--num_images", "1", "--num_inference_steps", "3", "--scale", "1e6",
+                   "--save_dir", str(out)])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    assert "at step 1 diverged" in result.output and "lower --scale" in result.output
+    assert not out.exists()

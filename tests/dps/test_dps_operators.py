@@ -1,11 +1,14 @@
-"""Operator properties (no adjoints needed), metrics closed forms."""
+"""Operator properties (no adjoints needed), DPS's Resizer border, motion-kernel statistics, metrics closed forms."""
 
 import math
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from dps.metrics import psnr, ssim
+from dps.motion import motion_path
 from dps.operators import (
     Inpainting,
     SuperResolution,
@@ -61,9 +64,9 @@ def test_gaussian_kernel_matches_its_closed_form_and_motion_kernel_is_seeded():
     r = torch.arange(61.0) - 30
     ref = torch.exp(-(r[:, None] ** 2 + r[None] ** 2) / 18)
     torch.testing.assert_close(k, ref / ref.sum())
-    a = motion_kernel(61, 0.5, torch.Generator().manual_seed(0))
-    b = motion_kernel(61, 0.5, torch.Generator().manual_seed(0))
-    assert torch.equal(a, b) and not torch.equal(a, motion_kernel(61, 0.5, torch.Generator().manual_seed(1)))
+    a = motion_kernel(61, 0.5, np.random.default_rng(0))
+    b = motion_kernel(61, 0.5, np.random.default_rng(0))
+    assert torch.equal(a, b) and not torch.equal(a, motion_kernel(61, 0.5, np.random.default_rng(1)))
     assert (a > 0).sum() > 10  # a path, not a single pixel
 
 
@@ -110,3 +113,72 @@ def test_psnr_and_ssim_closed_forms():
     expected = (2 * 0.5 * 0.75 + c1) / (0.25 + 0.5625 + c1)
     assert math.isclose(ssim(a, b).item(), expected, rel_tol=1e-9)
     assert ssim(x, _img(2, 32, seed=1)).max() < 0.2
+
+
+def _keys_cubic(d: float) -> float:
+    d = abs(d)
+    return 1.5 * d**3 - 2.5 * d**2 + 1 if d <= 1 else (-0.5 * d**3 + 2.5 * d**2 - 4 * d + 2 if d <= 2 else 0.0)
+
+
+def _resizer_1d(row: np.ndarray, factor: int) -> np.ndarray:
+    """DPS's Resizer along one axis, written out: output o centred at input (o + 1/2) f - 1/2, weights
+    cubic(d / f) / f over the whole window, normalised, then mirrored indices (symmetric padding, edge repeated)."""
+    n = len(row)
+    padded = np.pad(row, 4 * factor, mode="symmetric")  # padded[j + 4f] = row[mirror(j)]
+    out = []
+    for o in range(n // factor):
+        c = (o + 0.5) * factor - 0.5
+        taps = range(math.floor(c - 2 * factor) - 1, math.ceil(c + 2 * factor) + 2)
+        w = np.array([_keys_cubic((c - j) / factor) / factor for j in taps])
+        out.append(sum(wi * padded[j + 4 * factor] for wi, j in zip(w / w.sum(), taps)))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("size,factor", [(32, 4), (16, 2), (12, 4)])
+def test_super_resolution_is_dps_resizer_with_mirrored_borders(size, factor):
+    x = _img(1, size, seed=3).double()
+    expected = np.apply_along_axis(_resizer_1d, -1, x.numpy(), factor)
+    expected = np.apply_along_axis(_resizer_1d, -2, expected, factor)
+    y = SuperResolution(factor).forward(x)
+    torch.testing.assert_close(y, torch.from_numpy(expected), rtol=0, atol=1e-12)
+    # torch's antialiased bicubic agrees inside but truncates and renormalises the window at the border
+    torch_y = F.interpolate(x, scale_factor=1 / factor, mode="bicubic", antialias=True, align_corners=False)
+    inside = [o for o in range(size // factor) if 0 <= (o + 0.5) * factor - 0.5 - 2 * factor
+              and (o + 0.5) * factor - 0.5 + 2 * factor <= size - 1]  # windows that do not reach the border
+    if inside:
+        inner = slice(inside[0], inside[-1] + 1)
+        torch.testing.assert_close(y[..., inner, inner], torch_y[..., inner, inner], rtol=0, atol=1e-12)
+    assert (y - torch_y).abs().max() > 0.01
+
+
+def _kernel_stats(kernel: torch.Tensor) -> tuple[float, int, float]:
+    """(RMS radius about the centre of mass in px, pixels holding 90% of the mass, minor / major axis ratio)."""
+    k = kernel.double() / kernel.sum()
+    yy, xx = torch.meshgrid(*(torch.arange(n, dtype=torch.float64) for n in k.shape), indexing="ij")
+    dy, dx = yy - (k * yy).sum(), xx - (k * xx).sum()
+    cov = torch.tensor([[(k * dy * dy).sum(), (k * dy * dx).sum()], [(k * dy * dx).sum(), (k * dx * dx).sum()]])
+    minor, major = torch.linalg.eigvalsh(cov).tolist()
+    n90 = int((k.flatten().sort(descending=True).values.cumsum(0) < 0.9).sum()) + 1
+    return math.sqrt(minor + major), n90, math.sqrt(max(minor, 0.0) / major)
+
+
+def test_motion_kernels_have_the_trajectory_statistics_of_dps_generator():
+    """LeviBorodenko/motionblur at size 61, intensity 0.5 (DPS's setting): RMS radius about 11 px and 90% of the
+    mass in about 73 px, averaged over kernels (one kernel varies a lot: its path length is uniform)."""
+    stats = []
+    for seed in range(16):
+        kernel = motion_kernel(61, 0.5, np.random.default_rng(seed))
+        assert kernel.shape == (61, 61) and kernel.dtype == torch.float32 and kernel.min() >= 0
+        torch.testing.assert_close(kernel.sum(), torch.tensor(1.0), rtol=0, atol=1e-5)
+        stats.append(_kernel_stats(kernel))
+    rms, n90, _ = np.mean(stats, axis=0)
+    assert 11 * 0.75 < rms < 11 * 1.25, rms
+    assert 73 * 0.75 < n90 < 73 * 1.25, n90
+    assert max(_kernel_stats(motion_kernel(61, 1.0, np.random.default_rng(s)))[2] for s in range(4)) > 0.3  # curved
+    for seed in range(4):  # intensity 0: every step has the same heading, so the path is a straight segment
+        path = motion_path(61, 0.0, np.random.default_rng(seed))
+        points = np.stack([path.real, path.imag], 1)
+        singular = np.linalg.svd(points - points.mean(0), compute_uv=False)
+        assert len(path) == 1 or singular[1] < 1e-9 * singular[0], singular
+    torch.testing.assert_close(motion_kernel(31, 0.5, torch.Generator().manual_seed(5)),
+                               motion_kernel(31, 0.5, torch.Generator().manual_seed(5)), rtol=0, atol=0)

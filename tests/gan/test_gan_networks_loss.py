@@ -141,3 +141,31 @@ def test_256px_default_matches_hw5_parameter_counts():
         G, D = Generator(cfg), Discriminator(cfg)
     assert round(sum(p.numel() for p in G.parameters()) / 1e6, 2) == 28.46
     assert round(sum(p.numel() for p in D.parameters()) / 1e6, 2) == 28.86
+
+
+def test_path_length_gradient_keeps_the_running_mean_in_the_graph():
+    """StyleGAN2-ADA: pl_mean = lerp(pl_mean, mean(lengths), decay) inside (lengths - pl_mean)^2, not detached.
+
+    Tiny generator img_i = A w_i (ws shared across layers): J^T y_i = y_i A, lengths L_i = ||y_i A|| / sqrt(num_ws)
+    and dL_i/dA = y_i^T (y_i A) / (num_ws L_i). With m = (1 - d) m0 + d mean(L), the gradient of
+    mean_i (L_i - m)^2 is (2 / B) sum_i (L_i - m) (dL_i/dA - d mean_j dL_j/dA).
+    """
+    B, num_ws, w_dim, d, m0 = 4, 2, 5, 0.3, 0.7
+    g = torch.Generator().manual_seed(0)
+    A = torch.randn(3 * 4 * 4, num_ws * w_dim, generator=g, dtype=torch.float64, requires_grad=True)
+    ws = torch.randn(B, num_ws, w_dim, generator=g, dtype=torch.float64, requires_grad=True)
+    noise = torch.randn(B, 3, 4, 4, generator=g, dtype=torch.float64)
+    img = (ws.reshape(B, -1) @ A.t()).reshape(B, 3, 4, 4)
+    penalty, new_mean = L.path_length_penalty(img, ws, torch.tensor(m0, dtype=torch.float64), noise, decay=d)
+    (grad_A,) = torch.autograd.grad(penalty.mean(), A)
+    y = noise.reshape(B, -1).detach() / 4  # y_i = noise_i / sqrt(H W), [B, 48]
+    jt_y = y @ A.detach()  # [B, 10]
+    lengths = jt_y.square().sum(1).div(num_ws).sqrt()  # [B]
+    m = (1 - d) * m0 + d * lengths.mean()
+    dL = torch.einsum("bi,bj->bij", y, jt_y) / (num_ws * lengths.view(B, 1, 1))  # [B, 48, 10]
+    expect = 2 / B * ((lengths - m).view(B, 1, 1) * (dL - d * dL.mean(0))).sum(0)
+    torch.testing.assert_close(grad_A, expect)
+    detached = 2 / B * ((lengths - m).view(B, 1, 1) * dL).sum(0)  # the old, detached-mean gradient
+    assert (grad_A - detached).norm() / expect.norm() > 1e-3
+    torch.testing.assert_close(new_mean, m)
+    assert not new_mean.requires_grad

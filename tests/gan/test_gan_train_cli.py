@@ -1,5 +1,6 @@
 """gan.train / generate / dataset_tool / augment_preview: determinism, exact resume, outputs, one-line errors."""
 
+import json
 import re
 
 import numpy as np
@@ -94,7 +95,10 @@ def test_train_cli_outputs_and_generate(tmp_path):
     out = tmp_path / "gen"
     result = CliRunner().invoke(generate.main, ["--checkpoint", str(ckpt), "--seeds", "0-2", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in out.iterdir()) == ["grid.png", "seed0000.png", "seed0001.png", "seed0002.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "grid.png", "seed0000.png", "seed0001.png",
+                                                     "seed0002.png"]
+    config = json.loads((out / "config.json").read_text())
+    assert config["seeds"] == [0, 1, 2] and config["trunc"] == 1.0 and config["checkpoint"] == str(ckpt)
     # checkpoint of another architecture -> one line, exit 2
     result = _run(base + TINY_FLAGS[:-6] + ["--cmax", "8", "--kimg", "0.004", "--checkpoint_path", str(ckpt)])
     assert result.exit_code == 2 and "another architecture" in result.output

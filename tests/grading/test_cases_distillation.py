@@ -49,18 +49,20 @@ EQUIVALENT = {
     eps_hat = eps_uncond + guidance_scale * (eps_cond - eps_uncond)
     g = grad_scale * (1 - a) * (eps_hat - noise)
 """),
-    "pds-slides-ddim-form": ("grading.cases.pds", "pds-loss", """\
+    "pds-official-loop": ("grading.cases.pds", "pds-loss", """\
     t_prev = t - t_delta
+    beta = beta_t.view(-1, 1, 1, 1)  # the official compute_posterior_mean, one branch at a time
+    alpha = 1 - beta
     a_t = guidance.alpha_bar(t).view(-1, 1, 1, 1)
     a_prev = guidance.alpha_bar(t_prev).view(-1, 1, 1, 1)
-    sigma = ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).sqrt()
+    sigma = ((1 - a_prev) / (1 - a_t) * beta) ** 0.5
     z, x0_hats = [], []
     for x0, emb in ((x_src, src_text_embedding), (x_tgt, tgt_text_embedding)):
         x_t = a_t.sqrt() * x0 + (1 - a_t).sqrt() * noise_t
         x_prev = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * noise_prev
         eps_hat = guidance.predict_eps(x_t, t, emb, guidance_scale)
         x0_hat = (x_t - (1 - a_t).sqrt() * eps_hat) / a_t.sqrt()
-        mu = a_prev.sqrt() * x0_hat + (1 - a_prev - sigma**2).sqrt() * eps_hat  # the slides' DDIM form
+        mu = a_prev.sqrt() * beta / (1 - a_t) * x0_hat + alpha.sqrt() * (1 - a_prev) / (1 - a_t) * x_t
         z.append((x_prev - mu) / sigma)
         x0_hats.append(x0_hat)
     x0_hat = torch.cat(x0_hats)
@@ -70,8 +72,8 @@ EQUIVALENT = {
     B = x_src.shape[0]
     a_t = guidance.alpha_bar(t).view(-1, 1, 1, 1)
     a_prev = guidance.alpha_bar(t - t_delta).view(-1, 1, 1, 1)
-    beta = 1 - a_t / a_prev
-    c0 = a_prev.sqrt() * beta / (1 - a_t)  # Ho et al. Eq. 7
+    beta = beta_t.view(-1, 1, 1, 1)
+    c0 = a_prev.sqrt() * beta / (1 - a_t)  # Ho et al. Eq. 7 with the one-step beta_t
     c1 = (1 - beta).sqrt() * (1 - a_prev) / (1 - a_t)
     sigma_t = ((1 - a_prev) / (1 - a_t) * beta).sqrt()
     x = torch.cat([x_src, x_tgt])
@@ -102,33 +104,24 @@ EQUIVALENT = {
     x = x0
     for k in range(n):
         tau, tau_next = (k * t / n).round().long(), ((k + 1) * t / n).round().long()
-        a, a_next = guidance.alpha_bar(tau).view(-1, 1, 1, 1), guidance.alpha_bar(tau_next).view(-1, 1, 1, 1)
         eps_hat = guidance.predict_eps(x, tau, text_embeddings, guidance_scale)
-        x0_hat = (x - (1 - a).sqrt() * eps_hat) / a.sqrt()
-        sigma = eta * ((1 - a) / (1 - a_next) * (1 - a_next / a)).clamp(min=0).sqrt()
-        x = a_next.sqrt() * x0_hat + (1 - a_next - sigma**2).sqrt() * eps_hat
-        if eta > 0:
-            x = x + sigma * noises[k]
+        x = step(x, eps_hat, guidance.alpha_bar(tau), guidance.alpha_bar(tau_next), eta=eta, noise=noises[k])
     return x
 """),
-    "sdi-invert-coefficients": ("grading.cases.sdi", "sdi-invert-noise", """\
+    "sdi-invert-double-grid": ("grading.cases.sdi", "sdi-invert-noise", """\
     n_steps = len(noises)
     x = x0
     for k in range(n_steps):
         tau = torch.round(k * t.double() / n_steps).long()
         tau_next = torch.round((k + 1) * t.double() / n_steps).long()
-        a = guidance.alpha_bar(tau).view(-1, 1, 1, 1)
-        a_next = guidance.alpha_bar(tau_next).view(-1, 1, 1, 1)
+        a = guidance.alpha_bar(tau)
+        a_next = guidance.alpha_bar(tau_next)
         eps_hat = guidance.predict_eps(x, tau, text_embeddings, guidance_scale)
-        sigma = eta * torch.sqrt((1 - a) / (1 - a_next)) * torch.sqrt(1 - a_next / a)
-        coef = torch.sqrt(1 - a_next - sigma**2) - torch.sqrt(a_next * (1 - a) / a)
-        x = torch.sqrt(a_next / a) * x + coef * eps_hat
-        if eta > 0:
-            x = x + sigma * noises[k]
+        x = step(x, eps_hat, a, a_next, eta, noises[k] if eta > 0 else None)
     return x
 """),
     "sdi-target-inline": ("grading.cases.sdi", "sdi-refresh", """\
-    x_t = ddim_invert(guidance, x0, t, text_embeddings, inversion_guidance_scale, inversion_eta, noises)
+    x_t = ddim_invert(guidance, x0, t, text_embeddings, inversion_guidance_scale, inversion_eta, noises, step=step)
     a = guidance.alpha_bar(t).view(-1, 1, 1, 1)
     eps_u, eps_c = guidance.unet_eps(torch.cat([x_t, x_t]), torch.cat([t, t]), text_embeddings).chunk(2)
     eps_hat = eps_u + guidance_scale * (eps_c - eps_u)

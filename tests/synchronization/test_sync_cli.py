@@ -29,7 +29,10 @@ def test_wide_image_cli_writes_panorama_crops_views_and_config(tiny_sd_folder, t
     config = json.loads((out / "config.json").read_text())
     assert config["num_views"] == 41 and config["init"] == "canonical" and config["sync"] == "x0"
     assert config["unet_calls"] == 2  # all 41 views x 2 CFG branches batched: one UNet call per step
-    assert len(list((out / "extra" / "views").glob("*.png"))) == 41
+    assert len(config["window_offsets_px"]) == 41 and config["window_offsets_px"][1] == [0, 2]  # stride 1 x f 2
+    with Image.open(out / "extra" / "windows.png") as sheet:  # 41 labelled 16-px windows x4, 8 per row
+        assert sheet.width == 8 * (64 + 4) + 4 and sheet.height > 6 * (64 + 4)
+    assert not (out / "extra" / "views").exists()
 
 
 def test_wide_image_circular_windows_decode_and_max_batch(tiny_sd_folder, tmp_path):
@@ -114,7 +117,7 @@ def test_stage2_upsampling_path_with_a_tiny_if_ii_like_unet(tiny_pixel_folder):
 
     from common.registry import load_pixel
     from synchronization.ambiguous_image import generate_ambiguous
-    from synchronization.views import get_view
+    from synchronization.config import AmbiguousConfig
 
     torch.manual_seed(0)
     unet2 = UNet2DConditionModel(sample_size=32, in_channels=6, out_channels=6, block_out_channels=(8, 16),
@@ -124,9 +127,9 @@ def test_stage2_upsampling_path_with_a_tiny_if_ii_like_unet(tiny_pixel_folder):
                                  class_embed_type="timestep")
     upscaler = SimpleNamespace(unet=unet2.eval(), scheduler=DDIMScheduler(beta_schedule="squaredcos_cap_v2"),
                                image_noising_scheduler=DDPMScheduler(beta_schedule="squaredcos_cap_v2"))
-    views = [get_view("identity"), get_view("rotate_180")]
-    out = generate_ambiguous(load_pixel(str(tiny_pixel_folder)), ["a dog", "a cat"], views, num_inference_steps=2,
-                             upscaler=upscaler, progress=False)
+    cfg = AmbiguousConfig(prompts=("a dog", "a cat"), views_names=("identity", "rotate_180"), num_inference_steps=2,
+                          progress=False)
+    out = generate_ambiguous(load_pixel(str(tiny_pixel_folder)), cfg, upscaler)
     assert out["stage1"].shape == (3, 16, 16) and out["image"].shape == (3, 32, 32)
     assert torch.equal(out["views"][1], torch.rot90(out["image"], 2, dims=(-2, -1)))
     assert torch.isfinite(out["image"]).all()

@@ -1,0 +1,156 @@
+"""What every benchmark script shares: comma-list options validated like ``click.Choice``, usage errors as one
+``Error:`` line (exit 2), the CUDA requirement with its CPU smoke escape, eager-vs-graphs modes, strict JSON."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+import torch
+
+from common.cli import CONTEXT_SETTINGS, UserError
+from common.gpu import PRECISION_CHOICES, get_device, precision_dtype
+from common.runs import json_number, write_json_atomic
+
+GRAPH_MODES = ("eager", "graphs")  # graphs: common.graphs.CudaGraphUNet around the UNet
+DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+class BenchCommand(click.Command):
+    """A click command whose usage errors (bad choices, ranges) print as one ``Error:`` line, exit code 2."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as err:
+            raise UserError(err.format_message()) from err
+
+
+def bench_command(**kwargs: Any):
+    """``click.command`` with :class:`BenchCommand` and the repo's context settings."""
+    return click.command(cls=BenchCommand, context_settings=CONTEXT_SETTINGS, **kwargs)
+
+
+class CommaChoice(click.ParamType):
+    """``a,b,c`` where every item is one of ``choices`` (case-insensitive, like ``click.Choice``); a list."""
+
+    name = "LIST"
+
+    def __init__(self, choices: tuple[str, ...] | list[str]):
+        self.choice = click.Choice(list(choices), case_sensitive=False)
+
+    def get_metavar(self, param, ctx=None) -> str:  # click >= 8.2 passes ctx
+        return "[" + ",".join(self.choice.choices) + "]"
+
+    def convert(self, value: Any, param, ctx) -> list[str]:
+        if isinstance(value, list):
+            return value
+        items = [item.strip() for item in str(value).split(",") if item.strip()]
+        if not items:
+            self.fail("expected a comma-separated list", param, ctx)
+        try:
+            values = [self.choice.convert(item, param, ctx) for item in items]
+        except click.BadParameter:
+            bad = [i for i in items if i.lower() not in {c.lower() for c in self.choice.choices}]
+            self.fail(f"{', '.join(map(repr, bad))}: choose from {', '.join(self.choice.choices)}", param, ctx)
+        return list(dict.fromkeys(values))  # order kept, duplicates dropped
+
+
+class CommaInts(click.ParamType):
+    """``1,10``: comma-separated integers >= ``min``; a list."""
+
+    name = "INTS"
+
+    def __init__(self, min: int = 1):
+        self.min = min
+
+    def convert(self, value: Any, param, ctx) -> list[int]:
+        if isinstance(value, list):
+            return value
+        items = [item.strip() for item in str(value).split(",") if item.strip()]
+        try:
+            numbers = [int(item) for item in items]
+        except ValueError:
+            self.fail(f"{value!r} is not a comma-separated list of integers", param, ctx)
+        if not numbers or min(numbers) < self.min:
+            self.fail(f"{value!r}: expected integers >= {self.min}", param, ctx)
+        return list(dict.fromkeys(numbers))
+
+
+PRECISIONS = CommaChoice(PRECISION_CHOICES)
+
+
+def bench_device(name: str, smoke: bool, smoke_flag: str) -> torch.device:
+    """The torch device of ``--device``; full-size runs need CUDA, a CPU run needs the smoke flag."""
+    device = get_device(name)  # ValueError (one line) for tpu, cuda without CUDA, ...
+    if device.type != "cuda" and not smoke:
+        raise UserError(f"this benchmark needs a CUDA GPU (or pass --device cpu {smoke_flag} for a smoke run); "
+                        f"got --device {name} -> {device.type}")
+    return device
+
+
+def resolve_precisions(precisions: list[str], device: torch.device) -> list[tuple[str, torch.dtype]]:
+    """(label, dtype) per requested precision (``auto`` -> fp16 on CUDA, fp32 on CPU), each dtype once."""
+    rows: dict[torch.dtype, str] = {}
+    for name in precisions:
+        dtype = precision_dtype(name, device)
+        rows.setdefault(dtype, f"{DTYPE_NAMES[dtype]}" if name != "auto" else f"auto={DTYPE_NAMES[dtype]}")
+    return [(label, dtype) for dtype, label in rows.items()]
+
+
+def graph_modes(modes: list[str], device: torch.device) -> list[str]:
+    """The eager/graphs modes that apply: CUDA graphs exist on CUDA only (a CPU smoke run says so)."""
+    if device.type != "cuda" and "graphs" in modes:
+        print("note: --graphs graphs needs CUDA; CPU rows are eager only")
+        modes = [m for m in modes if m != "graphs"]
+    return modes or ["eager"]
+
+
+def import_diffusers():
+    """diffusers, or a one-line error (the GPU machine may lack it: benchmarks/device_run.sh installs wheels)."""
+    try:
+        import diffusers
+    except ImportError as err:
+        raise UserError(f"diffusers is not installed ({err}); pip install diffusers") from err
+    return diffusers
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def write_rows(path: str | None, data: dict) -> None:
+    """Strict JSON (NaN peak memory on CPU becomes null), written atomically."""
+    if path:
+        write_json_atomic(path, _nulls(data))
+
+
+def _nulls(value: Any) -> Any:
+    if isinstance(value, float):
+        return json_number(value)
+    if isinstance(value, dict):
+        return {k: _nulls(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_nulls(v) for v in value]
+    return value
+
+
+def mib(value: float) -> str:
+    """Peak MiB for a table cell ('-' off CUDA)."""
+    return "-" if value != value else f"{value:.0f}"
+
+
+def reset_memory(device: torch.device) -> None:
+    """Empty the allocator's cache and reset the peaks, so a row's reserved peak is its own."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory(device: torch.device) -> tuple[float, float]:
+    """(peak allocated, peak reserved) MiB since :func:`reset_memory`; NaN off CUDA. CUDA graphs keep their
+    intermediates in private pools, which count as reserved, not allocated: read both."""
+    if device.type != "cuda":
+        return float("nan"), float("nan")
+    return torch.cuda.max_memory_allocated(device) / 2**20, torch.cuda.max_memory_reserved(device) / 2**20

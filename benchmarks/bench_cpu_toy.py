@@ -1,0 +1,198 @@
+"""CPU benchmark of the toy-faces defaults (issue #19): UNet call times and the extrapolated default runs.
+
+For each OpenMP wait policy (each in a fresh process: libgomp reads ``OMP_WAIT_POLICY`` once, when torch loads)
+and each torch thread count it measures, on the CPU:
+
+- ``fwd@10``: the median of ``--reps`` toy-faces UNet calls at batch 10 without grad (one step of
+  ``python -m ddpm_ddim.main``, whose defaults sample 10 faces in one batch of 10);
+- ``fwd+bwd@4``: the median at batch 4 with the backward pass to x_t (one step of ``python -m dps.main``, whose
+  defaults reconstruct 4 images in one batch of 4);
+- the mean step of the reference loops (``common.sampling`` DDPM and DDIM at batch 10, ``dps.dps.dps_sample``
+  inpainting at batch 4) over ``--steps`` steps, which adds the scheduler math, the noise and the operator;
+
+and extrapolates the defaults: DDPM 1000 steps x 10 faces, DDIM 50 x 10 and DPS inpainting 1000 x 4, plus the
+start-up (imports and model loading), against the issue's targets for an idle 2-core CPU (300 s, 30 s, 300 s).
+Each row states the 1-minute load average before and after it: on a shared machine the times are upper bounds.
+
+    python benchmarks/bench_cpu_toy.py                         # both wait policies, 1 and 2 threads: ~1 min idle
+    python benchmarks/bench_cpu_toy.py --wait_policies PASSIVE --threads 2 --reps 9
+    python benchmarks/bench_cpu_toy.py --random --widths 32,32,64,96   # random weights (same cost), other widths
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+START = time.perf_counter()  # the start-up column counts from here (imports included)
+
+import click  # noqa: E402
+import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common.cli import CONTEXT_SETTINGS, IntListType, UserError, user_errors  # noqa: E402
+
+TARGETS_S = {"DDPM": 300.0, "DDIM": 30.0, "DPS": 300.0}  # issue #19, idle 2-core CPU
+DEFAULT_RUNS = {"DDPM": (1000, 10), "DDIM": (50, 10), "DPS": (1000, 4)}  # (steps, batch) of the CLI defaults
+POLICIES = ("default", "PASSIVE", "ACTIVE")
+
+
+def load_unet(model: str, random: bool, widths: list[int] | None) -> torch.nn.Module:
+    """The toy-faces UNet (eval, no grads): shipped weights, or random ones (``--random``) of the same shape."""
+    if random or widths:
+        from common.toy.train_faces import build_unet
+
+        torch.manual_seed(0)
+        unet = build_unet(**({"block_out_channels": tuple(widths)} if widths else {}))
+        return unet.eval().requires_grad_(False)
+    from common.sampling import load_model
+
+    return load_model(model, "cpu")[0]
+
+
+def median_call(unet: torch.nn.Module, batch: int, grad: bool, reps: int) -> float:
+    """Median seconds of one UNet call at ``batch`` (after one warm-up call); ``grad`` adds d(sum eps)/d(x_t)."""
+    from common.sampling import model_shape, unet_eps
+
+    x = torch.randn(batch, *model_shape(unet), generator=torch.Generator().manual_seed(0))  # [B, C, H, W]
+    times = []
+    for _ in range(reps + 1):
+        start = time.perf_counter()
+        if grad:
+            x_t = x.clone().requires_grad_(True)
+            torch.autograd.grad(unet_eps(unet, x_t, 500).sum(), x_t)
+        else:
+            with torch.no_grad():
+                unet_eps(unet, x, 500)
+        times.append(time.perf_counter() - start)
+    times = sorted(times[1:])
+    return times[len(times) // 2]
+
+
+def mean_step(unet: torch.nn.Module, sampler: str, steps: int) -> float:
+    """Mean seconds per step of a ``steps``-step reference loop at the default batch of ``sampler``."""
+    from common.gpu import make_generators
+    from common.sampling import model_shape, sample_unet, sampling_config
+    from common.toy.train_faces import SCHEDULER_CONFIG
+
+    config = sampling_config(SCHEDULER_CONFIG)
+    batch = DEFAULT_RUNS[sampler][1]
+    gens = make_generators(range(batch), "cpu")
+    start = time.perf_counter()
+    if sampler == "DPS":
+        from dps.dps import dps_sample
+        from dps.operators import DEFAULT_SCALES, add_measurement_noise, build_operator
+
+        _, size, _ = model_shape(unet)
+        operator = build_operator("inpainting", batch, size)
+        y = add_measurement_noise(operator.forward(torch.zeros(batch, 3, size, size)), 0.05,
+                                  torch.Generator().manual_seed(0))
+        start = time.perf_counter()
+        dps_sample(unet, config, y, operator, steps, DEFAULT_SCALES["inpainting"], gens)
+    else:
+        sample_unet(unet, config, sampler, steps, gens)
+    return (time.perf_counter() - start) / steps
+
+
+def measure(model: str, random: bool, widths: list[int] | None, threads: int, reps: int, steps: int,
+            startup: float) -> dict:
+    """One row: call and step times at ``threads`` intra-op threads, and the extrapolated default runs."""
+    torch.set_num_threads(threads)
+    load_before, start = os.getloadavg()[0], time.perf_counter()
+    unet = load_unet(model, random, widths)
+    startup += time.perf_counter() - start  # imports + model loading
+    row = {"policy": os.environ.get("OMP_WAIT_POLICY") or "default", "threads": threads,
+           "fwd10_s": median_call(unet, 10, False, reps), "fwdbwd4_s": median_call(unet, 4, True, reps)}
+    for sampler, (full_steps, _) in DEFAULT_RUNS.items():
+        row[f"{sampler}_step_s"] = mean_step(unet, sampler, steps)
+        row[f"{sampler}_default_s"] = startup + full_steps * row[f"{sampler}_step_s"]
+    row.update({"startup_s": startup, "load_before": load_before, "load_after": os.getloadavg()[0],
+                "params": sum(p.numel() for p in unet.parameters()), "size": unet.config.sample_size})
+    return row
+
+
+def run_policy(policy: str, argv: list[str]) -> list[dict]:
+    """Rows of a worker process that runs under ``policy`` (``default``: libgomp's, whatever the parent set)."""
+    env = dict(os.environ, OMP_WAIT_POLICY="" if policy == "default" else policy)  # "" = unset, not overridable
+    proc = subprocess.run([sys.executable, __file__, "--worker", *argv], env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise UserError(f"the {policy} worker failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+    return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+
+
+def print_table(rows: list[dict]) -> None:
+    first = rows[0]
+    print(f"toy-faces UNet ({first['params'] / 1e6:.2f}M params, {first['size']} px) on {_cpu_name()}, "
+          f"{os.cpu_count()} CPUs, torch {torch.__version__}")
+    print("seconds; defaults = start-up + steps x step: DDPM 1000 x 10, DDIM 50 x 10, DPS inpainting 1000 x 4")
+    print(f"{'policy':<8}{'thr':>4}{'fwd@10':>8}{'f+b@4':>7}{'DDPM st':>8}{'DDIM st':>8}{'DPS st':>7}"
+          f"{'start':>6}{'DDPM dflt':>10}{'DDIM dflt':>10}{'DPS dflt':>9}{'load':>11}")
+    for r in rows:
+        verdict = "".join("+" if r[f"{s}_default_s"] <= TARGETS_S[s] else "-" for s in DEFAULT_RUNS)
+        print(f"{r['policy']:<8}{r['threads']:>4}{r['fwd10_s']:>8.3f}{r['fwdbwd4_s']:>7.3f}{r['DDPM_step_s']:>8.3f}"
+              f"{r['DDIM_step_s']:>8.3f}{r['DPS_step_s']:>7.3f}{r['startup_s']:>6.1f}{r['DDPM_default_s']:>10.0f}"
+              f"{r['DDIM_default_s']:>10.1f}{r['DPS_default_s']:>9.0f}{r['load_before']:>6.2f}-{r['load_after']:<4.2f}"
+              f" {verdict}")
+    print(f"targets (idle 2-core CPU): DDPM <= {TARGETS_S['DDPM']:.0f} s, DDIM <= {TARGETS_S['DDIM']:.0f} s, "
+          f"DPS <= {TARGETS_S['DPS']:.0f} s; last column: + within, - over (DDPM, DDIM, DPS)")
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "cpu"
+
+
+@click.command(context_settings=CONTEXT_SETTINGS)
+@click.option("--model", default="toy-faces", show_default=True, help="Registry name or local DDPM folder.")
+@click.option("--random", is_flag=True, help="Random weights of the toy-faces architecture (the cost is the same).")
+@click.option("--widths", type=IntListType(), default=None,
+              help="Random weights with these four block widths (common.toy.train_faces.build_unet).")
+@click.option("--threads", type=IntListType(), default="1,2", show_default=True, help="torch intra-op threads.")
+@click.option("--wait_policies", default="default,PASSIVE", show_default=True,
+              help="Comma-separated OMP_WAIT_POLICY values, each in its own process: default, PASSIVE, ACTIVE.")
+@click.option("--reps", type=click.IntRange(min=1), default=5, show_default=True, help="UNet calls per median.")
+@click.option("--steps", type=click.IntRange(min=1), default=3, show_default=True, help="Loop steps per mean.")
+@click.option("--json", "json_path", default=None, help="Also write the rows to this JSON file.")
+@click.option("--worker", is_flag=True, hidden=True, help="Measure in this process and print JSON rows.")
+@user_errors
+def main(model, random, widths, threads, wait_policies, reps, steps, json_path, worker):
+    """CPU benchmark of the toy-faces defaults: UNet call times, extrapolated DDPM / DDIM / DPS runs, load.
+
+    \b
+    Examples:
+      python benchmarks/bench_cpu_toy.py
+      python benchmarks/bench_cpu_toy.py --wait_policies PASSIVE --threads 2 --reps 9
+      python benchmarks/bench_cpu_toy.py --random --widths 32,32,64,96
+    """
+    if any(t < 1 for t in threads) or (widths and len(widths) != 4):
+        raise UserError("--threads must be >= 1 and --widths needs four numbers")
+    if worker:
+        startup = time.perf_counter() - START
+        for n in threads:
+            print(json.dumps(measure(model, random, widths, n, reps, steps, startup)), flush=True)
+        return
+    policies = [p.strip() for p in wait_policies.split(",") if p.strip()]
+    if not policies or any(p not in POLICIES for p in policies):
+        raise UserError(f"--wait_policies takes {', '.join(POLICIES)}; got {wait_policies!r}")
+    argv = ["--model", model, "--threads", ",".join(map(str, threads)), "--reps", str(reps), "--steps", str(steps)]
+    argv += (["--random"] if random else []) + (["--widths", ",".join(map(str, widths))] if widths else [])
+    rows = [row for policy in policies for row in run_policy(policy, argv)]
+    print_table(rows)
+    if json_path:
+        from common.runs import write_json_atomic
+
+        write_json_atomic(json_path, {"cpu": _cpu_name(), "cpus": os.cpu_count(), "rows": rows})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""A pixel-level judge for the toy shapes world: which palette colours, which shape, and how well it fits.
+
+``common.toy.judge`` asks toy-clip (the zero-shot argmax over the 168 captions); on ambiguous images that is not
+enough: toy-pixel's failure mode for "a white circle / a white square" is an L-shaped blob, which toy-clip reads
+as a circle in one view and a square in the other. This judge looks at the pixels instead, using what the toy
+world guarantees (``common.toy.shapes``): one palette-coloured, axis-aligned object (circle, square, upright
+equilateral triangle) on a flat palette background.
+
+1. Every pixel gets its nearest palette colour; the background is the most common colour of the 2-px border
+   ring, the object colour the most common other colour, the object mask the pixels of that colour.
+2. For each shape, the ideal shape of the mask's area centred on its centroid is rendered
+   (``common.toy.shapes.render``; a triangle's centroid lies h/6 below its bounding-box centre) and compared by
+   IoU with the mask. The judged shape is the best fit; the verdict is right when colour, background and shape
+   match the caption and the fit's IoU is at least :data:`MIN_IOU`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from common.toy import shapes
+
+MIN_IOU = 0.8  # clean renders fit at ~1.0; an L-shaped blob fits no shape above ~0.75
+MIN_AREA = 16  # object pixels (of 64 x 64) below which there is no object
+SIDE = 64
+
+
+def _mode(values: torch.Tensor) -> int:
+    return int(torch.bincount(values, minlength=len(shapes.COLORS)).argmax())
+
+
+def palette_labels(image: torch.Tensor) -> torch.Tensor:
+    """[3, H, W] in [-1, 1] -> long [64, 64]: index of the nearest palette colour of each pixel."""
+    x = image.float().unsqueeze(0)
+    if x.shape[-2:] != (SIDE, SIDE):
+        x = F.interpolate(x, size=(SIDE, SIDE), mode="bilinear", antialias=True, align_corners=False)
+    pixels = x[0].permute(1, 2, 0).reshape(-1, 3)  # [64*64, 3]
+    return torch.cdist(pixels, shapes.palette_tensor()).argmin(dim=1).view(SIDE, SIDE)
+
+
+def _fit(mask: torch.Tensor, shape: str, color: str, background: str) -> float:
+    """IoU of ``mask`` with the ideal ``shape`` of the same area centred on the mask's centroid."""
+    area = float(mask.sum()) / SIDE**2  # in units of the side squared
+    ys, xs = torch.nonzero(mask, as_tuple=True)
+    cx, cy = (float(xs.float().mean()) + 0.5) / SIDE, (float(ys.float().mean()) + 0.5) / SIDE
+    if shape == "circle":
+        size = 2 * math.sqrt(area / math.pi)
+    elif shape == "square":
+        size = math.sqrt(area)
+    else:  # upright equilateral triangle: area = sqrt(3)/4 s^2, centroid h/6 below the bbox centre
+        size = math.sqrt(4 * area / math.sqrt(3))
+        cy -= size * shapes.TRIANGLE_HEIGHT / 6
+    ideal = shapes.render([shapes.ShapeSpec(color, shape, background, (cx, cy), size)], SIDE)[0]
+    fit = palette_labels(ideal) == shapes.COLORS.index(color)
+    return float((mask & fit).sum()) / max(1, int((mask | fit).sum()))
+
+
+def judge_image(image: torch.Tensor) -> dict[str, str | float | None]:
+    """``{"color", "shape", "background", "iou"}`` of one image [3, H, W] in [-1, 1] (color/shape None: no object)."""
+    labels = palette_labels(image)
+    ring = torch.cat([labels[:2].flatten(), labels[-2:].flatten(), labels[:, :2].flatten(), labels[:, -2:].flatten()])
+    background = _mode(ring)
+    others = labels[labels != background]
+    if others.numel() < MIN_AREA:
+        return {"color": None, "shape": None, "background": shapes.COLORS[background], "iou": 0.0}
+    color = _mode(others)
+    mask = labels == color
+    names = (shapes.COLORS[color], shapes.COLORS[background])
+    fits = {shape: _fit(mask, shape, *names) for shape in shapes.SHAPES}
+    best = max(fits, key=fits.get)
+    return {"color": names[0], "shape": best, "background": names[1], "iou": fits[best]}
+
+
+def verdict(image: torch.Tensor, caption: str) -> dict[str, str | float | bool | None]:
+    """:func:`judge_image` plus ``correct``: colour, shape and background as in ``caption`` and IoU >= MIN_IOU."""
+    want = shapes.parse_caption(caption)
+    got = judge_image(image)
+    right = (got["color"], got["shape"], got["background"]) == want and float(got["iou"]) >= MIN_IOU
+    return {**got, "correct": right}
