@@ -80,9 +80,14 @@ class CommaInts(click.ParamType):
 PRECISIONS = CommaChoice(PRECISION_CHOICES)
 
 
-def bench_device(name: str, smoke: bool, smoke_flag: str) -> torch.device:
-    """The torch device of ``--device``; full-size runs need CUDA, a CPU run needs the smoke flag."""
-    device = get_device(name)  # ValueError (one line) for tpu, cuda without CUDA, ...
+def bench_device(name: str, smoke: bool, smoke_flag: str = "") -> torch.device:
+    """The torch device of ``--device``; full-size runs need CUDA, a CPU run needs the smoke flag (if any)."""
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"this benchmark needs a CUDA GPU and none is available (or pass --device cpu "
+                        f"{smoke_flag} for a smoke run)".replace("  ", " "))
+    device = get_device(name)  # ValueError (one line) for tpu, ...
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     if device.type != "cuda" and not smoke:
         raise UserError(f"this benchmark needs a CUDA GPU (or pass --device cpu {smoke_flag} for a smoke run); "
                         f"got --device {name} -> {device.type}")
@@ -110,8 +115,10 @@ def import_diffusers():
     """diffusers, or a one-line error (the GPU machine may lack it: benchmarks/device_run.sh installs wheels)."""
     try:
         import diffusers
+        from diffusers.utils import logging as diffusers_logging
     except ImportError as err:
         raise UserError(f"diffusers is not installed ({err}); pip install diffusers") from err
+    diffusers_logging.set_verbosity_error()  # silence the fp16 .to() notices
     return diffusers
 
 

@@ -1,18 +1,20 @@
-"""GPU benchmark of DDPM / DDIM sampling and DPS at google/ddpm-celebahq-256 size: time for 10 images.
+"""GPU benchmark of DDPM / DDIM sampling and DPS at google/ddpm-celebahq-256 size: time for N images.
 
 Builds the ``google/ddpm-celebahq-256`` ``UNet2DModel`` architecture from its known config with random weights
 (weights do not change the cost; about 114M parameters) and times the reference samplers (``common.sampling``,
-``dps``) for 10 images: DDPM 1000 steps, DDIM 50 steps, DPS (inpainting, on DDIM) 1000 steps; fp32 vs fp16 UNet
-weights (scheduler math stays fp32); one batch of 10 vs one image at a time. Prints a table (and optionally JSON).
+``dps``): DDPM 1000 steps and DDIM 50 steps for ``--num_images`` (10) images, DPS (inpainting, on DDIM) 1000
+steps for ``--dps_images`` (3); ``auto`` precision (fp16 UNet weights on CUDA; scheduler math stays fp32); one
+batch vs one image at a time; ``eager`` vs ``graphs`` (the UNet inside ``common.graphs.CudaGraphUNet``: plain
+graphs for DDPM/DDIM, forward + backward graphs for DPS's gradient through the UNet). Prints a table (and
+optionally JSON); ``--steps`` / ``--quick`` time fewer steps and extrapolate linearly to the full count.
 
     python benchmarks/bench_ddpm_dps.py --quick        # 20 DDPM/DPS steps, times extrapolated to 1000: ~1-2 min
-    python benchmarks/bench_ddpm_dps.py --samplers DDIM  # full step counts (all samplers: ~25 min, split the run)
+    python benchmarks/bench_ddpm_dps.py --steps 100 --modes batched --json rows.json
     python benchmarks/bench_ddpm_dps.py --arch toy-faces --quick    # the embedded toy model's architecture
 """
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -21,8 +23,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks import _cli as bench  # noqa: E402
 from common.cli import user_errors  # noqa: E402
-from common.gpu import CudaTimer, get_device, make_generators, peak_memory_mb, reset_peak_memory  # noqa: E402
+from common.gpu import CudaTimer, make_generators  # noqa: E402
+from common.graphs import CudaGraphUNet  # noqa: E402
 from common.sampling import sample_unet, sampling_config  # noqa: E402
 from common.toy.train_faces import UNET_CONFIG, build_tiny_unet  # noqa: E402
 from dps.dps import dps_sample  # noqa: E402
@@ -37,20 +41,19 @@ CELEBAHQ_256_UNET = dict(  # google/ddpm-celebahq-256 config.json
     flip_sin_to_cos=False, freq_shift=1, downsample_padding=0, mid_block_scale_factor=1, center_input_sample=False)
 SCHEDULER = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
                  clip_sample=True)
+SAMPLERS = ("DDPM", "DDIM", "DPS")
 FULL_STEPS = {"DDPM": 1000, "DDIM": 50, "DPS": 1000}
 
 
-def build(arch: str, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+def build(arch: str, device: torch.device, dtype: torch.dtype, channels_last: bool) -> torch.nn.Module:
     from diffusers import UNet2DModel
-    from diffusers.utils import logging as diffusers_logging
 
-    diffusers_logging.set_verbosity_error()  # silence the fp16 .to() notice
     torch.manual_seed(0)
-    if arch == "tiny":
-        unet = build_tiny_unet(16)
-    else:
-        unet = UNet2DModel(**(CELEBAHQ_256_UNET if arch == "celebahq" else UNET_CONFIG))
-    return unet.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    with torch.device(device):
+        unet = build_tiny_unet(16) if arch == "tiny" else UNet2DModel(**(CELEBAHQ_256_UNET if arch == "celebahq"
+                                                                         else UNET_CONFIG))
+    unet = unet.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    return unet.to(memory_format=torch.channels_last) if channels_last else unet
 
 
 def run_sampler(unet, sampler: str, steps: int, seeds: list[int], device: torch.device) -> torch.Tensor:
@@ -63,74 +66,99 @@ def run_sampler(unet, sampler: str, steps: int, seeds: list[int], device: torch.
     return sample_unet(unet, sampling_config(SCHEDULER), sampler, steps, gens)
 
 
-def time_row(unet, sampler, steps, batched, num_images, device) -> tuple[float, float]:
-    """(seconds for num_images, peak MiB). One image at a time loops over the images."""
+def time_row(unet, sampler, steps, batched, num_images, device) -> tuple[float, float, float]:
+    """(seconds for num_images, peak allocated MiB, peak reserved MiB). One at a time loops over the images.
+    The 2-step warm-up holds the graph captures."""
     run_sampler(unet, sampler, 2, [0] if not batched else list(range(num_images)), device)  # warm-up
-    reset_peak_memory(device)
+    bench.reset_memory(device)
     with CudaTimer(device) as timer:
         if batched:
             run_sampler(unet, sampler, steps, list(range(num_images)), device)
         else:
             for i in range(num_images):
                 run_sampler(unet, sampler, steps, [i], device)
-    return timer.ms / 1000, peak_memory_mb(device)
+    return (timer.ms / 1000, *bench.peak_memory(device))
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+def precision_rows(unet, label: str, samplers: list[str], steps_for: dict[str, int], modes: list[str],
+                   graphs: list[str], images_for: dict[str, int], device: torch.device) -> list[dict]:
+    """Rows of one precision: sampler x mode x eager/graphs (a fresh CudaGraphUNet per row)."""
+    rows = []
+    for sampler in samplers:
+        full, steps, n = FULL_STEPS[sampler], steps_for[sampler], images_for[sampler]
+        for mode in modes:
+            for graph_mode in graphs:
+                model = CudaGraphUNet(unet) if graph_mode == "graphs" else unet
+                seconds, alloc, reserved = time_row(model, sampler, steps, mode == "batched", n, device)
+                rows.append({"sampler": sampler, "images": n, "steps_run": steps, "full_steps": full,
+                             "precision": label, "mode": mode, "graphs": graph_mode, "seconds": seconds,
+                             "seconds_full": seconds * full / steps, "per_image_full": seconds * full / steps / n,
+                             "peak_mib": alloc, "reserved_mib": reserved,
+                             "graph_stats": model.stats if graph_mode == "graphs" else {}})
+                print_row(rows[-1])
+    return rows
+
+
+HEAD = (f"{'sampler':<8}{'images':>7}{'steps':>7}{'prec':>10}{'mode':>9}{'graphs':>8}{'measured s':>12}"
+        f"{'s @ full steps':>16}{'s/image':>9}{'peak MiB':>10}{'reserved':>10}")
+
+
+def print_row(row: dict) -> None:
+    print(f"{row['sampler']:<8}{row['images']:>7}{row['steps_run']:>7}{row['precision']:>10}{row['mode']:>9}"
+          f"{row['graphs']:>8}{row['seconds']:>12.2f}{row['seconds_full']:>16.2f}{row['per_image_full']:>9.3f}"
+          f"{bench.mib(row['peak_mib']):>10}{bench.mib(row['reserved_mib']):>10}", flush=True)
+
+
+@bench.bench_command()
 @click.option("--arch", type=click.Choice(["celebahq", "toy-faces", "tiny"]), default="celebahq", show_default=True,
-              help="UNet architecture (random weights).")
+              help="UNet architecture (random weights; tiny: CPU smoke runs).")
 @click.option("--quick", is_flag=True, help="20 DDPM/DPS steps; times extrapolated to 1000.")
-@click.option("--samplers", default="DDPM,DDIM,DPS", show_default=True, help="Comma-separated samplers.")
-@click.option("--precisions", default="fp32,fp16", show_default=True, help="Comma-separated: fp32, fp16, bf16.")
-@click.option("--modes", default="batched,single", show_default=True, help="Comma-separated: batched, single.")
-@click.option("--num_images", type=click.IntRange(min=1), default=10, show_default=True, help="Images per row.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, ...")
+@click.option("--steps", type=click.IntRange(min=1), default=None,
+              help="Steps to time for every sampler (capped at its full count); extrapolated to the full count.")
+@click.option("--samplers", type=bench.CommaChoice(SAMPLERS), default="DDPM,DDIM,DPS", show_default=True,
+              help="Comma-separated samplers.")
+@click.option("--precisions", type=bench.PRECISIONS, default="auto", show_default=True,
+              help="Comma-separated UNet weight precisions (auto = fp16 on CUDA, fp32 on CPU).")
+@click.option("--modes", type=bench.CommaChoice(("batched", "single")), default="batched,single", show_default=True,
+              help="Comma-separated: batched (one batch), single (one image at a time).")
+@click.option("--graphs", "graphs", type=bench.CommaChoice(bench.GRAPH_MODES), default="eager,graphs",
+              show_default=True, help="Comma-separated: eager, graphs (CUDA graphs of the UNet calls).")
+@click.option("--num_images", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Images per DDPM / DDIM row.")
+@click.option("--dps_images", type=click.IntRange(min=1), default=3, show_default=True, help="Images per DPS row.")
+@click.option("--channels_last", is_flag=True, help="UNet in channels_last memory format.")
+@click.option("--device", default="auto", show_default=True, help="auto, cuda, cuda:N; cpu only with --arch tiny.")
 @click.option("--json", "json_path", default=None, help="Also write the rows to this JSON file.")
 @user_errors
-def main(arch: str, quick: bool, samplers: str, precisions: str, modes: str, num_images: int, device: str,
+def main(arch: str, quick: bool, steps: int | None, samplers: list[str], precisions: list[str], modes: list[str],
+         graphs: list[str], num_images: int, dps_images: int, channels_last: bool, device: str,
          json_path: str | None) -> list[dict]:
-    """GPU benchmark of DDPM / DDIM sampling and DPS at google/ddpm-celebahq-256 size: time for 10 images.
+    """GPU benchmark of DDPM / DDIM sampling and DPS at google/ddpm-celebahq-256 size, eager vs CUDA graphs.
 
     \b
     Examples:
       python benchmarks/bench_ddpm_dps.py --quick        # 20 DDPM/DPS steps, times extrapolated to 1000: ~1-2 min
-      python benchmarks/bench_ddpm_dps.py --samplers DDIM  # full step counts (all samplers: ~25 min, split the run)
-      python benchmarks/bench_ddpm_dps.py --arch toy-faces --quick    # the embedded toy model's architecture
+      python benchmarks/bench_ddpm_dps.py --steps 100 --modes batched --json rows.json
+      python benchmarks/bench_ddpm_dps.py --arch tiny --device cpu --samplers DDIM --steps 2   # smoke run
     """
-    device = get_device(device)
+    device = bench.bench_device(device, arch == "tiny", "--arch tiny")
+    bench.import_diffusers()
     torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32
-    rows = []
-    unet_params = None
-    for precision in precisions.split(","):
-        dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
-        if device.type == "cpu" and dtype != torch.float32:
-            continue
-        unet = build(arch, device, dtype)
-        unet_params = sum(p.numel() for p in unet.parameters())
-        for sampler in samplers.split(","):
-            full = FULL_STEPS[sampler]
-            steps = min(full, 20) if quick and sampler != "DDIM" else full
-            for mode in modes.split(","):
-                seconds, mem = time_row(unet, sampler, steps, mode == "batched", num_images, device)
-                rows.append({"sampler": sampler, "steps_run": steps, "full_steps": full, "precision": precision,
-                             "mode": mode, "seconds": seconds, "seconds_full": seconds * full / steps,
-                             "per_image_full": seconds * full / steps / num_images, "peak_mib": mem})
-                print_row(rows[-1], header=len(rows) == 1, device=device, arch=arch, params=unet_params,
-                          num_images=num_images)
+    levels, graphs = bench.resolve_precisions(precisions, device), bench.graph_modes(graphs, device)
+    steps_for = {s: min(FULL_STEPS[s], steps or (20 if quick and s != "DDIM" else FULL_STEPS[s])) for s in samplers}
+    images_for = {s: dps_images if s == "DPS" else num_images for s in samplers}
+    rows, params = [], 0
+    for label, dtype in levels:
+        unet = build(arch, device, dtype, channels_last)
+        if not rows:
+            params = sum(p.numel() for p in unet.parameters())
+            print(f"{arch} UNet ({params / 1e6:.2f}M params) on {bench.device_name(device)}\n{HEAD}")
+        rows += precision_rows(unet, label, samplers, steps_for, modes, graphs, images_for, device)
         del unet
-    if json_path:
-        Path(json_path).write_text(json.dumps({"device": str(device), "arch": arch, "rows": rows}, indent=2))
+        bench.reset_memory(device)
+    bench.write_rows(json_path, {"device": bench.device_name(device), "torch": torch.__version__, "arch": arch,
+                                 "params": params, "channels_last": channels_last, "rows": rows})
     return rows
-
-
-def print_row(row: dict, header: bool, device, arch: str, params: int, num_images: int) -> None:
-    if header:
-        name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-        print(f"{arch} UNet ({params / 1e6:.2f}M params) on {name}: time for {num_images} images")
-        print(f"{'sampler':<8}{'steps':>7}{'prec':>6}{'mode':>9}{'measured s':>12}{'s @ full steps':>16}"
-              f"{'s/image':>9}{'peak MiB':>10}")
-    print(f"{row['sampler']:<8}{row['steps_run']:>7}{row['precision']:>6}{row['mode']:>9}{row['seconds']:>12.2f}"
-          f"{row['seconds_full']:>16.1f}{row['per_image_full']:>9.2f}{row['peak_mib']:>10.0f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -2,17 +2,18 @@
 
 Builds the SD 2.1 base ``UNet2DConditionModel`` architecture from its known config with random weights (weights do
 not change the cost) and, for the pixel rows, the SD VAE; text embeddings are random [B, 77, 1024]. For each
-method (SDS, VSD, SDI, PDS, ISM, DDS), batch (1 prompt, 10 prompts in one batch) and precision (fp32, fp16
-weights; latents and losses fp32) it times full optimisation steps (loss + backward + AdamW), SDI averaged over
-one refresh interval, and prints a table.
+method (SDS, VSD, SDI, PDS, ISM, DDS), batch (1 prompt, 10 prompts in one batch), precision (``auto`` = fp16
+weights on CUDA; latents and losses fp32) and mode (``eager``; ``graphs``: the UNet inside
+``common.graphs.CudaGraphUNet``, CUDA graphs for every UNet call, VSD's LoRA fit included) it times full
+optimisation steps (loss + backward + AdamW), SDI averaged over one refresh interval, and prints a table with
+each row's cost relative to SDS at the same batch, precision and mode.
 
-    python benchmarks/bench_distillation.py                 # all rows, ~3-5 min on one H100
-    python benchmarks/bench_distillation.py --methods sds,vsd --batches 1 --json bench.json
+    python benchmarks/bench_distillation.py                 # all rows, eager and graphs, ~3-5 min on one H100
+    python benchmarks/bench_distillation.py --methods sds,vsd,ism --steps 10 --json bench.json
 """
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -21,8 +22,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks import _cli as bench  # noqa: E402
 from common.cli import user_errors  # noqa: E402
-from common.gpu import CudaTimer, peak_memory_mb, reset_peak_memory  # noqa: E402
+from common.gpu import CudaTimer  # noqa: E402
+from common.graphs import CudaGraphUNet  # noqa: E402
 from common.schedules import make_alphas_cumprod  # noqa: E402
 from distillation.guidance import METHODS, Guidance  # noqa: E402
 
@@ -37,6 +40,8 @@ SD_VAE = dict(  # stabilityai/stable-diffusion-2-1-base vae/config.json
     in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, block_out_channels=(128, 256, 512, 512),
     down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=32,
     sample_size=512, scaling_factor=0.18215)
+TINY_UNET = dict(block_out_channels=(32, 32, 64, 64), attention_head_dim=(1, 1, 2, 2), layers_per_block=1)
+TINY_VAE = dict(block_out_channels=(32, 32, 32, 32), layers_per_block=1)
 DEFAULTS = {"sds": ("uniform", "dreamfusion", 25.0), "vsd": ("uniform", "dreamfusion", 7.5),
             "sdi": ("linear", "constant", 7.5), "pds": ("uniform", "constant", 7.5),
             "ism": ("uniform", "lucid", 7.5), "dds": ("uniform", "constant", 7.5)}
@@ -60,7 +65,9 @@ def loss_fn(guidance: Guidance, method: str, x: torch.Tensor, emb: torch.Tensor,
 
 
 def bench_one(guidance: Guidance, method: str, batch: int, steps: int, warmup: int,
-              pixel: bool) -> tuple[float, float]:
+              pixel: bool) -> tuple[float, float, float]:
+    """(ms per step, peak allocated MiB, peak reserved MiB) over ``steps`` steps after ``warmup`` steps (graph
+    captures happen in the warm-up)."""
     device = guidance.device
     g = torch.Generator(device).manual_seed(0)
     emb = torch.randn(2 * batch, 77, 1024, device=device, generator=g)
@@ -82,75 +89,109 @@ def bench_one(guidance: Guidance, method: str, batch: int, steps: int, warmup: i
     for i in range(warmup):
         step(i)
     guidance.sdi_target = None
-    reset_peak_memory(device)
+    bench.reset_memory(device)
     with CudaTimer(device) as timer:
         for i in range(steps):
             step(i)
-    return timer.ms / steps, peak_memory_mb(device)
+    return (timer.ms / steps, *bench.peak_memory(device))
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--methods", default=",".join(METHODS), show_default=True, help="Comma-separated methods.")
-@click.option("--batches", default="1,10", show_default=True, help="Comma-separated batch sizes.")
-@click.option("--precisions", default="fp32,fp16", show_default=True, help="Comma-separated: fp32, fp16.")
+def build_models(device: torch.device, dtype: torch.dtype, tiny: bool, channels_last: bool):
+    """The SD 2.1 base UNet and VAE (random weights, made on the device), or their tiny smoke versions."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    torch.manual_seed(0)
+    unet_cfg, vae_cfg = {**SD21_BASE_UNET, **(TINY_UNET if tiny else {})}, {**SD_VAE, **(TINY_VAE if tiny else {})}
+    with torch.device(device):
+        unet, vae = UNet2DConditionModel(**unet_cfg).to(dtype=dtype), AutoencoderKL(**vae_cfg).to(dtype=dtype)
+    if channels_last:
+        unet, vae = unet.to(memory_format=torch.channels_last), vae.to(memory_format=torch.channels_last)
+    return unet, vae
+
+
+def run_method(unet, vae, method: str, label: str, modes: list[str], batches: list[int], pixel: bool,
+               steps: int, warmup: int) -> list[dict]:
+    """Rows of one method: every mode x batch (x pixel for SDS); VSD's LoRA is added once and stays."""
+    alphas_cumprod = make_alphas_cumprod("scaled_linear", 1000, 0.00085, 0.012)
+    guidance = Guidance(unet, vae, alphas_cumprod, w_schedule=DEFAULTS[method][1])
+    if method == "vsd":
+        guidance.init_vsd(4)
+    rows = []
+    for mode in modes:
+        for batch in batches:
+            for pix in (False, True) if (pixel and method == "sds") else (False,):
+                guidance.unet = CudaGraphUNet(unet) if mode == "graphs" else unet  # fresh graphs per row
+                ms, alloc, reserved = bench_one(guidance, method, batch, steps,
+                                                max(warmup, 1) if mode == "graphs" else warmup, pix)
+                stats = guidance.unet.stats if mode == "graphs" else {}
+                guidance.unet = unet
+                rows.append({"method": method + ("-pixel" if pix else ""), "batch": batch, "precision": label,
+                             "mode": mode, "ms_per_step": ms, "ms_per_prompt": ms / batch, "peak_mib": alloc,
+                             "reserved_mib": reserved, "graph_stats": stats})
+                r = rows[-1]
+                print(f"{r['method']:<10} B={batch:<3} {label:<9} {mode:<6} {ms:9.1f} ms/step {ms / batch:8.1f} "
+                      f"ms/prompt  {bench.mib(alloc):>7} MiB  {bench.mib(reserved):>7} MiB reserved  {stats or ''}",
+                      flush=True)
+    return rows
+
+
+def print_table(rows: list[dict], device: torch.device) -> None:
+    """The markdown table; ``x SDS`` = ms/step over SDS's at the same batch, precision and mode."""
+    sds = {(r["batch"], r["precision"], r["mode"]): r["ms_per_step"] for r in rows if r["method"] == "sds"}
+    print(f"\n| method | batch | precision | mode | ms/step | ms/prompt | x SDS | peak MiB | reserved MiB |  "
+          f"({bench.device_name(device)}, torch {torch.__version__})")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        base = sds.get((r["batch"], r["precision"], r["mode"]))
+        ratio = f"{r['ms_per_step'] / base:.2f}" if base else "-"
+        print(f"| {r['method']} | {r['batch']} | {r['precision']} | {r['mode']} | {r['ms_per_step']:.1f} | "
+              f"{r['ms_per_prompt']:.2f} | {ratio} | {bench.mib(r['peak_mib'])} | {bench.mib(r['reserved_mib'])} |")
+
+
+@bench.bench_command()
+@click.option("--methods", type=bench.CommaChoice(METHODS), default=",".join(METHODS), show_default=True,
+              help="Comma-separated methods.")
+@click.option("--batches", type=bench.CommaInts(1), default="1,10", show_default=True,
+              help="Comma-separated batch sizes.")
+@click.option("--precisions", type=bench.PRECISIONS, default="auto", show_default=True,
+              help="Comma-separated UNet/VAE weight precisions (auto = fp16 on CUDA, fp32 on CPU).")
+@click.option("--graphs", "modes", type=bench.CommaChoice(bench.GRAPH_MODES), default="eager,graphs",
+              show_default=True,
+              help="Comma-separated modes: eager, graphs (CUDA graphs of the UNet calls, common.graphs).")
 @click.option("--steps", type=click.IntRange(min=1), default=25, show_default=True,
               help="Timed steps (25 = one SDI refresh interval).")
-@click.option("--warmup", type=click.IntRange(min=0), default=2, show_default=True, help="Untimed warm-up steps.")
+@click.option("--warmup", type=click.IntRange(min=0), default=2, show_default=True,
+              help="Untimed warm-up steps (at least 1 with graphs: the captures).")
 @click.option("--pixel", "show_pixel", is_flag=True, help="Also time SDS on 512 px pixels through the VAE.")
-@click.option("--device", default="cuda", show_default=True, help="torch device.")
+@click.option("--channels_last", is_flag=True, help="UNet and VAE in channels_last memory format.")
+@click.option("--device", default="cuda", show_default=True, help="torch device (cpu only with --tiny).")
 @click.option("--json", "json_path", default=None, help="Also write the rows to this JSON file.")
 @click.option("--tiny", is_flag=True, help="Smoke test: shrink the models (timings meaningless).")
 @user_errors
-def main(methods: str, batches: str, precisions: str, steps: int, warmup: int, show_pixel: bool, device: str,
-         json_path: str | None, tiny: bool) -> None:
-    """GPU benchmark of the distillation losses at SD 2.1 base size: ms/step and peak memory.
+def main(methods: list[str], batches: list[int], precisions: list[str], modes: list[str], steps: int, warmup: int,
+         show_pixel: bool, channels_last: bool, device: str, json_path: str | None, tiny: bool) -> None:
+    """GPU benchmark of the distillation losses at SD 2.1 base size: ms/step and peak memory, eager vs graphs.
 
     \b
     Examples:
       python benchmarks/bench_distillation.py                 # all rows, ~3-5 min on one H100
-      python benchmarks/bench_distillation.py --methods sds,vsd --batches 1 --json bench.json
+      python benchmarks/bench_distillation.py --methods sds,vsd,ism --steps 10 --json bench.json
       python benchmarks/bench_distillation.py --tiny --device cpu --methods sds --batches 1 --steps 1
     """
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-
-    device = torch.device(device)
-    methods = [m for m in methods.split(",") if m]
+    device = bench.bench_device(device, tiny, "--tiny")
+    bench.import_diffusers()
+    levels, modes = bench.resolve_precisions(precisions, device), bench.graph_modes(modes, device)
     methods = [m for m in methods if m != "vsd"] + (["vsd"] if "vsd" in methods else [])  # LoRA stays on: last
-    alphas_cumprod = make_alphas_cumprod("scaled_linear", 1000, 0.00085, 0.012)
     rows = []
-    for precision in precisions.split(","):
-        dtype = {"fp32": torch.float32, "fp16": torch.float16}[precision]
-        torch.manual_seed(0)
-        unet_cfg, vae_cfg = dict(SD21_BASE_UNET), dict(SD_VAE)
-        if tiny:
-            unet_cfg.update(block_out_channels=(32, 32, 64, 64), attention_head_dim=(1, 1, 2, 2), layers_per_block=1)
-            vae_cfg.update(block_out_channels=(32, 32, 32, 32), layers_per_block=1)
-        unet = UNet2DConditionModel(**unet_cfg).to(device, dtype)
-        vae = AutoencoderKL(**vae_cfg).to(device, dtype)
+    for label, dtype in levels:
+        unet, vae = build_models(device, dtype, tiny, channels_last)
         for method in methods:
-            t_sched, w_sched, _ = DEFAULTS[method]
-            guidance = Guidance(unet, vae, alphas_cumprod, w_schedule=w_sched)
-            if method == "vsd":
-                guidance.init_vsd(4)
-            for batch in (int(b) for b in batches.split(",")):
-                for pixel in (False, True) if (show_pixel and method == "sds") else (False,):
-                    ms, mem = bench_one(guidance, method, batch, steps, warmup, pixel)
-                    rows.append({"method": method + ("-pixel" if pixel else ""), "batch": batch,
-                                 "precision": precision, "ms_per_step": ms, "ms_per_prompt": ms / batch,
-                                 "peak_mib": mem})
-                    r = rows[-1]
-                    print(f"{r['method']:<10} B={batch:<3} {precision}  {ms:9.1f} ms/step  "
-                          f"{ms / batch:8.1f} ms/prompt  {mem:9.0f} MiB", flush=True)
+            rows += run_method(unet, vae, method, label, modes, batches, show_pixel, steps, warmup)
         del unet, vae
-        torch.cuda.empty_cache() if device.type == "cuda" else None
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    print(f"\n| method | batch | precision | ms/step | ms/prompt | peak MiB |  ({name}, torch {torch.__version__})")
-    print("|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['method']} | {r['batch']} | {r['precision']} | {r['ms_per_step']:.1f} | "
-              f"{r['ms_per_prompt']:.1f} | {r['peak_mib']:.0f} |")
-    if json_path:
-        Path(json_path).write_text(json.dumps({"device": name, "rows": rows}, indent=2))
+        bench.reset_memory(device)
+    print_table(rows, device)
+    bench.write_rows(json_path, {"device": bench.device_name(device), "torch": torch.__version__, "tiny": tiny,
+                           "channels_last": channels_last, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -20,7 +20,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common.cli import user_errors  # noqa: E402
+from benchmarks import _cli as bench  # noqa: E402
+from common.cli import UserError, user_errors  # noqa: E402
 from common.diffaugment import diff_augment  # noqa: E402
 from common.gpu import CudaTimer, peak_memory_mb, reset_peak_memory  # noqa: E402
 from common.r1 import non_saturating_discriminator_loss, non_saturating_generator_loss, r1_penalty  # noqa: E402
@@ -87,32 +88,50 @@ def time_config(resolution: int, batch: int, impl: str, precision: str, device: 
     return timer.ms / steps, peak_memory_mb(trainer.device)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--device", default="cuda", show_default=True, help="torch device.")
+@bench.bench_command()
+@click.option("--device", default="cuda", show_default=True, help="torch device (cpu: a smoke run, reference ops).")
 @click.option("--warmup", type=click.IntRange(min=0), default=16, show_default=True, help="Untimed warm-up steps.")
 @click.option("--steps", type=click.IntRange(min=1), default=32, show_default=True, help="Timed steps.")
-@click.option("--resolutions", default="64,256", show_default=True, help="Comma-separated resolutions.")
+@click.option("--resolutions", type=bench.CommaInts(4), default="64,256", show_default=True,
+              help="Comma-separated resolutions (powers of two).")
+@click.option("--precisions", type=bench.CommaChoice(("fp32", "bf16", "fp16")), default="fp32,bf16",
+              show_default=True, help="Comma-separated autocast precisions of the forward passes.")
+@click.option("--ops", "impls", type=bench.CommaChoice(("cuda", "ref")), default="cuda,ref", show_default=True,
+              help="Comma-separated op implementations: cuda (fused kernels, CUDA only), ref (pure PyTorch).")
+@click.option("--json", "json_path", default=None, help="Also write the rows to this JSON file.")
 @user_errors
-def main(device: str, warmup: int, steps: int, resolutions: str) -> None:
+def main(device: str, warmup: int, steps: int, resolutions: list[int], precisions: list[str], impls: list[str],
+         json_path: str | None) -> None:
     """GPU benchmark: ms per StyleGAN2 training step (Gmain + lazy Greg + Dmain + lazy R1, DiffAugment on).
 
     \b
     Examples:
       python benchmarks/bench_gan.py --device cuda
       python benchmarks/bench_gan.py --device cuda --resolutions 64 --warmup 4 --steps 8
+      python benchmarks/bench_gan.py --device cpu --resolutions 16 --ops ref --precisions fp32 --warmup 0 --steps 1
     """
-    if device.startswith("cuda"):
+    dev = bench.bench_device(device, smoke=True)
+    bad = [r for r in resolutions if r & (r - 1)]
+    if bad:
+        raise UserError(f"--resolutions: {bad[0]} is not a power of two")
+    if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
         cuda_ok = all(_plugin.get_plugin(name) is not None for name in ("bias_act", "upfirdn2d"))
-        print(f"device {torch.cuda.get_device_name()}, torch {torch.__version__}, custom ops built: {cuda_ok}")
-    impls = ("cuda", "ref") if device.startswith("cuda") else ("ref",)
+        print(f"device {torch.cuda.get_device_name(dev)}, torch {torch.__version__}, custom ops built: {cuda_ok}")
+    elif "cuda" in impls:
+        print("note: --ops cuda needs CUDA; CPU rows use the reference ops")
+        impls = ["ref"]
+    rows = []
     print(f"{'res':>4} {'batch':>5} {'ops':>5} {'precision':>9} {'ms/step':>9} {'peak MiB':>9}")
-    for res in (int(r) for r in resolutions.split(",")):
+    for res in resolutions:
         batch = 16 if res <= 64 else 8
         for impl in impls:
-            for precision in ("fp32", "bf16"):
-                ms, mem = time_config(res, batch, impl, precision, device, warmup, steps)
-                print(f"{res:>4} {batch:>5} {impl:>5} {precision:>9} {ms:>9.1f} {mem:>9.0f}", flush=True)
+            for precision in precisions:
+                ms, mem = time_config(res, batch, impl, precision, str(dev), warmup, steps)
+                rows.append({"resolution": res, "batch": batch, "ops": impl, "precision": precision,
+                             "ms_per_step": ms, "peak_mib": mem})
+                print(f"{res:>4} {batch:>5} {impl:>5} {precision:>9} {ms:>9.1f} {bench.mib(mem):>9}", flush=True)
+    bench.write_rows(json_path, {"device": bench.device_name(dev), "torch": torch.__version__, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -54,7 +54,9 @@ import click
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common.cli import UserError, user_errors  # noqa: E402
+from benchmarks import _cli as bench  # noqa: E402
+from common.cli import UserError, finite, user_errors  # noqa: E402
+from common.runs import write_json_atomic  # noqa: E402
 from grading import grade, markers, workspace  # noqa: E402
 from grading.batch import GradeConfig, grade_batch  # noqa: E402
 from grading.homeworks import HOMEWORKS, get_homework  # noqa: E402
@@ -152,13 +154,13 @@ def _cells(row: dict) -> list[str]:
     return [row["homework"], str(row["jobs"]), str(row["submissions"]), *(str(row[k]) for k in keys)]
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 119})
+@bench.bench_command()
 @click.option("--homework", default="all", show_default=True, type=click.Choice(["all", *sorted(HOMEWORKS)]),
               help="Which homework's reference submission to grade (all: each in its own process).")
 @click.option("--jobs", default=1, show_default=True, type=click.IntRange(1, 8), help="Submissions graded at once.")
 @click.option("--submissions", "n", default=0, show_default=True, type=click.IntRange(0, 32),
               help="Copies of the reference submission to grade (0: as many as --jobs).")
-@click.option("--timeout", default=600.0, show_default=True, type=click.FloatRange(10, 7200),
+@click.option("--timeout", default=600.0, show_default=True, type=finite(10, 7200),
               help="Wall-clock seconds per worker.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**31 - 1), help="Grading seed.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -183,7 +185,7 @@ def main(homework, jobs, n, timeout, seed, json_path, quiet) -> None:
         rows = [_in_child(hw, jobs, n, timeout, seed) for hw in tqdm(sorted(HOMEWORKS), desc="homeworks")]
     if json_path:
         try:
-            json_path.write_text(json.dumps(rows, indent=2, allow_nan=False) + "\n")
+            write_json_atomic(json_path, rows)
         except OSError as err:
             raise UserError(f"cannot write --json {json_path}: {err.strerror}") from None
     if not quiet:

@@ -22,7 +22,6 @@ independent pair (min copy 0.73 / 0.77, max indep 0.56 / 0.48, seed 0). k = 20 o
 
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
 import time
@@ -37,6 +36,9 @@ sys.path.insert(0, str(ROOT / "tests" / "grading" / "similarity_set"))
 import simset  # noqa: E402
 from simset_refs import HOMEWORKS, REGIONS  # noqa: E402
 
+from benchmarks import _cli as bench  # noqa: E402
+from common.cli import UserError, finite, user_errors  # noqa: E402
+from common.runs import write_json_atomic  # noqa: E402
 from grading.similarity import DEFAULT_NOISE, DEFAULT_THRESHOLD, auto_max_share, run_similarity  # noqa: E402
 from grading.spec import Homework, Task  # noqa: E402
 
@@ -81,23 +83,35 @@ def run_one(hw: str, zips_folder: Path, out: Path, students, sid_of, noise: int,
     return row
 
 
-def _ints(text: str) -> list[int | None]:
-    return [None if v.strip() == "auto" else int(v) for v in text.split(",") if v.strip()]
+class AutoInts(click.ParamType):
+    """``15,20`` or ``auto,0,10``: comma-separated integers >= 0, ``auto`` as None."""
+
+    name = "INTS"
+
+    def convert(self, value, param, ctx) -> list[int | None]:
+        if isinstance(value, list):
+            return value
+        items = [v.strip() for v in str(value).split(",") if v.strip()]
+        if not items or not all(v == "auto" or v.isdigit() for v in items):
+            self.fail(f"{value!r}: expected comma-separated integers >= 0 (or auto)", param, ctx)
+        return [None if v == "auto" else int(v) for v in dict.fromkeys(items)]
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 119})
-@click.option("--homeworks", default="umich-hw5-gan,kaist-a4", show_default=True,
-              help="Comma-separated synthetic homeworks.")
+@bench.bench_command()
+@click.option("--homeworks", type=bench.CommaChoice(sorted(HOMEWORKS)), default="umich-hw5-gan,kaist-a4",
+              show_default=True, help="Comma-separated synthetic homeworks.")
 @click.option("--submissions", "n", type=click.IntRange(4), default=200, show_default=True,
               help="Submissions per homework.")
 @click.option("--copies", type=click.IntRange(1), default=30, show_default=True, help="How many are copies.")
-@click.option("--noise", default=str(DEFAULT_NOISE), show_default=True, help="k values to try (comma-separated).")
-@click.option("--max-share", "max_share", default="auto", show_default=True,
+@click.option("--noise", type=AutoInts(), default=str(DEFAULT_NOISE), show_default=True,
+              help="k values to try (comma-separated).")
+@click.option("--max-share", "max_share", type=AutoInts(), default="auto", show_default=True,
               help="Common-code cut-offs to try (comma-separated; 0 = off; auto = N/20 clamped to 5..10).")
-@click.option("--threshold", type=click.FloatRange(0, 1), default=DEFAULT_THRESHOLD, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--threshold", type=finite(0, 1), default=DEFAULT_THRESHOLD, show_default=True)
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the rows here.")
+@user_errors
 def main(homeworks, n, copies, noise, max_share, threshold, seed, json_path) -> None:
     """Time and ranking quality of the similarity command on synthetic classes with known copies.
 
@@ -107,18 +121,18 @@ def main(homeworks, n, copies, noise, max_share, threshold, seed, json_path) -> 
       python benchmarks/bench_similarity.py --submissions 24 --copies 8 --noise 15,20,25,30 --max-share 0,10
     """
     if copies * 2 > n:
-        raise click.BadParameter("at most half the submissions can be copies", param_hint="--copies")
+        raise UserError(f"--copies {copies}: at most half the submissions ({n // 2}) can be copies")
+    if None in noise or min(noise) < 1:
+        raise UserError(f"--noise {','.join('auto' if k is None else str(k) for k in noise)}: k values are integers >= 1 (auto is for --max-share)")
     rows = []
     head = ["homework", "N", "k", "max share", "time s", "min copy", "max indep", "P@k", "R@k", "R@2k", "P@t", "R@t",
             "separated"]
     print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
-    for hw in [h.strip() for h in homeworks.split(",") if h.strip()]:
-        if hw not in HOMEWORKS:
-            raise click.BadParameter(f"unknown synthetic homework {hw!r}", param_hint="--homeworks")
+    for hw in homeworks:
         with tempfile.TemporaryDirectory(prefix="bench-similarity-") as tmp:
             students, _, sid_of = make_class(hw, n, copies, Path(tmp) / "zips", seed)
-            for k in _ints(noise):
-                for m in _ints(max_share):
+            for k in noise:
+                for m in max_share:
                     r = run_one(hw, Path(tmp) / "zips", Path(tmp) / f"out-{k}-{m}", students, sid_of, k, m,
                                 threshold)
                     rows.append(r)
@@ -127,7 +141,7 @@ def main(homeworks, n, copies, noise, max_share, threshold, seed, json_path) -> 
                              f"{r['max_indep']:.3f}", *rates, r["separated"]]
                     print("| " + " | ".join(map(str, cells)) + " |", flush=True)
     if json_path:
-        json_path.write_text(json.dumps(rows, indent=2, allow_nan=False) + "\n")
+        write_json_atomic(json_path, rows)
 
 
 if __name__ == "__main__":

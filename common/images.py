@@ -85,9 +85,7 @@ def save_image(x: torch.Tensor, path: str | os.PathLike, value_range: Range = SI
     """Save one [C, H, W] tensor as an image file (atomically)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(".tmp-" + path.name)
-    tensor_to_pil(x, value_range).save(tmp, format=_format(path))
-    os.replace(tmp, path)
+    _write_atomic(path, lambda tmp: tensor_to_pil(x, value_range).save(tmp, format=_format(path)))
     return path
 
 
@@ -110,10 +108,20 @@ def save_gif(frames: Sequence[torch.Tensor | Image.Image], path: str | os.PathLi
     pil = [f if isinstance(f, Image.Image) else tensor_to_pil(f, value_range) for f in frames]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(".tmp-" + path.name)
-    pil[0].save(tmp, format="GIF", save_all=True, append_images=pil[1:], duration=duration_ms, loop=loop)
-    os.replace(tmp, path)
+    _write_atomic(path, lambda tmp: pil[0].save(tmp, format="GIF", save_all=True, append_images=pil[1:],
+                                                duration=duration_ms, loop=loop))
     return path
+
+
+def _write_atomic(path: Path, write) -> None:
+    """Call ``write(tmp)`` then rename ``tmp`` to ``path``; an error or an interrupt leaves no temporary file."""
+    tmp = path.with_name(".tmp-" + path.name)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _format(path: Path) -> str:

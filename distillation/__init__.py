@@ -12,6 +12,7 @@
 - :mod:`distillation.representations`: latent (default) or pixel parameterisation.
 - :mod:`distillation.runner` / :mod:`distillation.main`: the batched optimisation loop and its CLI
   (``python -m distillation.main``, presets ``kaist-a4`` and ``nycu-lab3``).
-- :mod:`distillation.evaluate`: the handouts' evaluation set + CLIP score; :mod:`distillation.measure_toy`: the
-  toy quality bars.
+- :mod:`distillation.evaluate`: the handouts' evaluation set + CLIP score + a labelled contact sheet; it takes
+  every option of the main CLI (one shared declaration, :func:`distillation.main.run_options`).
+  :mod:`distillation.measure_toy`: the toy quality bars.
 """

@@ -194,7 +194,8 @@ def main(ctx: click.Context, prompts: tuple[str, ...], prompts_file: str | None,
     single-prompt run (except VSD, whose LoRA is shared by the batch). Writes SAVE_DIR/<prompt>.png (PDS/DDS:
     the edit prompt), SAVE_DIR/config.json and SAVE_DIR/progress/<prompt>/ (snapshots | x0_hat | gradient
     heatmap strips, progress.gif and progressive.png: the snapshots with their step numbers). A single-prompt
-    run also writes UMich HW5's SAVE_DIR/generated_image.png (the final image) and generated_progressive.png.
+    run also writes UMich HW5's SAVE_DIR/generated_image.png (the final image) and generated_progressive.png
+    (unless --log_step 0). Every input is checked before anything is written.
 
     \b
     Examples:

@@ -357,6 +357,9 @@ def check_items(cfg: RunConfig) -> None:
                 load_image(it.src_img_path)  # FileNotFoundError / ValueError -> one line
         if it.key in keys:
             raise UserError(f"duplicate prompt {it.target_prompt!r}: outputs would overwrite each other")
+        if (Path(cfg.save_dir) / f"{it.key}.png").is_dir():  # found now, not after the optimisation
+            raise UserError(f"{Path(cfg.save_dir) / it.key}.png is a folder; the final image of "
+                            f"{it.target_prompt!r} is written there: move it or choose another --save_dir")
         keys.add(it.key)
 
 

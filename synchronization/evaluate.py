@@ -114,10 +114,14 @@ def _shapes_caption(text: str) -> tuple[str, str, str] | None:
 
 
 def judge_folder(fdir: Path, app: str) -> dict[str, Any] | None:
-    """Toy judge of the scored images whose prompt is a shapes caption (None when there are none):
-    ``{"images": {path: {"prompt", "judged", "correct"}}, "correct": k, "judged": n, "accuracy": k / n}``."""
+    """Both toy judges on the scored images whose prompt is a shapes caption (None when there are none).
+
+    Per image: ``clip`` (the caption ``common.toy.judge`` picks), ``clip_correct``, ``pixel`` (what
+    :mod:`synchronization.shape_judge` sees: colours, best-fitting shape, its IoU) and ``pixel_correct``; plus
+    the counts and accuracies over the ``judged`` images."""
     from common.toy.judge import classify
     from common.toy.shapes import caption_text
+    from synchronization.shape_judge import verdict
 
     paths = find_final_images(fdir, APPS[app])
     rows = [(p, t, c) for p in paths if (c := _shapes_caption(t := prompt_from_filename(p, APPS[app])))]
@@ -128,10 +132,15 @@ def judge_folder(fdir: Path, app: str) -> dict[str, Any] | None:
     per_image = {}
     for k, (path, prompt, target) in enumerate(rows):
         got = (pred["color"][k], pred["shape"][k], pred["background"][k])
-        per_image[(fdir / path.name).as_posix()] = {"prompt": prompt, "judged": caption_text(*got),
-                                                   "correct": got == target}
-    correct = sum(r["correct"] for r in per_image.values())
-    return {"images": per_image, "correct": correct, "judged": len(rows), "accuracy": correct / len(rows)}
+        pixel = verdict(images[k], prompt)
+        per_image[(fdir / path.name).as_posix()] = {
+            "prompt": prompt, "clip": caption_text(*got), "clip_correct": got == target,
+            "pixel": {name: v for name, v in pixel.items() if name != "correct"}, "pixel_correct": pixel["correct"]}
+    out: dict[str, Any] = {"images": per_image, "judged": len(rows)}
+    for judge in ("clip", "pixel"):
+        out[f"{judge}_correct"] = sum(r[f"{judge}_correct"] for r in per_image.values())
+        out[f"{judge}_accuracy"] = out[f"{judge}_correct"] / len(rows)
+    return out
 
 
 def evaluate(fdir: Path, app: str, bundle: Any, batch_size: int = 32) -> dict[str, Any]:
@@ -152,19 +161,19 @@ def evaluate(fdir: Path, app: str, bundle: Any, batch_size: int = 32) -> dict[st
         if rows:
             result["alignment"] = sum(r["alignment"] for r in rows) / len(rows)
             result["concealment"] = sum(r["concealment"] for r in rows) / len(rows)
-            verdicts = [r["judge_all_correct"] for r in rows if r.get("judge_all_correct") is not None]
-            if verdicts:
-                result["illusions_judged_correct"] = sum(verdicts) / len(verdicts)
+            judged = [r["toy_judge"] for r in rows if "toy_judge" in r]
+            if judged:
+                result["illusions_judged_correct"] = {j: sum(r[f"{j}_all_correct"] for r in judged) / len(judged)
+                                                      for j in ("clip", "pixel")}
     return result
 
 
 def _illusion_row(fdir: Path, group: list[str], bundle: Any, scale: float, judge: dict | None) -> dict[str, Any]:
     paths = [fdir / f"{prompt_to_name(p)}.png" for p in group]
     row = {"prompts": group, **anagram_metrics(similarity_matrix([read_pil(p) for p in paths], group, bundle), scale)}
-    verdicts = [judge["images"].get(p.as_posix(), {}).get("correct") if judge else None for p in paths]
+    verdicts = [judge["images"].get(p.as_posix()) if judge else None for p in paths]
     if all(v is not None for v in verdicts):
-        row["judge_correct"] = verdicts
-        row["judge_all_correct"] = all(verdicts)
+        row["toy_judge"] = {f"{j}_all_correct": all(v[f"{j}_correct"] for v in verdicts) for j in ("clip", "pixel")}
     return row
 
 
@@ -197,22 +206,30 @@ def main(app: str, fdir: str, clip_model: str | None, device: str, batch_size: i
     _report(result, why)
 
 
+def _verdict(ok: bool) -> str:
+    return "right" if ok else "WRONG"
+
+
 def _report(result: dict[str, Any], why: str) -> None:
     judge = result.get("toy_judge") or {"images": {}}
     click.echo(f"CLIP model: {result['clip_model']} ({why})")
     for key, value in result.items():
         if key.endswith(".png"):
-            verdict = judge["images"].get(key)
-            tail = f"  toy judge: {verdict['judged']!r} {'right' if verdict['correct'] else 'WRONG'}" \
-                if verdict else ""
+            v = judge["images"].get(key)
+            tail = "" if v is None else (
+                f"  toy-clip judge: {v['clip']!r} {_verdict(v['clip_correct'])};  pixel judge: {v['pixel']['color']} "
+                f"{v['pixel']['shape']} on {v['pixel']['background']} (IoU {v['pixel']['iou']:.2f}) "
+                f"{_verdict(v['pixel_correct'])}")
             click.echo(f"  {Path(key).name}: CLIP {value:.4f}{tail}")
     click.echo(f"CLIP score ({result['clip_model']}): {result['score']:.4f}")
     if "toy_judge" in result:
-        click.echo(f"Toy judge: {result['toy_judge']['correct']}/{result['toy_judge']['judged']} images right "
-                   f"({result['toy_judge']['accuracy']:.3f})")
+        j = result["toy_judge"]
+        click.echo(f"Toy judges: toy-clip {j['clip_correct']}/{j['judged']} images right, pixel {j['pixel_correct']}/"
+                   f"{j['judged']}")
     for row in result.get("illusions", []):
-        tail = "" if "judge_all_correct" not in row else \
-            f"  toy judge: {'all views right' if row['judge_all_correct'] else 'WRONG'}"
+        v = row.get("toy_judge")
+        tail = "" if v is None else (f"  toy-clip judge: {_verdict(v['clip_all_correct'])}, pixel judge: "
+                                     f"{_verdict(v['pixel_all_correct'])}")
         click.echo(f"  {' | '.join(row['prompts'])}: alignment {row['alignment']:.4f}  "
                    f"concealment {row['concealment']:.4f}{tail}")
 

@@ -86,7 +86,29 @@ def _load_unet(folder: str | Path) -> torch.nn.Module:
     unet_dir = Path(folder) / "unet"
     if not (unet_dir / "config.json").is_file():
         raise FileNotFoundError(f"{folder} is not a toy-faces folder (no unet/config.json)")
+    _check_weight_keys(unet_dir, UNet2DModel.from_config(UNet2DModel.load_config(unet_dir)).state_dict())
     return UNet2DModel.from_pretrained(unet_dir, torch_dtype=torch.float32, use_safetensors=True)
+
+
+def _check_weight_keys(unet_dir: Path, expected: dict[str, torch.Tensor]) -> None:
+    """Refuse a unet/ safetensors whose tensor names or shapes differ from its config.json's model, in one line
+    (diffusers would leave the missing ones on the meta device: "Cannot copy out of meta tensor" later)."""
+    from safetensors import SafetensorError, safe_open
+
+    path = unet_dir / "diffusion_pytorch_model.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"{unet_dir} has no diffusion_pytorch_model.safetensors")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            shapes = {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"{path} is not a readable safetensors file ({err})") from err
+    missing, unexpected = sorted(set(expected) - set(shapes)), sorted(set(shapes) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(shapes) if shapes[k] != tuple(expected[k].shape))
+    if missing or unexpected or wrong:
+        parts = [f"{len(names)} {what} (e.g. {names[0]})" for what, names in
+                 (("missing", missing), ("unexpected", unexpected), ("of another shape", wrong)) if names]
+        raise ValueError(f"{path} does not match {unet_dir / 'config.json'}: tensors {', '.join(parts)}")
 
 
 def _lr_at(step: int, total: int, peak: float, warmup: int) -> float:

@@ -39,7 +39,7 @@ def one_line_error(res) -> str:
 @pytest.mark.parametrize("args,message", [
     (["--guidance_scale", "nan"], "not a finite number"),
     (["--guidance_scale", "inf"], "not a finite number"),
-    (["--guidance_scale", "1e30"], "-1000<=x<=1000"),
+    (["--guidance_scale", "1e30"], "-1000.0<=x<=1000.0"),
     (["--lr", "nan"], "not a finite number"),
     (["--lr", "inf"], "not a finite number"),
     (["--lr", "0"], "0<x<=10"),
@@ -60,6 +60,12 @@ def test_bad_values_are_one_line_and_write_nothing(tmp_path, invoke, args, messa
     res = invoke(prompt + args + ["--save_dir", str(tmp_path / "out")])
     assert message in one_line_error(res)
     assert not (tmp_path / "out").exists()  # not even config.json
+
+
+def test_a_folder_in_the_way_of_a_final_image_is_found_before_optimising(tmp_path, invoke):
+    (tmp_path / "out" / "a_dog.png").mkdir(parents=True)
+    line = one_line_error(invoke(["--prompt", "a dog", "--save_dir", str(tmp_path / "out")]))
+    assert "a_dog.png is a folder" in line and sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_dog.png"]
 
 
 def test_prompts_file_control_characters_and_size_name_the_line(tmp_path, invoke):
@@ -131,13 +137,15 @@ def test_batches_threads_and_umich_names(tmp_path, invoke, monkeypatch):
     monkeypatch.setattr(runner.Run, "__init__", lambda self, cfg, *a: (sizes.append(len(cfg.items)),
                                                                        build(self, cfg, *a))[1])
     out = tmp_path / "three"
-    res = invoke(["--prompt", "a", "--prompt", "b", "--prompt", "c", "--batch_size", "2", "--threads", "2",
+    torch.set_num_threads(2)  # the fixture restores 1; --threads 1 must hold during the run, 2 after it
+    res = invoke(["--prompt", "a", "--prompt", "b", "--prompt", "c", "--batch_size", "2", "--threads", "1",
                   "--log_step", "0", "--save_dir", str(out)])
     assert res.exit_code == 0 and not res.exception, res.output
     cfg = json.loads((out / "config.json").read_text())
     assert sizes == [2, 1] and len(cfg["prompts"]) == 3 and sorted(p.name for p in out.glob("*.png")) == \
         ["a.png", "b.png", "c.png"]
-    assert cfg["threads"] == 2 and cfg["_run"]["torch_threads"] == 2 and torch.get_num_threads() == 1  # restored
+    assert cfg["threads"] == 1 and cfg["_run"]["torch_threads"] == 1 and torch.get_num_threads() == 2
+    torch.set_num_threads(1)
     umich = tmp_path / "SDS_results"
     res = invoke(["--generation_mode=sds", f"--store_dir={umich}", "--prompt", "a dog", "--steps", "3",
                   "--log_step", "1"])

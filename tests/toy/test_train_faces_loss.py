@@ -85,3 +85,39 @@ def test_face_stream_starts_at_first_chunk():
 
     torch.testing.assert_close(first(7), first(7), rtol=0, atol=0)
     assert (first(0) - first(7)).abs().mean() > 0.05
+
+
+def test_init_from_with_wrong_tensor_names_is_one_line_naming_the_file(tmp_path):
+    """#21: a unet safetensors whose keys do not match its config.json crashed with 'Cannot copy out of meta
+    tensor'; now one line names the file and the mismatch, and nothing is written."""
+    from click.testing import CliRunner
+    from safetensors.torch import load_file, save_file
+
+    from common.toy.__main__ import main
+
+    torch.manual_seed(0)
+    folder = save_pipeline(build_tiny_unet(16), tmp_path / "bad")
+    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    tensors = load_file(weights)
+    tensors["renamed.weight"] = tensors.pop("conv_in.weight")
+    save_file(tensors, weights)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["train", "faces", "--device", "cpu", "--init_from", str(folder), "--steps",
+                                       "1", "--out", str(out)])
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
+    message = result.output.strip()
+    assert message.count("\n") == 0 and message.startswith("Error: ") and str(weights) in message, message
+    assert "1 missing (e.g. conv_in.weight)" in message and "1 unexpected (e.g. renamed.weight)" in message
+    assert not out.exists()
+
+
+def test_init_from_with_a_wrong_shape_names_the_tensor(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    folder = save_pipeline(build_tiny_unet(16), tmp_path / "bad")
+    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    tensors = load_file(weights)
+    tensors["conv_in.bias"] = torch.zeros(3, dtype=tensors["conv_in.bias"].dtype)
+    save_file(tensors, weights)
+    with pytest.raises(ValueError, match=r"1 of another shape \(e\.g\. conv_in\.bias\)"):
+        _load_unet(folder)
