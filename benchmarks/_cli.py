@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 import click
@@ -150,6 +151,7 @@ def mib(value: float) -> str:
 def reset_memory(device: torch.device) -> None:
     """Empty the allocator's cache and reset the peaks, so a row's reserved peak is its own."""
     if device.type == "cuda":
+        gc.collect()  # graphed modules hold reference cycles: free their graphs' pools now
         torch.cuda.synchronize(device)
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)

@@ -103,6 +103,16 @@ HEAD = (f"{'sampler':<8}{'images':>7}{'steps':>7}{'prec':>10}{'mode':>9}{'graphs
         f"{'s @ full steps':>16}{'s/image':>9}{'peak MiB':>10}{'reserved':>10}")
 
 
+def print_table(rows: list[dict]) -> None:
+    """The markdown table of the rows (``s @ full`` extrapolates the timed steps linearly)."""
+    print("\n| sampler | images | steps timed | precision | mode | graphs | measured s | s @ full steps | s / image "
+          "| peak MiB | reserved MiB |\n|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['sampler']} {r['full_steps']} | {r['images']} | {r['steps_run']} | {r['precision']} | "
+              f"{r['mode']} | {r['graphs']} | {r['seconds']:.2f} | {r['seconds_full']:.2f} | "
+              f"{r['per_image_full']:.3f} | {bench.mib(r['peak_mib'])} | {bench.mib(r['reserved_mib'])} |")
+
+
 def print_row(row: dict) -> None:
     print(f"{row['sampler']:<8}{row['images']:>7}{row['steps_run']:>7}{row['precision']:>10}{row['mode']:>9}"
           f"{row['graphs']:>8}{row['seconds']:>12.2f}{row['seconds_full']:>16.2f}{row['per_image_full']:>9.3f}"
@@ -156,6 +166,7 @@ def main(arch: str, quick: bool, steps: int | None, samplers: list[str], precisi
         rows += precision_rows(unet, label, samplers, steps_for, modes, graphs, images_for, device)
         del unet
         bench.reset_memory(device)
+    print_table(rows)
     bench.write_rows(json_path, {"device": bench.device_name(device), "torch": torch.__version__, "arch": arch,
                                  "params": params, "channels_last": channels_last, "rows": rows})
     return rows

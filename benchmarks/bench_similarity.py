@@ -123,7 +123,8 @@ def main(homeworks, n, copies, noise, max_share, threshold, seed, json_path) -> 
     if copies * 2 > n:
         raise UserError(f"--copies {copies}: at most half the submissions ({n // 2}) can be copies")
     if None in noise or min(noise) < 1:
-        raise UserError(f"--noise {','.join('auto' if k is None else str(k) for k in noise)}: k values are integers >= 1 (auto is for --max-share)")
+        shown = ",".join("auto" if k is None else str(k) for k in noise)
+        raise UserError(f"--noise {shown}: k values are integers >= 1 (auto is for --max-share)")
     rows = []
     head = ["homework", "N", "k", "max share", "time s", "min copy", "max indep", "P@k", "R@k", "R@2k", "P@t", "R@t",
             "separated"]

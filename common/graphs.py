@@ -191,10 +191,11 @@ class CudaGraphUNet(torch.nn.Module):
             kwargs["encoder_hidden_states"] = encoder_hidden_states
         inputs = {"sample": sample, "timestep": timestep, **dict(sorted(kwargs.items()))}
         mode = self._mode(inputs)
+        if mode != "eager":  # a Python number timestep: a tensor, so its value is not part of the key
+            inputs = self._tensor_timestep(inputs)
         key = self._key(mode, inputs) if mode != "eager" else None
         sample_out = None
         if key is not None and key not in self._failed and (key in self._graphs or not self._full()):
-            inputs = self._tensor_timestep(inputs)
             sample_out = self._run_plain(key, inputs) if mode == "graph" else self._run_autograd(key, inputs)
         if sample_out is None:  # eager, or the capture failed (eager from now on for this signature)
             self.stats["eager"] += 1

@@ -19,11 +19,12 @@ from pathlib import Path
 
 import click
 
-from common.cli import UserError, user_errors
+from common.cli import UserError, finite, user_errors
+from common.runs import write_json_atomic
 from grading import e2e, workspace
 from grading.grade import Reference, grade_files
 from grading.homeworks import items_root
-from grading.results import TestResult, error_results, write_json_atomic, write_results
+from grading.results import TestResult, error_results, write_results
 from grading.sandbox import Limits
 from grading.spec import Homework
 from grading.submission import Submission, find_region_files
@@ -183,7 +184,7 @@ def _homework_choice() -> click.Choice:
 @click.option("--reproduce", default="none", show_default=True, type=click.Choice(["none", "toy", "real"]),
               help="Re-run the student's entry point to check reported scores.")
 @click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]))
-@click.option("--timeout", default=300.0, show_default=True, type=click.FloatRange(10, 7200),
+@click.option("--timeout", default=300.0, show_default=True, type=finite(10, 7200),
               help="Wall-clock seconds per task worker.")
 @click.option("--force", is_flag=True, help="Grade again submissions that already have a results.json.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**31 - 1),

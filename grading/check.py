@@ -21,7 +21,7 @@ from pathlib import Path
 
 import click
 
-from common.cli import UserError, user_errors
+from common.cli import UserError, finite, user_errors
 from grading import markers
 from grading.homeworks import get_homework, node_file
 from grading.scan import Flag, scan_region
@@ -219,7 +219,8 @@ def select_tasks(hw: Homework, ids: tuple[str, ...]) -> tuple[Task, ...]:
 @click.argument("hw")
 @click.option("--path", default=".", type=click.Path(path_type=Path), help="The released homework folder.")
 @click.option("--task", "task_ids", multiple=True, help="Run only this task's public tests (repeatable).")
-@click.option("--timeout", default=600.0, type=click.FloatRange(min=1), help="Seconds allowed per task's tests.")
+@click.option("--timeout", default=600.0, type=finite(min=1), show_default=True,
+              help="Seconds allowed per task's tests.")
 @user_errors
 def check(hw: str, path: Path, task_ids: tuple[str, ...], timeout: float) -> None:
     """Check homework HW before submitting: items, size, edits outside TODO regions, flagged code, public tests.

@@ -33,6 +33,7 @@ from common.cli import UserError, user_errors
 from common.runs import write_json_atomic
 from grading import markers, tree
 from grading.gate import run_gate, stub_callers
+from grading.lint_clean import lint_clean
 from grading.spec import Homework, Task
 from grading.tree import EXECUTABLE, Files, json_bytes, write_tree
 
@@ -140,7 +141,7 @@ def _strip_functions(hw: Homework, repo: Path, student: Files) -> dict[str, tupl
         by_path.setdefault(rel, []).append(name)
     for rel, names in by_path.items():
         text = _stub_helpers(hw, rel, student[rel].decode(), tuple(names))
-        student[rel] = tree.lint_clean((repo / rel).read_text(), text).encode()
+        student[rel] = lint_clean((repo / rel).read_text(), text).encode()
     return {rel: tuple(names) for rel, names in sorted(by_path.items())}
 
 

@@ -3,19 +3,18 @@
 Follows the Gradescope autograder specification (see shared/reference/grading.md, section b.1): the top-level
 ``score`` is always explicit (it overrides the sum of the tests), ``output_format`` is ``md``, the autograder's
 stdout is ``hidden`` from students, hidden cases are ``after_published`` (a ``hidden`` test would hide the
-student's total), and the file is written atomically (temporary file + rename) with ``allow_nan=False``, so a crash
-never leaves half a file and a NaN score is an error here, not a malformed file on Gradescope.
+student's total), and the file is written by ``common.runs.write_json_atomic`` (strict JSON, temporary file +
+rename), so a crash never leaves half a file and a NaN score is an error here, not a malformed file on Gradescope.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from common.runs import write_json_atomic
 
 VISIBILITIES = ("hidden", "after_due_date", "after_published", "visible")
 
@@ -85,24 +84,6 @@ def results_payload(tests: list[TestResult], *, extra_data: dict | None = None, 
     if leaderboard:
         payload["leaderboard"] = _leaderboard(leaderboard)
     return payload
-
-
-def write_json_atomic(path: Path, payload: dict) -> Path:
-    """Write ``payload`` as JSON (``allow_nan=False``) through a temporary file in the same folder + rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(payload, indent=2, allow_nan=False) + "\n"  # raises before anything is written
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def write_results(path: Path, tests: list[TestResult], *, extra_data: dict | None = None, output: str = "",

@@ -38,6 +38,7 @@ from pathlib import Path
 
 from grading import sandbox_launch
 from grading.compare import read_outputs
+from grading.sandbox_proc import killpg, read_pipe, read_tail, reap
 from grading.sandbox_view import (
     BASE_UID,
     SandboxError,
@@ -204,25 +205,6 @@ def plan(limits: Limits) -> Plan:
     return Plan(mode, mode != "none", unshare, seccomp, layers)
 
 
-def _tail(path: Path, chars: int) -> str:
-    with open(path, "rb") as f:
-        f.seek(max(0, os.fstat(f.fileno()).st_size - 4 * chars))
-        return f.read().decode("utf-8", "replace")[-chars:]
-
-
-def _read_pipe(fd: int) -> str:
-    os.set_blocking(fd, False)
-    chunks = []
-    try:
-        while chunk := os.read(fd, 4096):
-            chunks.append(chunk)
-    except BlockingIOError:
-        pass
-    finally:
-        os.close(fd)
-    return b"".join(chunks).decode("utf-8", "replace")
-
-
 def _describe_exit(rc: int | None, timed_out: bool, limits: Limits) -> str:
     if timed_out:
         return f"the worker was stopped at the {limits.wall_s:g} s time limit (an endless loop or a very slow case?)"
@@ -297,55 +279,6 @@ def _launch_argv(tree: Path, limits: Limits, p: Plan, uid: int | None, work: Pat
     return argv
 
 
-def disk_use(folder: Path) -> int:
-    """Bytes in the regular files under ``folder`` (links not followed; vanishing files ignored)."""
-    total, stack = 0, [str(folder)]
-    while stack:
-        try:
-            with os.scandir(stack.pop()) as entries:
-                for e in entries:
-                    if e.is_dir(follow_symlinks=False):
-                        stack.append(e.path)
-                    elif e.is_file(follow_symlinks=False):
-                        total += e.stat(follow_symlinks=False).st_size
-        except OSError:
-            continue
-    return total
-
-
-def _wait(proc: subprocess.Popen, deadline: float, scratch: Path | None = None,
-          disk_bytes: int = 0) -> tuple[int, bool, float]:
-    """Reap the launcher (returncode in Popen's convention, timed out, peak RSS in MB of it and its children).
-
-    RLIMIT_FSIZE caps each file, not their number: every half second the worker's scratch folder (HOME, TMPDIR,
-    out) is measured, and a worker past ``disk_bytes`` in total is killed like one past its time limit.
-    """
-    delay, timed_out, next_check = 0.005, False, time.monotonic() + 0.5
-    while True:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            break
-        over = bool(scratch and disk_bytes and time.monotonic() >= next_check and disk_use(scratch) > disk_bytes)
-        if time.monotonic() >= next_check:
-            next_check = time.monotonic() + 0.5
-        if over or time.monotonic() >= deadline:
-            timed_out = True
-            _killpg(proc.pid)
-            pid, status, usage = os.wait4(proc.pid, 0)
-            break
-        time.sleep(delay)
-        delay = min(0.05, delay * 1.5)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, timed_out, usage.ru_maxrss / 1024
-
-
-def _killpg(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
 def _run(tree: Path, request: dict, cases: list[str], out_dir: Path, limits: Limits, p: Plan, uid: int | None,
          work: Path, hide: list[str]) -> WorkerResult:
     os.chmod(work, 0o711)
@@ -372,15 +305,15 @@ def _run(tree: Path, request: dict, cases: list[str], out_dir: Path, limits: Lim
         proc.stdin.close()
     except BrokenPipeError:
         pass
-    rc, timed_out, peak = _wait(proc, start + limits.wall_s, work, limits.disk_mb * 2**20)
+    rc, timed_out, peak = reap(proc, start + limits.wall_s, work, limits.disk_mb * 2**20)
     if p.mode == "bwrap" and 128 < rc < 128 + 65:
         rc = 128 - rc  # bwrap reports a child killed by signal N as exit code 128 + N
     wall = time.monotonic() - start
-    _killpg(proc.pid)
+    killpg(proc.pid)
     if uid is not None:
         kill_uid(uid)  # nothing of the sandbox uid is left before anything is read
-    launched = _read_pipe(read_fd)
-    stdout, stderr = _tail(logs[0], limits.tail_chars), _tail(logs[1], limits.tail_chars)
+    launched = read_pipe(read_fd)
+    stdout, stderr = read_tail(logs[0], limits.tail_chars), read_tail(logs[1], limits.tail_chars)
     if launched != "R" and not (timed_out and not launched):
         detail = launched[1:].lstrip("E") if launched else stderr.strip()[-500:]
         raise SandboxError(f"sandbox setup failed ({p.mode}): {detail or f'exit code {rc}'}")

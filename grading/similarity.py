@@ -20,9 +20,6 @@ submissions copies rank above every independent pair or nearly (P@k 0.97-1.00); 
 from __future__ import annotations
 
 import ast
-import csv
-import html
-import json
 import os
 import re
 import tempfile
@@ -33,9 +30,11 @@ from pathlib import Path
 
 import click
 
-from common.cli import UserError, user_errors
+from common.cli import UserError, finite, user_errors
 from grading import markers
-from grading.submission import Limits, Submission, find_region_files, load_submissions, reference_files
+from grading.similarity_report import write_report
+from grading.submission import Submission, find_region_files, load_submissions, reference_files
+from grading.unpack import Limits
 
 DEFAULT_THRESHOLD = 0.5  # benchmarks/bench_similarity.py: flags every copy (R@t 1.00) at P@t 0.88-1.00
 DEFAULT_NOISE = 25  # k, in characters of copydetect's filtered token string
@@ -220,79 +219,6 @@ def compare(docs: list[Document], boilerplate: list[str], work: Path, noise: int
     return pairs, det, paths
 
 
-def _highlighted(det, fa: str, fb: str) -> tuple[str, str]:
-    """Both files as HTML with the shared code marked (copydetect's slices and highlighter)."""
-    from copydetect.utils import highlight_overlap
-
-    if (fa, fb) in det.slice_matrix:
-        sa, sb = det.slice_matrix[(fa, fb)]
-    elif (fb, fa) in det.slice_matrix:
-        sb, sa = det.slice_matrix[(fb, fa)]
-    else:
-        return html.escape(det.file_data[fa].raw_code), html.escape(det.file_data[fb].raw_code)
-    return tuple(highlight_overlap(det.file_data[f].raw_code, s, "<mark>", "</mark>", escape_html=True)[0]
-                 for f, s in ((fa, sa), (fb, sb)))
-
-
-def _write_csv(path: Path, pairs: list[Pair], docs: dict[str, Document], threshold: float) -> None:
-    rows = [["rank", "a", "b", "kind", "score", "sim_a", "sim_b", "tokens", "flagged", "a_label", "b_label"]]
-    for rank, p in enumerate(pairs, 1):
-        rows.append([rank, p.a, p.b, p.kind, p.score, p.sim_a, p.sim_b, p.tokens, int(p.score >= threshold),
-                     docs[p.a].label, docs[p.b].label])
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
-        csv.writer(fh).writerows(rows)
-    os.replace(tmp, path)
-
-
-def _html(title: str, shown: list[Pair], n_pairs: int, docs: dict[str, Document], det, paths: dict[str, str],
-          threshold: float, problems: dict[str, list[str]]) -> str:
-    """The ranked table, then each shown pair side by side with the shared code marked, then the problems."""
-    flagged = sum(p.score >= threshold for p in shown)
-    parts = [f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title><style>"
-             "body{font-family:sans-serif}pre{font-size:12px;background:#f6f6f6;padding:6px;overflow:auto}"
-             "mark{background:#ffb3b3}td{vertical-align:top;width:50%}.f{color:#b00}</style>",
-             f"<h1>{html.escape(title)}</h1><p>{n_pairs} pairs; {flagged} at or above the threshold {threshold:g}. "
-             "Scores are triage: read the code before concluding anything.</p>",
-             "<table border=1 cellspacing=0><tr><th>#</th><th>score</th><th>a</th><th>b</th><th>a in b</th>"
-             "<th>b in a</th><th>tokens</th></tr>"]
-    for rank, p in enumerate(shown, 1):
-        parts.append(f"<tr{' class=f' if p.score >= threshold else ''}><td><a href='#p{rank}'>{rank}</a></td>"
-                     f"<td>{p.score:.2f}</td><td>{html.escape(docs[p.a].label)}</td>"
-                     f"<td>{html.escape(docs[p.b].label)}</td><td>{p.sim_a:.2f}</td><td>{p.sim_b:.2f}</td>"
-                     f"<td>{p.tokens}</td></tr>")
-    parts.append("</table>")
-    for rank, p in enumerate(shown, 1):
-        ha, hb = _highlighted(det, paths[p.a], paths[p.b])
-        parts.append(f"<h2 id='p{rank}'>#{rank} score {p.score:.2f}</h2><table><tr><td><b>"
-                     f"{html.escape(docs[p.a].label)}</b><pre>{ha}</pre></td><td><b>{html.escape(docs[p.b].label)}"
-                     f"</b><pre>{hb}</pre></td></tr></table>")
-    if problems:
-        parts.append("<h2>Problems</h2><ul>" + "".join(
-            f"<li>{html.escape(k)}: {html.escape(m)}</li>" for k, v in problems.items() for m in v) + "</ul>")
-    return "\n".join(parts)
-
-
-def write_report(out: Path, title: str, pairs: list[Pair], docs: dict[str, Document], det, paths: dict[str, str],
-                 threshold: float, problems: dict[str, list[str]], top: int, params: dict | None = None) -> None:
-    """``pairs.csv`` (every pair), ``report.html`` (the flagged pairs, at least ``top``, side by side) and
-    ``summary.json`` (parameters, flagged pairs, problems)."""
-    from common.runs import write_json_atomic
-
-    _write_csv(out / "pairs.csv", pairs, docs, threshold)
-    flagged = [p for p in pairs if p.score >= threshold]
-    listed = {k: v for k, v in problems.items() if v}
-    shown = pairs[:max(top, len(flagged))]
-    tmp = out / "report.html.tmp"
-    tmp.write_text(_html(title, shown, len(pairs), docs, det, paths, threshold, listed), encoding="utf-8")
-    os.replace(tmp, out / "report.html")
-    summary = {"title": title, "threshold": threshold, **(params or {}), "pairs": len(pairs),
-               "flagged": [{**p.__dict__, "a_label": docs[p.a].label, "b_label": docs[p.b].label} for p in flagged],
-               "problems": listed}
-    json.dumps(summary, allow_nan=False)  # refuse NaN before anything is written
-    write_json_atomic(out / "summary.json", summary)
-
-
 def _homework(homework_id: str):
     try:
         from grading.homeworks import get_homework
@@ -357,7 +283,7 @@ def run_similarity(homework, paths: list[Path], refs: list[Path], out: Path, thr
               help="Reference folder (repeatable): past submissions (zips/folders) or public code (.py files).")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True,
               help="Output folder: report.html, pairs.csv, summary.json, regions/ (the compared files).")
-@click.option("--threshold", type=click.FloatRange(0, 1), default=DEFAULT_THRESHOLD, show_default=True,
+@click.option("--threshold", type=finite(0, 1), default=DEFAULT_THRESHOLD, show_default=True,
               help="Flag pairs whose score is at least this.")
 @click.option("--noise", type=click.IntRange(8, 200), default=DEFAULT_NOISE, show_default=True,
               help="k-gram length in filtered characters: shorter shared runs are ignored.")

@@ -1,24 +1,30 @@
-"""The benchmark scripts are click commands: --help works and lists their options; a tiny CPU smoke run."""
+"""The benchmark scripts are click commands: --help lists their options; bad input (unknown list items, devices,
+precisions, no CUDA) is one ``Error:`` line with exit code 2; tiny CPU smoke rows write strict JSON."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 OPTIONS = {
-    "bench_distillation": ["--methods", "--batches", "--precisions", "--steps", "--warmup", "--pixel", "--device",
-                           "--json", "--tiny", "Examples"],
-    "bench_ddpm_dps": ["--arch", "--quick", "--samplers", "--precisions", "--modes", "--num_images", "--device",
-                       "--json", "celebahq", "Examples"],
-    "bench_sync": ["--quick", "--steps", "Examples"],
-    "bench_gan": ["--device", "--warmup", "--steps", "--resolutions", "Examples"],
+    "bench_distillation": ["--methods", "--batches", "--precisions", "--graphs", "--steps", "--warmup", "--pixel",
+                           "--channels_last", "--device", "--json", "--tiny", "Examples"],
+    "bench_ddpm_dps": ["--arch", "--quick", "--steps", "--samplers", "--precisions", "--modes", "--graphs",
+                       "--num_images", "--dps_images", "--channels_last", "--device", "--json", "celebahq",
+                       "Examples"],
+    "bench_sync": ["--quick", "--steps", "--modes", "--precisions", "--graphs", "--channels_last", "--device",
+                   "--tiny", "--json", "Examples"],
+    "bench_gan": ["--device", "--warmup", "--steps", "--resolutions", "--precisions", "--ops", "--json", "Examples"],
     "bench_grading": ["--homework", "--jobs", "--submissions", "--json", "umich-hw5-gan", "Examples"],
+    "bench_similarity": ["--homeworks", "--submissions", "--copies", "--noise", "--max-share", "--json", "Examples"],
 }
 
 
@@ -33,9 +39,29 @@ def load(name: str):
     return module
 
 
+def invoke(name: str, args: list[str]):
+    return CliRunner().invoke(load(name).main, args)
+
+
+def assert_one_line_error(result, needle: str) -> None:
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2, result.output
+    assert len(lines) == 1 and lines[0].startswith("Error:") and needle in lines[0], result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run fastest on one intra-op thread (a busy 2-core CPU makes 2 threads 10x slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("name", sorted(OPTIONS))
 def test_help_lists_options(name: str) -> None:
-    result = CliRunner().invoke(load(name).main, ["--help"])
+    result = invoke(name, ["--help"])
     assert result.exit_code == 0, result.output
     assert not result.exception
     for option in OPTIONS[name]:
@@ -43,19 +69,57 @@ def test_help_lists_options(name: str) -> None:
     assert "[default:" in result.output
 
 
-@pytest.mark.parametrize("name,args", [("bench_sync", ["--steps", "0"]), ("bench_gan", ["--warmup", "-1"]),
-                                       ("bench_ddpm_dps", ["--arch", "nope"]), ("bench_grading", ["--jobs", "0"])])
-def test_bad_values_are_usage_errors(name: str, args: list[str]) -> None:
-    result = CliRunner().invoke(load(name).main, args)
-    assert result.exit_code == 2
+@pytest.mark.parametrize("name,args,needle", [
+    ("bench_distillation", ["--methods", "sds,bogus"], "'bogus': choose from sds, vsd"),
+    ("bench_distillation", ["--precisions", "fp8"], "'fp8': choose from auto, fp32"),
+    ("bench_distillation", ["--batches", "1,0"], "expected integers >= 1"),
+    ("bench_distillation", ["--graphs", "compiled"], "choose from eager, graphs"),
+    ("bench_distillation", ["--device", "tpu"], "unknown device 'tpu'"),
+    ("bench_ddpm_dps", ["--samplers", "EULER"], "'EULER': choose from DDPM, DDIM, DPS"),
+    ("bench_ddpm_dps", ["--modes", "batched,bogus"], "'bogus': choose from batched, single"),
+    ("bench_ddpm_dps", ["--precisions", "fp16,fp8"], "'fp8'"),
+    ("bench_ddpm_dps", ["--arch", "nope"], "--arch"),
+    ("bench_ddpm_dps", ["--arch", "celebahq", "--device", "cpu"], "--device cpu --arch tiny for a smoke run"),
+    ("bench_sync", ["--steps", "0"], "--steps"),
+    ("bench_sync", ["--modes", "panorama"], "choose from all, chunks, single"),
+    ("bench_sync", ["--device", "cpu"], "--device cpu --tiny for a smoke run"),
+    ("bench_gan", ["--warmup", "-1"], "--warmup"),
+    ("bench_gan", ["--device", "tpu"], "unknown device 'tpu'"),
+    ("bench_gan", ["--device", "cpu", "--resolutions", "48"], "48 is not a power of two"),
+    ("bench_gan", ["--ops", "triton"], "choose from cuda, ref"),
+    ("bench_grading", ["--jobs", "0"], "--jobs"),
+    ("bench_grading", ["--timeout", "nan"], "not a finite number"),
+    ("bench_similarity", ["--noise", "abc"], "expected comma-separated integers"),
+    ("bench_similarity", ["--homeworks", "bogus"], "'bogus': choose from"),
+    ("bench_similarity", ["--copies", "150"], "at most half"),
+])
+def test_bad_values_are_one_line_errors(name: str, args: list[str], needle: str) -> None:
+    assert_one_line_error(invoke(name, args), needle)
 
 
-def test_distillation_tiny_cpu_smoke(tmp_path: Path) -> None:
+@pytest.mark.parametrize("name,args", [("bench_distillation", []), ("bench_ddpm_dps", []), ("bench_sync", []),
+                                       ("bench_gan", ["--device", "cuda"])])
+def test_without_cuda_the_full_runs_say_so(name: str, args: list[str], monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    result = invoke(name, args)
+    assert_one_line_error(result, "needs a CUDA GPU")
+    assert "for a smoke run" in result.output
+
+
+@pytest.mark.parametrize("name,args,row", [
+    ("bench_distillation", ["--tiny", "--methods", "sds", "--batches", "1", "--precisions", "fp32", "--steps", "1",
+                            "--warmup", "0"], "| sds | 1 | fp32 | eager |"),
+    ("bench_ddpm_dps", ["--arch", "tiny", "--samplers", "DDIM", "--steps", "1", "--modes", "batched",
+                        "--num_images", "1"], "DDIM"),
+    ("bench_sync", ["--tiny", "--steps", "1", "--modes", "all"], "| all views batched | auto=fp32 | eager |"),
+])
+def test_tiny_cpu_smoke_rows_write_strict_json(name: str, args: list[str], row: str, tmp_path: Path,
+                                               one_thread) -> None:
     out = tmp_path / "rows.json"
-    args = ["--tiny", "--device", "cpu", "--methods", "sds", "--batches", "1", "--precisions", "fp32", "--steps", "1",
-            "--warmup", "0", "--json", str(out)]
-    result = CliRunner().invoke(load("bench_distillation").main, args)
+    result = invoke(name, [*args, "--device", "cpu", "--json", str(out)])
     assert result.exit_code == 0, result.output
     assert not result.exception
-    assert "| sds | 1 | fp32 |" in result.output
-    assert out.exists()
+    assert row in result.output and "--graphs graphs needs CUDA" in result.output
+    data = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in strict JSON"))
+    assert data["device"] == "cpu" and len(data["rows"]) == 1
+    assert data["rows"][0]["peak_mib"] is None and data["rows"][0]["graph_stats"] == {}

@@ -29,7 +29,7 @@ EVAL_CONFIG = "eval_config.json"  # next to eval.json; the folder's config.json 
               help="Images per CLIP forward pass.")
 @user_errors
 def main(fdir1: str, clip_model: str, app: str, device: str, batch_size: int) -> None:
-    """Write FDIR1/eval.json (raw CLIP cosine per image and the mean score) and print the score.
+    """Write FDIR1/eval.json (raw CLIP cosine per image, the CLIP used, the mean score) and print the score.
 
     Only final images are scored: step snapshots (0.png, 25.png, ...), src_img*.png and subfolders such as
     progress/ are skipped. The score is the mean over prompts of the mean cosine of each prompt's images.
@@ -52,6 +52,8 @@ def main(fdir1: str, clip_model: str, app: str, device: str, batch_size: int) ->
     click.echo(f"CLIP model: {clip_model} ({reason})", err=True)
     bundle = load_clip(clip_model, get_device(device))
     result = clip_score_folder(fdir1, bundle, app=app, batch_size=batch_size)
+    score = result.pop("score")
+    result = {**result, "clip_model": clip_model, "score": score}  # the metric, for graders (as sync's evaluate)
     write_eval_json(fdir1, result)
     write_config(fdir1, {"clip_model": clip_model, "clip_reason": reason, "app": app, "device": device,
                          "batch_size": batch_size, "score": result["score"]}, name=EVAL_CONFIG)

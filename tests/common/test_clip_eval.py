@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import open_clip
@@ -14,6 +15,7 @@ from PIL import Image
 
 from common.eval import clip_score_folder, is_final_image, prompt_from_filename
 from common.eval.__main__ import main
+from common.eval.clip_score import clip_for_images
 from common.registry import TOY_MODELS_DIR, load_clip, save_clip_folder
 
 SIZE = 32
@@ -99,9 +101,25 @@ def test_cli_writes_eval_json(tiny_clip, tmp_path):
     assert result.exit_code == 0 and not result.exception, result.output
     text = (tmp_path / "eval.json").read_text()
     data = json.loads(text)
-    assert text.startswith('{\n    "source_dir"')  # indent 4, source_dir first
-    assert len(data) == 4 and -1.0 <= data["score"] <= 1.0
-    assert result.output.strip() == f"Cosine similarity {data['score']}"
+    assert text.startswith('{\n  "source_dir"')  # strict JSON (common.runs.write_json_atomic), source_dir first
+    assert len(data) == 5 and -1.0 <= data["score"] <= 1.0 and data["clip_model"] == clip_folder
+    assert result.stdout.strip() == f"Cosine similarity {data['score']}"  # stdout exactly eval.py's line
+    assert result.stderr.strip() == f"CLIP model: {clip_folder} (--clip_model)"
+    config = json.loads((tmp_path / "eval_config.json").read_text())
+    assert config["clip_model"] == clip_folder and config["score"] == data["score"] and "versions" in config["_run"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix in (".json", ".tmp")) == ["eval.json",
+                                                                                            "eval_config.json"]
+
+
+def test_default_clip_follows_the_images(tmp_path):
+    assert clip_for_images(tmp_path) == ("clip-vit-b-32", "no readable config.json next to the images")
+    for model, expected in (("toy-sd", "toy-clip"), ("toy-pixel", "toy-clip"), ("sd-2.1-base", "clip-vit-b-32"),
+                            ("deepfloyd-if", "clip-vit-b-32"), ("my/missing/folder", "clip-vit-b-32")):
+        (tmp_path / "config.json").write_text(json.dumps({"model": model, "seed": 0}))
+        name, reason = clip_for_images(tmp_path)
+        assert name == expected and model in reason, (model, name, reason)
+    (tmp_path / "config.json").write_text("[1, 2]")
+    assert clip_for_images(tmp_path)[0] == "clip-vit-b-32"
 
 
 def test_cli_wide_images_groups_crops(tiny_clip, tmp_path):
@@ -113,11 +131,12 @@ def test_cli_wide_images_groups_crops(tiny_clip, tmp_path):
     assert result.exit_code == 0, result.output
     data = json.loads((tmp_path / "eval.json").read_text())
     hand = [_hand_cosine(model, tmp_path / n, p) for n, p in zip(crops, ["A city skyline"] * 2 + ["A lake"])]
-    assert len(data) == 2 + len(crops)
+    assert len(data) == 3 + len(crops)
     assert data["score"] == pytest.approx(((hand[0] + hand[1]) / 2 + hand[2]) / 2, abs=1e-5)
 
 
-@pytest.mark.parametrize("case", ["missing", "empty", "only_snapshots", "not_image", "unknown_model", "is_file"])
+@pytest.mark.parametrize("case", ["missing", "empty", "only_snapshots", "not_image", "unknown_model", "is_file",
+                                  "eval_json_is_a_folder", "garbage_weights"])
 def test_cli_bad_input_one_line_exit_2(tiny_clip, tmp_path, case):
     _, clip_folder = tiny_clip
     folder, model = tmp_path / "imgs", clip_folder
@@ -135,18 +154,34 @@ def test_cli_bad_input_one_line_exit_2(tiny_clip, tmp_path, case):
     elif case == "is_file":
         folder = tmp_path / "file.png"
         folder.write_text("x")
+    elif case == "eval_json_is_a_folder":
+        _write_images(folder, ["a_dog.png"])
+        (folder / "eval.json").mkdir()
+    elif case == "garbage_weights":
+        _write_images(folder, ["a_dog.png"])
+        model = str(tmp_path / "bad-clip")
+        shutil.copytree(clip_folder, model)
+        (tmp_path / "bad-clip" / "open_clip_model.safetensors").write_bytes(b"\x10" + bytes(7) + b"{garbage")
     result = CliRunner().invoke(main, ["--fdir1", str(folder), "--clip_model", model])
     assert result.exit_code == 2, result.output
-    lines = result.output.strip().splitlines()
+    lines = result.stdout.strip().splitlines() + [line for line in result.stderr.strip().splitlines()
+                                                  if not line.startswith("CLIP model: ")]
     assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
-    assert not (folder / "eval.json").exists() if folder.is_dir() else True
+    if case == "eval_json_is_a_folder":
+        assert "eval.json: it is a folder" in lines[0]
+        assert sorted(p.name for p in folder.iterdir()) == ["a_dog.png", "eval.json"]  # no eval.json.tmp left
+    elif case == "garbage_weights":
+        assert "open_clip_model.safetensors is not a valid safetensors file" in lines[0]
+    else:
+        assert not (folder / "eval.json").exists() if folder.is_dir() else True
     if case == "unknown_model":
         assert "clip-vit-z-99" in lines[0] and "clip-vit-b-32" in lines[0] and "toy-clip" in lines[0]
 
 
 @pytest.mark.skipif(not (TOY_MODELS_DIR / "toy-clip" / "open_clip_model.safetensors").is_file(),
                     reason="toy-clip weights not trained yet")
-def test_toy_clip_scores_true_captions_higher(tmp_path):
+def test_toy_clip_scores_true_captions_higher(tmp_path, monkeypatch):
+    """Toy outputs (config.json naming toy-sd) are scored with toy-clip by default, offline too (issue #20)."""
     from common.images import tensor_to_pil
     from common.toy.shapes import caption, render, sample_specs
 
@@ -155,14 +190,17 @@ def test_toy_clip_scores_true_captions_higher(tmp_path):
     true_dir, wrong_dir = tmp_path / "true", tmp_path / "wrong"
     for folder, shift in ((true_dir, 0), (wrong_dir, 1)):
         folder.mkdir()
+        (folder / "config.json").write_text(json.dumps({"model": "toy-sd", "seed": 0}))
         for i, img in enumerate(images):
             img.save(folder / (caption(specs[(i + shift) % len(specs)]).replace(" ", "_") + f"_{i}.png"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
     per_image = []
     for folder in (true_dir, wrong_dir):
-        result = CliRunner().invoke(main, ["--fdir1", str(folder), "--clip_model", "toy-clip", "--app",
-                                           "wide_images"])
+        result = CliRunner().invoke(main, ["--fdir1", str(folder), "--app", "wide_images"])
         assert result.exit_code == 0, result.output
+        assert result.stderr.startswith("CLIP model: toy-clip (config.json names the toy model 'toy-sd')")
         data = json.loads((folder / "eval.json").read_text())
-        per_image.append({k.rsplit("_", 1)[1]: v for k, v in data.items() if k not in ("source_dir", "score")})
+        per_image.append({k.rsplit("_", 1)[1]: v for k, v in data.items() if k.endswith(".png")})
     wins = sum(per_image[0][i] > per_image[1][i] for i in per_image[0])
     assert wins >= 7, per_image  # the true caption scores higher for (nearly) every image

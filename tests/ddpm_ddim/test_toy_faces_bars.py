@@ -4,6 +4,8 @@ The full bars (FD of DDPM-1000 / DDIM-50 samples within 2x of data-vs-data at n=
 ``python -m ddpm_ddim.measure``; here cheap proxies keep CPU time low.
 """
 
+import os
+
 import pytest
 import torch
 
@@ -21,7 +23,10 @@ pytestmark = pytest.mark.skipif(not WEIGHTS.is_file(), reason="toy-faces weights
 @pytest.fixture(scope="module")
 def model():
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny UNets on a busy 2-core CPU are much slower with two intra-op threads
+    if os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
+        # libgomp's default spin-waiting makes two intra-op threads 3-20x slower on a busy 2-core CPU
+        # (benchmarks/bench_cpu_toy.py); with OMP_WAIT_POLICY=PASSIVE two threads are as fast or faster
+        torch.set_num_threads(1)
     yield load_model("toy-faces", "cpu")
     torch.set_num_threads(threads)
 
@@ -42,10 +47,11 @@ def test_toy_faces_size_and_eps_prediction(model):
 
 def test_ddim_samples_are_close_to_data_and_far_from_noise(model):
     unet, config = model
-    samples = sample_images(unet, DDIMScheduler.from_config(config), 32, 20, seed=0, batch_size=32, progress=False)
+    samples = sample_images(unet, DDIMScheduler.from_config(config), 32, 10, seed=0, batch_size=32, progress=False)
     fds, _ = face_fd_report({"ddim": samples}, n=32)
     # at n=32 FD is bias-dominated (toy-clip: data-vs-data ~19, noise ~60; fresh data 16-26, an under-trained
-    # model whose samples are noise 79), so these are coarse sanity bounds, not the issue's bar
+    # model whose samples are noise 79), so these are coarse sanity bounds, not the issue's bar. DDIM-10 scores
+    # as DDIM-20 here (24.8 vs 25.3 with the shipped weights) at half the CPU time
     assert fds["ddim"] < 0.75 * fds["noise-vs-data"], fds
     assert fds["ddim"] < 2.5 * fds["data-vs-data"], fds
 

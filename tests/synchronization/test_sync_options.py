@@ -3,6 +3,7 @@ labelled panels, the image-px width message and the toy judge in the evaluation.
 
 import datetime as dt
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from common.images import save_image
+from common.images import load_image, save_image
 from synchronization import evaluate
 from synchronization.config import AmbiguousConfig, WideConfig, build_config, output_dir
 from synchronization.main import main
@@ -24,6 +25,10 @@ def _one_line_error(result, needle):
     assert result.exit_code == 2, result.output
     assert len(lines) == 1 and lines[0].startswith("Error:") and needle in lines[0], result.output
     assert "Traceback" not in result.output
+
+
+def _evaluate(folder):
+    return CliRunner().invoke(evaluate.main, ["--app", "ambiguous_image", "--fdir", str(folder), "--device", "cpu"])
 
 
 @pytest.mark.parametrize("args,needle", [
@@ -86,9 +91,9 @@ def test_tag_and_save_dir_now_name_the_folder_like_the_skeleton(tmp_path):
 
 def test_tagged_ambiguous_run_writes_a_labelled_toy_panel(tiny_pixel_folder, tmp_path):
     result = CliRunner().invoke(main, ["--app", "ambiguous_image", "--prompts", CIRCLE, SQUARE, "--model",
-                                       str(tiny_pixel_folder), "--num_inference_steps", "2", "--tag", "ambiguous_image",
-                                       "--save_dir_now", "--save_top_dir", str(tmp_path), "--device", "cpu",
-                                       "--no_progress"])
+                                       str(tiny_pixel_folder), "--num_inference_steps", "2", "--tag",
+                                       "ambiguous_image", "--save_dir_now", "--save_top_dir", str(tmp_path),
+                                       "--device", "cpu", "--no_progress"])
     assert result.exit_code == 0 and not result.exception, result.output
     (run,) = list((tmp_path / "ambiguous_image").iterdir())
     dt.datetime.strptime(run.name, "%m-%d-%H%M%S")  # the skeleton's time stamp folder
@@ -113,36 +118,49 @@ def test_width_error_states_the_image_pixel_constraint():
         check_side("width", 100, factor=2, window=8, stride=4, circular=True)
 
 
-def _write_l_shaped_illusion(folder):
-    """The white L the toy-clip cosine liked: view 0 (identity) for CIRCLE, view 1 (rotated cw) for SQUARE."""
-    from common.toy import shapes
+L_BLOB = Path(__file__).with_name("toy_pixel_l_blob.png")  # toy-pixel, seed 1, 30 steps: CIRCLE / SQUARE
 
-    white, black = (shapes.palette_tensor()[shapes.COLORS.index(c)].view(3, 1, 1) for c in ("white", "black"))
-    canonical = black.expand(3, 64, 64).clone()
-    canonical[:, 14:50, 14:28] = white  # vertical bar
-    canonical[:, 36:50, 14:50] = white  # foot
+
+def _write_l_shaped_illusion(folder):
+    """toy-pixel's failed illusion: an L-shaped blob, identity view for CIRCLE, rotated cw for SQUARE."""
+    canonical = load_image(L_BLOB)  # [3, 64, 64]
     save_image(canonical, folder / "a_white_circle_on_a_black_background.png")
     save_image(torch.rot90(canonical, -1, dims=(-2, -1)), folder / "a_white_square_on_a_black_background.png")
     (folder / "pairs.json").write_text(json.dumps([{"prompts": [CIRCLE, SQUARE], "views": ["identity", "rotate_cw"]}]))
     (folder / "config.json").write_text(json.dumps({"model": "toy-pixel"}))
 
 
-def test_toy_judge_rejects_an_l_shaped_circle_that_clip_scores_high(tmp_path):
+def test_pixel_judge_fits_clean_shapes_and_rejects_the_l_blob():
+    from common.toy import shapes
+    from synchronization.shape_judge import judge_image, verdict
+
+    specs = shapes.sample_specs(12, shapes.split_seed("test"))
+    for spec, image in zip(specs, shapes.render(specs)):
+        got = verdict(image, shapes.caption(spec))
+        assert got["correct"] and got["iou"] > 0.9, (spec, got)
+    blob = verdict(load_image(L_BLOB), CIRCLE)
+    assert not blob["correct"] and blob["color"] == "white" and blob["background"] == "black" and blob["iou"] < 0.7
+    assert judge_image(torch.full((3, 64, 64), -0.8))["shape"] is None  # a flat image has no object
+
+
+def test_both_toy_judges_report_the_l_blob_illusion(tmp_path):
     from common.toy.clip_model import DEFAULT_FOLDER
 
     if not (DEFAULT_FOLDER / "open_clip_model.safetensors").is_file():
         pytest.skip("shipped toy-clip weights (the judge) not present")
     _write_l_shaped_illusion(tmp_path)
-    result = CliRunner().invoke(evaluate.main, ["--app", "ambiguous_image", "--fdir", str(tmp_path), "--device", "cpu"])
+    result = _evaluate(tmp_path)
     assert result.exit_code == 0 and not result.exception, result.output
     assert "CLIP model: toy-clip (run of toy model 'toy-pixel')" in result.output
     data = json.loads((tmp_path / "eval.json").read_text())
-    circle, square = (tmp_path / f"{p.replace(' ', '_')}.png" for p in (CIRCLE, SQUARE))
+    circle, square = ((tmp_path / f"{p.replace(' ', '_')}.png").as_posix() for p in (CIRCLE, SQUARE))
+    assert min(data[circle], data[square]) > 0.85  # the cosine alone passes both views
     judged = data["toy_judge"]["images"]
-    assert judged[circle.as_posix()]["correct"] is False and judged[square.as_posix()]["correct"] is True
-    assert data[square.as_posix()] > 0.9  # the cosine alone calls the rotated L a fine white square
-    assert data["toy_judge"]["accuracy"] == 0.5 and data["illusions"][0]["judge_all_correct"] is False
-    assert data["illusions_judged_correct"] == 0.0 and "WRONG" in result.output
+    assert judged[square]["clip"] == SQUARE and isinstance(judged[circle]["clip_correct"], bool)
+    assert judged[circle]["pixel_correct"] is False and judged[square]["pixel_correct"] is False
+    assert data["toy_judge"]["judged"] == 2 and data["toy_judge"]["pixel_accuracy"] == 0.0
+    assert data["illusions"][0]["toy_judge"]["pixel_all_correct"] is False
+    assert data["illusions_judged_correct"]["pixel"] == 0.0 and "WRONG" in result.output
 
 
 @pytest.mark.parametrize("content,needle", [
@@ -153,7 +171,7 @@ def test_toy_judge_rejects_an_l_shaped_circle_that_clip_scores_high(tmp_path):
 def test_malformed_pairs_json_is_one_line(content, needle, tmp_path):
     _write_l_shaped_illusion(tmp_path)
     (tmp_path / "pairs.json").write_text(content)
-    result = CliRunner().invoke(evaluate.main, ["--app", "ambiguous_image", "--fdir", str(tmp_path), "--device", "cpu"])
+    result = _evaluate(tmp_path)
     _one_line_error(result, needle)
     assert not (tmp_path / "eval.json").exists()
 

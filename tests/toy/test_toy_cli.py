@@ -1,6 +1,6 @@
 """``python -m common.toy``: data export, train dispatch and sample delegation (heavy work replaced by fakes)."""
 
-import importlib
+import json
 import sys
 import types
 
@@ -34,6 +34,33 @@ def test_data_writes_pngs_and_captions(tmp_path):
         assert np.array_equal(np.asarray(Image.open(out / name).convert("RGB")), pixels)
 
 
+def test_data_writes_its_folder_atomically_with_a_config(tmp_path, monkeypatch):
+    import common.toy.__main__ as toy_main
+
+    out = tmp_path / "shapes"
+    result = CliRunner().invoke(main, ["data", "--n", "3", "--size", "16", "--seed", "4", "--out", str(out)])
+    assert result.exit_code == 0 and not result.exception, result.output
+    config = json.loads((out / "config.json").read_text())
+    assert {k: config[k] for k in ("n", "split", "size", "seed")} == {"n": 3, "split": "test", "size": 16, "seed": 4}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shapes"]  # no temporary folder left
+    result = CliRunner().invoke(main, ["data", "--n", "2", "--out", str(out)])  # not empty: refused, untouched
+    assert result.exit_code == 2 and "already exists" in result.output and len((out / "captions.txt").read_text()
+                                                                                .splitlines()) == 3
+    assert CliRunner().invoke(main, ["data", "--n", "2", "--out", str(out), "--force"]).exit_code == 0
+    assert len((out / "captions.txt").read_text().splitlines()) == 2
+    written = []
+
+    def fail_on_third(image, path, *args, **kwargs):
+        if len(written) == 2:
+            raise OSError(28, "No space left on device")
+        written.append(path)
+
+    monkeypatch.setattr(toy_main, "save_image", fail_on_third)
+    result = CliRunner().invoke(main, ["data", "--n", "5", "--out", str(tmp_path / "half")])
+    assert result.exit_code == 2 and len(written) == 2 and "No space left" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shapes"]  # images never exist without captions.txt
+
+
 def test_data_split_changes_the_images(tmp_path):
     runner = CliRunner()
     for split in ("train", "val"):
@@ -65,7 +92,7 @@ def fake_module(monkeypatch, name: str, function: str) -> list[dict]:
 
 
 @pytest.mark.parametrize("model", ["clip", "sd", "faces", "pixel"])
-def test_train_dispatches_lazily(monkeypatch, tmp_path, model):
+def test_train_subcommands_dispatch_lazily(monkeypatch, tmp_path, model):
     calls = fake_module(monkeypatch, f"common.toy.train_{model}", "train")
     args = ["train", model, "--device", "cpu", "--out", str(tmp_path / model), "--steps", "7", "--seed", "3"]
     result = CliRunner().invoke(main, args)
@@ -80,10 +107,38 @@ def test_train_dispatches_lazily(monkeypatch, tmp_path, model):
 
 @pytest.mark.parametrize("option", [["--init_from", "."], ["--lr", "1e-4"], ["--batch_size", "8"],
                                     ["--dc_weight", "1"], ["--compile"], ["--low_snr_cap", "30"],
-                                    ["--widths", "32,32,64,96"], ["--time_budget", "600"]])
-def test_faces_options_are_for_faces_only(tmp_path, option):
-    result = CliRunner().invoke(main, ["train", "clip", *option, "--out", str(tmp_path / "o")])
-    assert result.exit_code == 2 and "apply to `train faces` only" in result.output
+                                    ["--widths", "32,32,64,96"], ["--time_budget", "600"], ["--stage", "vae"],
+                                    ["--clip", "toy-clip"]])
+@pytest.mark.parametrize("model", ["clip", "pixel"])
+def test_each_subcommand_has_only_its_own_options(tmp_path, model, option):
+    result = CliRunner().invoke(main, ["train", model, *option, "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and f"No such option '{option[0]}'" in result.output
+    help_text = CliRunner().invoke(main, ["train", model, "--help"]).output
+    assert option[0] not in help_text and "--seed" in help_text
+
+
+@pytest.mark.parametrize("clip", ["toy-nope", "clip-vit-b-32", "missing-folder/"])
+def test_train_sd_refuses_a_bad_clip_before_training(monkeypatch, tmp_path, clip):
+    calls = fake_module(monkeypatch, "common.toy.train_sd", "train")
+    result = CliRunner().invoke(main, ["train", "sd", "--clip", clip, "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and result.output.count("\n") == 1 and calls == [], result.output
+    expected = {"toy-nope": "unknown model 'toy-nope'; known clip models: clip-vit-b-32, toy-clip",
+                "clip-vit-b-32": "is a Hub model", "missing-folder/": "folder not found"}[clip]
+    assert expected in result.output
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "open_clip_config.json").write_text("{}")
+    result = CliRunner().invoke(main, ["train", "sd", "--clip", str(tmp_path / "empty")])
+    assert result.exit_code == 2 and "toy-clip weights missing" in result.output and calls == []
+
+
+def test_train_sd_passes_a_clip_folder(monkeypatch, tmp_path):
+    from common.registry import TOY_MODELS_DIR
+
+    calls = fake_module(monkeypatch, "common.toy.train_sd", "train")
+    result = CliRunner().invoke(main, ["train", "sd", "--clip", "toy-clip", "--stage", "unet", "--out",
+                                       str(tmp_path / "o")])
+    assert result.exit_code == 0 and not result.exception, result.output
+    assert calls[0]["clip"] == TOY_MODELS_DIR / "toy-clip" and calls[0]["stage"] == "unet"
 
 
 def test_faces_options_reach_the_trainer(monkeypatch, tmp_path):
@@ -96,19 +151,6 @@ def test_faces_options_reach_the_trainer(monkeypatch, tmp_path):
     expected = {"lr": 1.5e-4, "batch_size": 1024, "dc_weight": 20.0, "compile_model": True, "low_snr_cap": 30.0,
                 "block_out_channels": (16, 32, 64, 96), "time_budget_s": 1450.0}
     assert {k: calls[0][k] for k in keys} == expected
-
-
-def test_train_reports_a_missing_trainer(monkeypatch):
-    real_import = importlib.import_module
-
-    def fake_import(name, *args):
-        if name == "common.toy.train_pixel":
-            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-        return real_import(name, *args)
-
-    monkeypatch.setattr(importlib, "import_module", fake_import)
-    result = CliRunner().invoke(main, ["train", "pixel", "--steps", "1"])
-    assert result.exit_code == 2 and "not available" in result.output
 
 
 def test_sample_delegates_to_sample_module(monkeypatch, tmp_path):
@@ -139,15 +181,6 @@ def test_judge_prints_accuracy_tables(tmp_path):
     assert result.exit_code == 2 and "not a shapes caption" in result.output
     result = runner.invoke(main, ["judge", "--clip_folder", str(tmp_path / "none"), "--n", "2"])
     assert result.exit_code == 2 and "python -m common.toy train clip" in result.output
-
-
-def test_train_stage_option_is_for_sd_only():
-    from click.testing import CliRunner
-
-    from common.toy.__main__ import main
-
-    result = CliRunner().invoke(main, ["train", "clip", "--stage", "vae"])
-    assert result.exit_code == 2 and "apply to `train sd` only" in result.output
 
 
 def test_init_from_a_folder_without_a_unet_is_a_one_line_error(tmp_path):

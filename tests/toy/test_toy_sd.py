@@ -109,6 +109,9 @@ def test_sample_cli_writes_image_from_folder(random_folder, tmp_path):
                                        "--model", str(folder), "--device", "cpu"])
     assert result.exit_code == 0 and not result.exception, result.output
     assert load_image(out).shape == (3, 64, 64)
+    config = json.loads((tmp_path / "img.config.json").read_text())  # the run's configuration next to the image
+    assert config["prompt"] == PROMPTS[0] and config["steps"] == 2 and config["model"] == str(folder)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["img.config.json", "img.png"]
 
 
 def test_caption_lut_matches_captions():

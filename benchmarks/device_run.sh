@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# The GPU rows of issue #19 (eager vs CUDA graphs, auto precision) and the GPU-marked tests, on one H200, in
+# under 9 minutes. Every job runs under `timeout` (clipped to what is left of BUDGET seconds) with its log kept;
+# after each job $OUT/summary.md (the tables), $OUT/logs.tgz and $OUT/json.tgz are rewritten, so a run that
+# is cut short still returns what it measured (3 files; the device tool returns at most 8).
+#
+# The lead's call (the GPU machine has torch, transformers, peft but no diffusers: wheels travel in .whl/):
+#   run(command="bash benchmarks/device_run.sh", carry=[".whl"], timeout_s=600)
+# .whl/ holds diffusers-0.42.1 and peft-0.21.2 (py3-none-any; peft only installed where the image has none),
+# fetched here with the device README's
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 ... -d .whl diffusers==0.42.1 peft==0.21.2
+set -u
+OUT=${OUT:-$PWD/device-out}
+BUDGET=${BUDGET:-525}
+LOGS=/tmp/device_logs
+JSON=/tmp/device_json
+mkdir -p "$OUT" "$LOGS" "$JSON"
+SUMMARY=$OUT/summary.md
+START=$SECONDS
+export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
+
+pack() {
+    tar -C "$LOGS" -czf "$OUT/logs.tgz" . 2>/dev/null
+    tar -C "$JSON" -czf "$OUT/json.tgz" . 2>/dev/null
+}
+
+job() {  # job NAME LIMIT_S CMD...: run CMD under timeout, keep its log, append its tables to the summary
+    local name=$1 limit=$2 left t0 rc
+    shift 2
+    left=$((BUDGET - (SECONDS - START)))
+    if [ "$left" -lt 25 ]; then
+        echo "## $name: skipped, ${left}s of the budget left" | tee -a "$SUMMARY"
+        return
+    fi
+    [ "$limit" -gt "$left" ] && limit=$left
+    echo "== $name (limit ${limit}s, $((SECONDS - START))s elapsed)"
+    t0=$SECONDS
+    timeout -k 10 "$limit" "$@" >"$LOGS/$name.log" 2>&1
+    rc=$?
+    {
+        echo "## $name (rc=$rc$([ $rc -eq 124 ] && echo ', TIMED OUT'), $((SECONDS - t0)) s)"
+        echo '`'"$*"'`'
+        echo
+        if grep -qE '^\|' "$LOGS/$name.log"; then
+            grep -E '^\||^(SD|[a-z-]+ UNet)' "$LOGS/$name.log"
+            grep -E 'CudaGraphUNet|Warning|Error' "$LOGS/$name.log" | sort -u | head -n 8
+        else
+            tail -n 25 "$LOGS/$name.log"
+        fi
+        echo
+    } >>"$SUMMARY"
+    tail -n 2 "$LOGS/$name.log"
+    pack
+}
+
+{
+    echo "# device_run.sh $(date -u +%FT%TZ)"
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv,noheader 2>&1
+} >"$SUMMARY"
+
+if ls .whl/*.whl >/dev/null 2>&1; then
+    wheels=$(ls .whl/*.whl)
+    if python3 -c "import peft" 2>/dev/null; then  # the image's peft matches its transformers: keep it
+        wheels=$(ls .whl/*.whl | grep -v '/peft-')
+    fi
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+        $wheels >"$LOGS/pip.log" 2>&1 || echo "pip install of .whl failed: see logs.tgz pip.log" | tee -a "$SUMMARY"
+    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+else
+    echo "no .whl/ carried: diffusers must already be installed" | tee -a "$SUMMARY"
+fi
+python3 -c "import torch, diffusers, peft, click; print('torch', torch.__version__, 'diffusers', diffusers.__version__,
+'peft', peft.__version__, 'cuda', torch.cuda.is_available())" 2>&1 | tee -a "$SUMMARY"
+
+PY=${PY:-python3}
+PYTEST="$PY -m pytest -q -p no:cacheprovider -m gpu -rs"
+B=benchmarks
+# 1. CUDA graphs equal eager (plain, autograd, DDPM sampling, VSD with its LoRA fit)
+job pytest_graphs 100 $PYTEST tests/common/test_graphs.py tests/distillation/test_vsd_speed_equivalence.py
+# 2. SDS / VSD / ISM at batch 1 and 10, fp16 (auto), eager vs graphs (targets: SDS 1 <= 8 ms, 10 <= 4.5 ms per
+#    prompt-step under graphs; VSD <= 3x SDS; ISM <= 2.5x SDS; peak <= 24 GB)
+job distillation 150 $PY $B/bench_distillation.py --methods sds,vsd,ism --batches 1,10 --precisions auto \
+    --graphs eager,graphs --steps 10 --warmup 2 --json "$JSON/distillation.json"
+# 3. DDPM 1000 x 10 (<= 22 s), DDIM 50 x 10 (<= 1.2 s), DPS 1000 x 3 (<= 25 s): 100 steps timed, x10
+job ddpm_dps 100 $PY $B/bench_ddpm_dps.py --steps 100 --modes batched --precisions auto --graphs eager,graphs \
+    --num_images 10 --dps_images 3 --json "$JSON/ddpm_dps.json"
+# 4. wide panorama 41 views x 50 steps, decode included (<= 5 s)
+job sync 80 $PY $B/bench_sync.py --modes all --precisions auto --graphs eager,graphs --json "$JSON/sync.json"
+# 5. the same under channels_last (cuDNN NHWC convolutions), graphs only
+job sync_channels_last 45 $PY $B/bench_sync.py --modes all --precisions auto --graphs graphs --channels_last \
+    --json "$JSON/sync_channels_last.json"
+job distillation_channels_last 45 $PY $B/bench_distillation.py --methods sds --batches 1,10 --precisions auto \
+    --graphs graphs --steps 10 --channels_last --json "$JSON/distillation_channels_last.json"
+# 6. the other GPU-marked tests (gan's may JIT-build its CUDA ops first)
+job pytest_gan 120 $PYTEST tests/gan
+
+echo "total $((SECONDS - START)) s" | tee -a "$SUMMARY"
+pack
+echo
+cat "$SUMMARY"
