@@ -90,8 +90,8 @@ def sdi_target(guidance: Guidance, x0: torch.Tensor, t: torch.Tensor, text_embed
     """x0_target = Tweedie(x_t, eps_hat_cfg(x_t, y, t)) with x_t = :func:`ddim_invert` of x0 to t (Alg. 1).
 
     The inversion uses ``inversion_guidance_scale``, ``inversion_eta``, ``noises`` and the inversion ``step``
-    (pass it on); the Tweedie estimate the
-    CFG prediction with ``guidance_scale`` at (x_t, t) and ``common.tweedie.x0_from_eps``. Returns [B, C, h, w].
+    (pass it on); the Tweedie estimate the CFG prediction with ``guidance_scale`` at (x_t, t) and
+    ``common.tweedie.x0_from_eps``. Returns [B, C, h, w].
     """
     # TODO: x_t = ddim_invert(x0 -> t), then the Tweedie estimate of the CFG prediction at (x_t, t)
     # BEGIN SOLUTION sdi-refresh

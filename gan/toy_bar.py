@@ -49,9 +49,14 @@ def run_toy_bar(checkpoint: Path, outdir: Path, kimg: float, batch: int, device:
 def main(checkpoint, outdir, kimg, batch, fid_n, resolution, device, precision, seed, fid_every):
     """Reproduce the handout's three runs on the toy few-shot set and print their FIDs.
 
+    The CPU default (3 x 300 steps at batch 8, 64 px, plus 3 FIDs of 500 fakes) takes about 20 minutes on one
+    CPU thread: measured 1.2 s per step and 15 s per FID on a busy 2-core machine (OMP_NUM_THREADS=1, a
+    --kimg 0.08 run of 106 s, extrapolated to 900 steps). It checks the pipeline; compare FIDs on a GPU.
+
     \b
     Examples:
-      python -m gan.toy_bar                       # CPU: a few minutes
+      python -m gan.toy_bar                       # CPU: about 20 minutes (see above)
+      python -m gan.toy_bar --kimg 0.08           # CPU smoke test: about 2 minutes
       python -m gan.toy_bar --device cuda --kimg 32 --batch 32
     """
     checkpoint = Path(checkpoint)

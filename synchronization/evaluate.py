@@ -12,12 +12,13 @@ C = (1/N) tr(softmax(S / tau)), with S_ij = cos(view_i image, prompt_j) and tau 
 the softmax is taken over prompts (rows) and over images (columns) and the two traces averaged. (The KAIST
 helper divided by the logit scale instead of multiplying, flattening the softmax to ~uniform.)
 
-Toy world: a CLIP cosine alone is a weak verdict (toy-clip gives an L-shaped blob 0.99 for "a white square" and
-0.68 for "a white circle", 0.83 for the pair). Every image whose prompt is a shapes caption is also judged by
-``common.toy.judge`` (the zero-shot argmax over all 168 captions that ``distillation.evaluate`` reports): its
-predicted caption and whether colour, shape and background all match, per image, per illusion (all views right)
-and in the summary. The CLIP model defaults to toy-clip for runs of a toy model (``common.registry`` ``toy``,
-per the folder's ``config.json``) and to the handout's ViT-B/32 otherwise; the output names the one used.
+Toy world: a CLIP cosine alone is a weak verdict (toy-pixel's failed "white circle / white square" illusion, an
+L-shaped blob, scores 0.94 and 0.92). Every image whose prompt is a shapes caption also gets two judges: toy-clip's
+zero-shot argmax over the 168 captions (``common.toy.judge``, what ``distillation.evaluate`` reports; it passes
+that blob too) and the pixel-level :mod:`synchronization.shape_judge` (palette colours and the best-fitting ideal
+shape by IoU; it fails the blob): per image, per illusion (all views right) and in the summary. The CLIP model
+defaults to toy-clip for runs of a toy model (``common.registry`` ``toy``, per the folder's ``config.json``) and
+to the handout's ViT-B/32 otherwise; the output names the one used and why.
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ def label_tiles(images: torch.Tensor, labels: list[str]) -> torch.Tensor:
     if len(labels) != images.shape[0]:
         raise ValueError(f"got {images.shape[0]} images but {len(labels)} labels")
     width = images.shape[-1]
-    font = ImageFont.load_default(size=max(10, width // 20))
+    font = ImageFont.load_default(size=max(10, width // 16))
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     line_h = int(font.getbbox("Ag")[3]) + 2
     wrapped = [_wrap(label, probe, font, width - 4) for label in labels]

@@ -8,10 +8,11 @@ equilateral triangle) on a flat palette background.
 
 1. Every pixel gets its nearest palette colour; the background is the most common colour of the 2-px border
    ring, the object colour the most common other colour, the object mask the pixels of that colour.
-2. For each shape, the ideal shape of the mask's area centred on its centroid is rendered
-   (``common.toy.shapes.render``; a triangle's centroid lies h/6 below its bounding-box centre) and compared by
-   IoU with the mask. The judged shape is the best fit; the verdict is right when colour, background and shape
-   match the caption and the fit's IoU is at least :data:`MIN_IOU`.
+2. For each shape, two ideal shapes are rendered (``common.toy.shapes.render``): one of the mask's area centred
+   on its centroid (a triangle's centroid lies h/6 below its bounding-box centre), one filling the bounding box of
+   the mask's solid part (extended past the image edge when the object is cut off there); the better IoU with the
+   mask is the shape's fit. The judged shape is the best fit; the verdict is right when colour, background and
+   shape match the caption and the fit's IoU is at least :data:`MIN_IOU`.
 """
 
 from __future__ import annotations
@@ -41,21 +42,48 @@ def palette_labels(image: torch.Tensor) -> torch.Tensor:
     return torch.cdist(pixels, shapes.palette_tensor()).argmin(dim=1).view(SIDE, SIDE)
 
 
-def _fit(mask: torch.Tensor, shape: str, color: str, background: str) -> float:
-    """IoU of ``mask`` with the ideal ``shape`` of the same area centred on the mask's centroid."""
-    area = float(mask.sum()) / SIDE**2  # in units of the side squared
+def _iou(mask: torch.Tensor, spec: shapes.ShapeSpec) -> float:
+    fit = palette_labels(shapes.render([spec], SIDE)[0]) == shapes.COLORS.index(spec.color)  # [64, 64] bool
+    return float((mask & fit).sum()) / max(1, int((mask | fit).sum()))
+
+
+def _by_area(mask: torch.Tensor, shape: str) -> tuple[tuple[float, float], float]:
+    """(bbox centre, size) of the ideal shape with the mask's area, centred on its centroid (units of the side)."""
+    area = float(mask.sum()) / SIDE**2
     ys, xs = torch.nonzero(mask, as_tuple=True)
     cx, cy = (float(xs.float().mean()) + 0.5) / SIDE, (float(ys.float().mean()) + 0.5) / SIDE
     if shape == "circle":
-        size = 2 * math.sqrt(area / math.pi)
-    elif shape == "square":
-        size = math.sqrt(area)
-    else:  # upright equilateral triangle: area = sqrt(3)/4 s^2, centroid h/6 below the bbox centre
-        size = math.sqrt(4 * area / math.sqrt(3))
-        cy -= size * shapes.TRIANGLE_HEIGHT / 6
-    ideal = shapes.render([shapes.ShapeSpec(color, shape, background, (cx, cy), size)], SIDE)[0]
-    fit = palette_labels(ideal) == shapes.COLORS.index(color)
-    return float((mask & fit).sum()) / max(1, int((mask | fit).sum()))
+        return (cx, cy), 2 * math.sqrt(area / math.pi)
+    if shape == "square":
+        return (cx, cy), math.sqrt(area)
+    size = math.sqrt(4 * area / math.sqrt(3))  # upright triangle: area = sqrt(3)/4 s^2, centroid h/6 below centre
+    return (cx, cy - size * shapes.TRIANGLE_HEIGHT / 6), size
+
+
+def _by_box(mask: torch.Tensor, shape: str) -> tuple[tuple[float, float], float]:
+    """(bbox centre, size) from the bounding box of the mask's solid part (isolated pixels dropped); a box cut
+    off by the image edge is extended past that edge to the shape's full extent."""
+    solid = F.avg_pool2d(mask.float()[None, None], 3, stride=1, padding=1)[0, 0] > 0.5
+    ys, xs = torch.nonzero(solid if solid.any() else mask, as_tuple=True)
+    x0, x1, y0, y1 = int(xs.min()), int(xs.max()) + 1, int(ys.min()), int(ys.max()) + 1
+    ratio = shapes.TRIANGLE_HEIGHT if shape == "triangle" else 1.0  # height / width
+    size = max(x1 - x0, (y1 - y0) / ratio)
+    cx, cy = _extend(x0, x1, size), _extend(y0, y1, size * ratio)
+    return (cx / SIDE, cy / SIDE), size / SIDE
+
+
+def _extend(lo: int, hi: int, full: float) -> float:
+    """Centre of a span [lo, hi) that should be ``full`` long: grown past the image edge it touches."""
+    if hi - lo < full and lo == 0:
+        return hi - full / 2
+    if hi - lo < full and hi == SIDE:
+        return lo + full / 2
+    return (lo + hi) / 2
+
+
+def _fit(mask: torch.Tensor, shape: str, color: str, background: str) -> float:
+    """IoU of ``mask`` with the better of two ideal ``shape`` fits: same area at the centroid, or its bounding box."""
+    return max(_iou(mask, shapes.ShapeSpec(color, shape, background, *fit(mask, shape))) for fit in (_by_area, _by_box))
 
 
 def judge_image(image: torch.Tensor) -> dict[str, str | float | None]:
