@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
 Range = tuple[float, float]
-MAX_PIXELS = 64 * 2**20  # 64 megapixels: far above any image here; a 50 kB PNG can claim 400 megapixels
+MAX_PIXELS = 64_000_000  # far above any image here; a 50 kB PNG can claim 400 megapixels
 SIGNED: Range = (-1.0, 1.0)
 UNIT: Range = (0.0, 1.0)
 
@@ -50,25 +52,34 @@ def _to_rgb8(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def read_pil(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Read an image file as an 8-bit RGB PIL image; one-line ``ValueError`` for every way a file can be bad.
+def read_pil(source: str | os.PathLike | bytes | BinaryIO, max_pixels: int = MAX_PIXELS,
+             name: str | None = None) -> Image.Image:
+    """Read an image (a path, bytes or a binary file object) as an 8-bit RGB PIL image.
 
-    Refuses images above ``max_pixels`` from the header alone (before decoding, so a decompression bomb
-    costs nothing), truncated or non-image files, and rescales 16-bit PNGs instead of clipping them.
+    One-line ``ValueError`` for every way a file can be bad: refuses images above ``max_pixels`` from the header
+    alone (before decoding, so a decompression bomb costs nothing), truncated or non-image files, and rescales
+    16-bit PNGs instead of clipping them. ``name`` labels bytes / file objects in messages (e.g. a zip member).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(2, "No such file", str(path))
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(2, "No such file", str(path))
+        label, opened = name or str(path), path
+    else:
+        label, opened = name or "<image>", io.BytesIO(source) if isinstance(source, bytes) else source
+    previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # our own limit, with a clear message
     try:
-        with Image.open(path) as img:
+        with Image.open(opened) as img:
             w, h = img.size
             if w * h > max_pixels:
-                raise ValueError(f"cannot read image {path}: {w}x{h} is {w * h / 1e6:.0f} megapixels, more than "
+                raise ValueError(f"cannot read image {label}: {w}x{h} is {w * h / 1e6:.0f} megapixels, more than "
                                  f"the {max_pixels / 1e6:.0f} allowed")
             img.load()
             return _to_rgb8(img)
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError, SyntaxError) as err:
-        raise ValueError(f"cannot read image {path}: not a valid image file") from err
+        raise ValueError(f"cannot read image {label}: not a valid image file") from err
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
 
 
 def load_image(path: str | os.PathLike, size: int | tuple[int, int] | None = None,
