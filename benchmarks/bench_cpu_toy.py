@@ -55,14 +55,15 @@ def load_unet(model: str, random: bool, widths: list[int] | None) -> torch.nn.Mo
     return load_model(model, "cpu")[0]
 
 
-def median_call(unet: torch.nn.Module, batch: int, grad: bool, reps: int) -> float:
-    """Median seconds of one UNet call at ``batch`` (after one warm-up call); ``grad`` adds d(sum eps)/d(x_t)."""
+def median_call(unet: torch.nn.Module, batch: int, grad: bool, reps: int) -> tuple[float, float]:
+    """Median (wall, CPU) seconds of one UNet call at ``batch`` (after a warm-up call); ``grad`` adds the backward
+    pass d(sum eps)/d(x_t). CPU time counts every thread of the process."""
     from common.sampling import model_shape, unet_eps
 
     x = torch.randn(batch, *model_shape(unet), generator=torch.Generator().manual_seed(0))  # [B, C, H, W]
-    times = []
+    times, cpu = [], []
     for _ in range(reps + 1):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         if grad:
             x_t = x.clone().requires_grad_(True)
             torch.autograd.grad(unet_eps(unet, x_t, 500).sum(), x_t)
@@ -70,12 +71,16 @@ def median_call(unet: torch.nn.Module, batch: int, grad: bool, reps: int) -> flo
             with torch.no_grad():
                 unet_eps(unet, x, 500)
         times.append(time.perf_counter() - start)
-    times = sorted(times[1:])
-    return times[len(times) // 2]
+        cpu.append(time.process_time() - cpu_start)
+    return _median(times[1:]), _median(cpu[1:])
 
 
-def mean_step(unet: torch.nn.Module, sampler: str, steps: int) -> float:
-    """Mean seconds per step of a ``steps``-step reference loop at the default batch of ``sampler``."""
+def _median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
+
+
+def mean_step(unet: torch.nn.Module, sampler: str, steps: int) -> tuple[float, float]:
+    """Mean (wall, CPU) seconds per step of a ``steps``-step reference loop at the default batch of ``sampler``."""
     from common.gpu import make_generators
     from common.sampling import model_shape, sample_unet, sampling_config
     from common.toy.train_faces import SCHEDULER_CONFIG
@@ -83,7 +88,6 @@ def mean_step(unet: torch.nn.Module, sampler: str, steps: int) -> float:
     config = sampling_config(SCHEDULER_CONFIG)
     batch = DEFAULT_RUNS[sampler][1]
     gens = make_generators(range(batch), "cpu")
-    start = time.perf_counter()
     if sampler == "DPS":
         from dps.dps import dps_sample
         from dps.operators import DEFAULT_SCALES, add_measurement_noise, build_operator
@@ -92,26 +96,32 @@ def mean_step(unet: torch.nn.Module, sampler: str, steps: int) -> float:
         operator = build_operator("inpainting", batch, size)
         y = add_measurement_noise(operator.forward(torch.zeros(batch, 3, size, size)), 0.05,
                                   torch.Generator().manual_seed(0))
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         dps_sample(unet, config, y, operator, steps, DEFAULT_SCALES["inpainting"], gens)
     else:
+        start, cpu_start = time.perf_counter(), time.process_time()
         sample_unet(unet, config, sampler, steps, gens)
-    return (time.perf_counter() - start) / steps
+    return (time.perf_counter() - start) / steps, (time.process_time() - cpu_start) / steps
 
 
 def measure(model: str, random: bool, widths: list[int] | None, threads: int, reps: int, steps: int,
-            startup: float) -> dict:
-    """One row: call and step times at ``threads`` intra-op threads, and the extrapolated default runs."""
+            startup: tuple[float, float]) -> dict:
+    """One row: call and step times at ``threads`` intra-op threads, and the extrapolated default runs.
+    ``startup``: (wall, CPU) seconds of the imports; model loading is added here."""
     torch.set_num_threads(threads)
-    load_before, start = os.getloadavg()[0], time.perf_counter()
+    load_before, start, cpu_start = os.getloadavg()[0], time.perf_counter(), time.process_time()
     unet = load_unet(model, random, widths)
-    startup += time.perf_counter() - start  # imports + model loading
-    row = {"policy": os.environ.get("OMP_WAIT_POLICY") or "default", "threads": threads,
-           "fwd10_s": median_call(unet, 10, False, reps), "fwdbwd4_s": median_call(unet, 4, True, reps)}
+    wall0, cpu0 = startup[0] + time.perf_counter() - start, startup[1] + time.process_time() - cpu_start
+    row = {"policy": os.environ.get("OMP_WAIT_POLICY") or "default", "threads": threads, "startup_s": wall0,
+           "startup_cpu_s": cpu0}
+    row["fwd10_s"], row["fwd10_cpu_s"] = median_call(unet, 10, False, reps)
+    row["fwdbwd4_s"], row["fwdbwd4_cpu_s"] = median_call(unet, 4, True, reps)
     for sampler, (full_steps, _) in DEFAULT_RUNS.items():
-        row[f"{sampler}_step_s"] = mean_step(unet, sampler, steps)
-        row[f"{sampler}_default_s"] = startup + full_steps * row[f"{sampler}_step_s"]
-    row.update({"startup_s": startup, "load_before": load_before, "load_after": os.getloadavg()[0],
+        row[f"{sampler}_step_s"], row[f"{sampler}_step_cpu_s"] = mean_step(unet, sampler, steps)
+        row[f"{sampler}_default_s"] = wall0 + full_steps * row[f"{sampler}_step_s"]
+        # one thread's CPU time is about its wall time on an idle core (a shared core adds waiting, not work)
+        row[f"{sampler}_idle_1thread_s"] = cpu0 + full_steps * row[f"{sampler}_step_cpu_s"] if threads == 1 else None
+    row.update({"load_before": load_before, "load_after": os.getloadavg()[0],
                 "params": sum(p.numel() for p in unet.parameters()), "size": unet.config.sample_size})
     return row
 
@@ -129,17 +139,19 @@ def print_table(rows: list[dict]) -> None:
     first = rows[0]
     print(f"toy-faces UNet ({first['params'] / 1e6:.2f}M params, {first['size']} px) on {_cpu_name()}, "
           f"{os.cpu_count()} CPUs, torch {torch.__version__}")
-    print("seconds; defaults = start-up + steps x step: DDPM 1000 x 10, DDIM 50 x 10, DPS inpainting 1000 x 4")
-    print(f"{'policy':<8}{'thr':>4}{'fwd@10':>8}{'f+b@4':>7}{'DDPM st':>8}{'DDIM st':>8}{'DPS st':>7}"
-          f"{'start':>6}{'DDPM dflt':>10}{'DDIM dflt':>10}{'DPS dflt':>9}{'load':>11}")
+    print("wall seconds (cpu: CPU seconds of all threads); dflt = start-up + steps x step: DDPM 1000 x 10, "
+          "DDIM 50 x 10, DPS inpainting 1000 x 4; idle1 = the same from one thread's CPU time")
+    print(f"{'policy':<8}{'thr':>4}{'fwd@10':>8}{'cpu':>7}{'f+b@4':>7}{'cpu':>7}{'DDPM st':>8}{'DDIM st':>8}"
+          f"{'DPS st':>7}{'start':>6}{'DDPM dflt':>10}{'DDIM dflt':>10}{'DPS dflt':>9}{'idle1 DDPM/DDIM/DPS':>21}"
+          f"{'load':>12}")
     for r in rows:
-        verdict = "".join("+" if r[f"{s}_default_s"] <= TARGETS_S[s] else "-" for s in DEFAULT_RUNS)
-        print(f"{r['policy']:<8}{r['threads']:>4}{r['fwd10_s']:>8.3f}{r['fwdbwd4_s']:>7.3f}{r['DDPM_step_s']:>8.3f}"
-              f"{r['DDIM_step_s']:>8.3f}{r['DPS_step_s']:>7.3f}{r['startup_s']:>6.1f}{r['DDPM_default_s']:>10.0f}"
-              f"{r['DDIM_default_s']:>10.1f}{r['DPS_default_s']:>9.0f}{r['load_before']:>6.2f}-{r['load_after']:<4.2f}"
-              f" {verdict}")
+        idle = "/".join(f"{r[f'{s}_idle_1thread_s']:.0f}" for s in DEFAULT_RUNS) if r["threads"] == 1 else "-"
+        print(f"{r['policy']:<8}{r['threads']:>4}{r['fwd10_s']:>8.3f}{r['fwd10_cpu_s']:>7.3f}{r['fwdbwd4_s']:>7.3f}"
+              f"{r['fwdbwd4_cpu_s']:>7.3f}{r['DDPM_step_s']:>8.3f}{r['DDIM_step_s']:>8.3f}{r['DPS_step_s']:>7.3f}"
+              f"{r['startup_s']:>6.1f}{r['DDPM_default_s']:>10.0f}{r['DDIM_default_s']:>10.1f}"
+              f"{r['DPS_default_s']:>9.0f}{idle:>21} {r['load_before']:>5.2f}-{r['load_after']:<5.2f}")
     print(f"targets (idle 2-core CPU): DDPM <= {TARGETS_S['DDPM']:.0f} s, DDIM <= {TARGETS_S['DDIM']:.0f} s, "
-          f"DPS <= {TARGETS_S['DPS']:.0f} s; last column: + within, - over (DDPM, DDIM, DPS)")
+          f"DPS <= {TARGETS_S['DPS']:.0f} s; load: 1-minute load average before-after the row")
 
 
 def _cpu_name() -> str:
@@ -177,7 +189,7 @@ def main(model, random, widths, threads, wait_policies, reps, steps, json_path, 
     if any(t < 1 for t in threads) or (widths and len(widths) != 4):
         raise UserError("--threads must be >= 1 and --widths needs four numbers")
     if worker:
-        startup = time.perf_counter() - START
+        startup = (time.perf_counter() - START, time.process_time())  # imports: wall, CPU since the start
         for n in threads:
             print(json.dumps(measure(model, random, widths, n, reps, steps, startup)), flush=True)
         return

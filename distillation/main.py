@@ -159,6 +159,9 @@ RUN_OPTIONS: tuple[Callable[[Any], Any], ...] = (
     click.option("--batch_size", type=click.IntRange(1, MAX_PROMPTS), default=32, show_default=True,
                  help=f"Prompts optimised together; more run in consecutive batches (at most {MAX_PROMPTS} per "
                       "run). VSD's LoRA is shared within a batch only."),
+    click.option("--cuda_graphs/--no_cuda_graphs", default=False, show_default=True,
+                 help="Replay the frozen UNet's calls as CUDA graphs (common.graphs; CUDA only, not VSD): equal "
+                      "to eager in the tests, off by default until measured on a GPU."),
     click.option("--threads", type=click.IntRange(0, 1024), default=None,
                  help="CPU threads of torch (0: torch's default) [default: 1 for the embedded toy models, whose "
                       "tiny convolutions run fastest on one thread, 0 otherwise]."),

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from common.cli import UserError, check_finite
 from common.divergence import check_bounded
 from common.gpu import get_device, make_generators, precision_dtype, randn_per_sample, seed_everything
+from common.graphs import maybe_graph
 from common.images import load_image, pil_to_tensor, save_gif, save_image, tensor_to_pil
 from distillation.guidance import Guidance, encode_prompts
 from distillation.representations import make_representation
@@ -117,6 +118,7 @@ class RunConfig:
     sdi_inversion_form: str = "authors"  # SDI eta > 0: authors' sqrt(1 - a_next) eps + sigma z, or ddim's form
     ism_grid: str = "2d-sds"  # ISM inversion grid: 2d-sds (s - n delta_s) or luciddreamer (delta_s steps up to s)
     batch_size: int = 32  # prompts optimised together; more run in consecutive batches
+    cuda_graphs: bool = False  # replay the frozen UNet's calls as CUDA graphs (common.graphs; not VSD's LoRA)
     threads: int = 0  # torch CPU threads (0: torch's default); the CLI default is 1 for toy models
     items: list[Item] = field(default_factory=list)
 
@@ -201,6 +203,8 @@ class Run:
             raise ValueError("no prompts given")
         self.cfg, self.device = cfg, device
         self.guidance = Guidance.from_pipeline(pipe, t_min=cfg.t_min, t_max=cfg.t_max, w_schedule=cfg.w_schedule)
+        if cfg.loss_type != "vsd":  # VSD trains a LoRA inside the UNet: it stays eager
+            self.guidance.unet = maybe_graph(self.guidance.unet, cfg.cuda_graphs, device)
         self.generators = make_generators([it.seed(cfg.seed) for it in cfg.items])
         B = len(cfg.items)
         uncond = encode_prompts(pipe.tokenizer, pipe.text_encoder, [cfg.negative_prompt] * B, device)

@@ -115,7 +115,9 @@ def measure(model: str | Path | None = None, clip: str | Path | None = None, dev
             grid: str | Path | None = None, grid_size: int = 32) -> dict[str, float]:
     """Run both measurements on the SD folder ``model`` (default: shipped toy-sd) and print the table."""
     from common.toy.judge import fully_correct
+    from common.toy.train_cli import toy_clip_folder
 
+    clip = toy_clip_folder(None if clip is None else str(clip))  # a bad judge folder: one line before any work
     dev = get_device(device)
     seed_everything(0)
     pipe = sd_model.load_sd_pipeline(model, dev)
@@ -141,7 +143,8 @@ def measure(model: str | Path | None = None, clip: str | Path | None = None, dev
 
 @click.command(context_settings=CONTEXT_SETTINGS)
 @click.option("--model", default=None, help="SD folder [default: common/toy/models/toy-sd].")
-@click.option("--clip", default=None, help="toy-clip folder for the judge [default: the shipped toy-clip].")
+@click.option("--clip", default=None,
+              help="toy-clip (registry name or open_clip folder) for the judge [default: the shipped toy-clip].")
 @click.option("--device", type=click.Choice(["auto", "cuda", "cpu", "mps"]), default="auto", show_default=True)
 @click.option("--psnr-images", type=click.IntRange(min=1), default=1000, show_default=True)
 @click.option("--captions", type=click.IntRange(min=1), default=200, show_default=True)

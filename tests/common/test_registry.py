@@ -33,6 +33,28 @@ def test_known_names_and_sources():
     assert {s.kind for s in registry.MODELS.values()} == set(registry.KINDS)
 
 
+def test_behaviour_follows_spec_fields_not_names(tmp_path, monkeypatch):
+    """fp16 variants and retraining hints are explicit ModelSpec fields (issue #20: no keying on stage2_hub_id)."""
+    assert [n for n, s in registry.MODELS.items() if s.fp16_variant] == ["deepfloyd-if"]
+    assert registry._fp16_variant(resolve("deepfloyd-if"), torch.float16) == {"variant": "fp16"}
+    assert registry._fp16_variant(resolve("deepfloyd-if"), torch.float32) == {}
+    upscaler_only = registry.ModelSpec("x", "pixel", "t", hub_id="a/b", stage2_hub_id="a/c")
+    assert registry._fp16_variant(upscaler_only, torch.float16) == {}
+    assert {n: s.train for n, s in registry.MODELS.items() if s.toy} == {
+        "toy-sd": "sd", "toy-clip": "clip", "toy-faces": "faces", "toy-pixel": "pixel"}
+    monkeypatch.setitem(registry.MODELS, "toy-new", registry.ModelSpec("toy-new", "clip", "t", folder=tmp_path / "no",
+                                                                       toy=True, train="clip"))
+    with pytest.raises(ModelLoadError, match=r"train it with `python -m common.toy train clip --out "
+                                              r"common/toy/models/toy-new --force`"):
+        load_clip("toy-new")
+    sdxl = tmp_path / "sdxl"
+    sdxl.mkdir()
+    (sdxl / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionXLPipeline"}))
+    assert registry.detect_folder_kind(sdxl) != "sd"  # not by its class name's prefix: no vae/, not an SD 1/2 class
+    (sdxl / "vae").mkdir()
+    assert registry.detect_folder_kind(sdxl) == "sd"
+
+
 def test_unknown_name_lists_known_names():
     with pytest.raises(ModelLoadError) as info:
         resolve("sd-9")
