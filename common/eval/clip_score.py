@@ -53,14 +53,18 @@ TOY_CLIP, REAL_CLIP = "toy-clip", "clip-vit-b-32"
 _WIDE_CROP = re.compile(r"^(?P<prompt>.+)_(?P<pos>\d+)$")
 
 
+HANDOUT_COPIES = ("generated_image", "generated_progressive")  # distillation.main's HW5 names, not prompts
+
+
 def is_final_image(path: str | os.PathLike, app: str = "default") -> bool:
     """True for a final image to score: a ``.png`` that is not a step snapshot (all-digit name such as
-    ``25.png``) nor a source image (``src_img*.png``); with ``app="wide_images"`` only ``<prompt>_<pos>.png``."""
+    ``25.png``), a source image (``src_img*.png``) nor a UMich HW5 deliverable copy (``generated_image.png``,
+    ``generated_progressive.png``); with ``app="wide_images"`` only ``<prompt>_<pos>.png``."""
     path = Path(path)
     if path.suffix.lower() != ".png":
         return False
     stem = path.stem
-    if stem.isdigit() or stem.lower().startswith("src_img") or stem == "":
+    if stem.isdigit() or stem.lower().startswith("src_img") or stem == "" or stem in HANDOUT_COPIES:
         return False
     if app == "wide_images":
         return _WIDE_CROP.match(stem) is not None

@@ -73,6 +73,7 @@ def test_prompt_rules():
     assert all(is_final_image(n) for n in FINAL)
     assert not any(is_final_image(n) for n in SKIPPED[:5])
     assert not is_final_image("A_beach_scene_with_golden_sands.png", "wide_images")  # full panorama
+    assert not is_final_image("generated_image.png") and not is_final_image("out/generated_progressive.png")
 
 
 def test_score_matches_hand_computation(tiny_clip, tmp_path):
