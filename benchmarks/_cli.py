@@ -9,7 +9,7 @@ from typing import Any
 import click
 import torch
 
-from common.cli import CONTEXT_SETTINGS, UserError
+from common.cli import CONTEXT_SETTINGS, OneLineCommand, UserError
 from common.gpu import PRECISION_CHOICES, get_device, precision_dtype
 from common.runs import json_number, write_json_atomic
 
@@ -17,14 +17,7 @@ GRAPH_MODES = ("eager", "graphs")  # graphs: common.graphs.CudaGraphUNet around 
 DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
-class BenchCommand(click.Command):
-    """A click command whose usage errors (bad choices, ranges) print as one ``Error:`` line, exit code 2."""
-
-    def make_context(self, info_name, args, parent=None, **extra):
-        try:
-            return super().make_context(info_name, args, parent, **extra)
-        except click.UsageError as err:
-            raise UserError(err.format_message()) from err
+BenchCommand = OneLineCommand  # usage errors (bad choices, ranges) print as one ``Error:`` line, exit code 2
 
 
 def bench_command(**kwargs: Any):

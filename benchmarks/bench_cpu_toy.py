@@ -107,11 +107,10 @@ def mean_step(unet: torch.nn.Module, sampler: str, steps: int) -> tuple[float, f
 def measure(model: str, random: bool, widths: list[int] | None, threads: int, reps: int, steps: int,
             startup: tuple[float, float]) -> dict:
     """One row: call and step times at ``threads`` intra-op threads, and the extrapolated default runs.
-    ``startup``: (wall, CPU) seconds of the imports; model loading is added here."""
+    ``startup``: (wall, CPU) seconds of the imports and the first model loading."""
     torch.set_num_threads(threads)
-    load_before, start, cpu_start = os.getloadavg()[0], time.perf_counter(), time.process_time()
+    load_before, (wall0, cpu0) = os.getloadavg()[0], startup
     unet = load_unet(model, random, widths)
-    wall0, cpu0 = startup[0] + time.perf_counter() - start, startup[1] + time.process_time() - cpu_start
     row = {"policy": os.environ.get("OMP_WAIT_POLICY") or "default", "threads": threads, "startup_s": wall0,
            "startup_cpu_s": cpu0}
     row["fwd10_s"], row["fwd10_cpu_s"] = median_call(unet, 10, False, reps)
@@ -189,7 +188,8 @@ def main(model, random, widths, threads, wait_policies, reps, steps, json_path, 
     if any(t < 1 for t in threads) or (widths and len(widths) != 4):
         raise UserError("--threads must be >= 1 and --widths needs four numbers")
     if worker:
-        startup = (time.perf_counter() - START, time.process_time())  # imports: wall, CPU since the start
+        load_unet(model, random, widths)  # the first loading imports diffusers: part of every command's start-up
+        startup = (time.perf_counter() - START, time.process_time())  # wall, CPU since the process started
         for n in threads:
             print(json.dumps(measure(model, random, widths, n, reps, steps, startup)), flush=True)
         return

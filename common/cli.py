@@ -156,6 +156,19 @@ def finite(min: float | None = None, max: float | None = None, min_open: bool = 
     return FiniteFloat(min=min, max=max, min_open=min_open, max_open=max_open)
 
 
+class OneLineCommand(click.Command):
+    """A click command whose bad option values print as one ``Error:`` line, exit code 2 (no usage block).
+
+    >>> @click.command(cls=OneLineCommand, context_settings=CONTEXT_SETTINGS)
+    """
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as err:
+            raise UserError(err.format_message()) from err
+
+
 def check_finite(x: torch.Tensor | float, what: str) -> None:
     """Raise a one-line error when optimisation or sampling produced NaN or inf."""
     ok = bool(torch.isfinite(x).all()) if isinstance(x, torch.Tensor) else math.isfinite(x)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import click
 import torch.nn.functional as F
 
-from common.cli import CONTEXT_SETTINGS, UserError, finite, user_errors
+from common.cli import CONTEXT_SETTINGS, OneLineCommand, UserError, finite, user_errors
 from common.gpu import PRECISION_CHOICES, CudaTimer, get_device, precision_dtype, seed_everything
 from common.images import save_grid, save_image
 from common.runs import write_config, write_json_atomic
@@ -22,16 +22,6 @@ DEFAULT_STEPS = {"DDPM": 1000, "DDIM": 50}
 MAX_BATCH_PIXELS = 2**22  # images x pixels per UNet batch (no gradients): 1024 of 64 px, 64 of 256 px
 MAX_SAMPLES = 10000  # all samples stay in memory until they are written
 TOY_MAX_SIZE, TOY_UPSCALE = 64, 4  # grid.png enlarges images of at most 64 px x4 (nearest neighbour)
-
-
-class OneLineCommand(click.Command):
-    """A bad option value is one ``Error:`` line with exit code 2, like a domain error (no usage block)."""
-
-    def make_context(self, info_name, args, parent=None, **extra):
-        try:
-            return super().make_context(info_name, args, parent, **extra)
-        except click.UsageError as err:
-            raise UserError(err.format_message()) from err
 
 
 @click.command(cls=OneLineCommand, context_settings=CONTEXT_SETTINGS)

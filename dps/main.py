@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
-from common.cli import CONTEXT_SETTINGS, UserError, finite, user_errors
+from common.cli import CONTEXT_SETTINGS, OneLineCommand, UserError, finite, user_errors
 from common.gpu import PRECISION_CHOICES, CudaTimer, get_device, make_generators, precision_dtype, seed_everything
 from common.images import load_image, pil_to_tensor, save_image
 from common.runs import json_number, write_config, write_json_atomic
@@ -35,16 +35,6 @@ MAX_SCALE = 1e6  # zeta; the default is 0.3-0.5, and far larger values diverge (
 MAX_KERNEL_FACTOR = 4  # --kernel_size <= 4 x image size + 1: larger kernels only average reflected copies
 MAX_BATCH_PIXELS = 2**20  # images x pixels per UNet batch (DPS keeps the graph for the backward): 256 of 64 px
 MAX_IMAGES = 1000
-
-
-class OneLineCommand(click.Command):
-    """A bad option value is one ``Error:`` line with exit code 2, like a domain error (no usage block)."""
-
-    def make_context(self, info_name, args, parent=None, **extra):
-        try:
-            return super().make_context(info_name, args, parent, **extra)
-        except click.UsageError as err:
-            raise UserError(err.format_message()) from err
 
 
 def load_images(folder: str | Path, size: int, limit: int | None = None) -> torch.Tensor:

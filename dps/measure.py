@@ -14,13 +14,13 @@ import click
 import torch
 from tqdm.auto import tqdm
 
-from common.cli import CONTEXT_SETTINGS, finite, user_errors
+from common.cli import CONTEXT_SETTINGS, OneLineCommand, finite, user_errors
 from common.gpu import CudaTimer, get_device, make_generators, seed_everything
 from common.runs import write_json_atomic
 from common.sampling import load_model, model_shape, sampling_config
 from common.toy.faces import heldout_faces
 from dps.dps import dps_sample
-from dps.main import MAX_IMAGES, MAX_SCALE, OneLineCommand, check_batch_size
+from dps.main import MAX_IMAGES, MAX_SCALE, check_batch_size
 from dps.metrics import psnr
 from dps.operators import DEFAULT_SCALES, TASKS, add_measurement_noise, build_operator
 

@@ -83,7 +83,8 @@ def _extend(lo: int, hi: int, full: float) -> float:
 
 def _fit(mask: torch.Tensor, shape: str, color: str, background: str) -> float:
     """IoU of ``mask`` with the better of two ideal ``shape`` fits: same area at the centroid, or its bounding box."""
-    return max(_iou(mask, shapes.ShapeSpec(color, shape, background, *fit(mask, shape))) for fit in (_by_area, _by_box))
+    fits = (_by_area(mask, shape), _by_box(mask, shape))
+    return max(_iou(mask, shapes.ShapeSpec(color, shape, background, centre, size)) for centre, size in fits)
 
 
 def judge_image(image: torch.Tensor) -> dict[str, str | float | None]:
