@@ -37,8 +37,12 @@ MAX_BATCH_PIXELS = 2**20  # images x pixels per UNet batch (DPS keeps the graph 
 MAX_IMAGES = 1000
 
 
-def load_images(folder: str | Path, size: int, limit: int | None = None) -> torch.Tensor:
-    """RGB images of exactly ``size`` x ``size`` from a folder (sorted by name): [N, 3, size, size] in [-1, 1]."""
+def load_images(folder: str | Path, size: int | None, limit: int | None = None) -> torch.Tensor:
+    """RGB images of exactly ``size`` x ``size`` from a folder (sorted by name): [N, 3, size, size] in [-1, 1].
+
+    ``size=None`` only requires the images to share one square size (read before the model is loaded, so a bad
+    file is refused at once; :func:`check_image_size` checks the model's size afterwards).
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(2, "No such directory", str(folder))
@@ -53,10 +57,20 @@ def load_images(folder: str | Path, size: int, limit: int | None = None) -> torc
         if mode != "RGB":
             raise ValueError(f"image {path.name} has {CHANNELS.get(mode, mode)} channel(s) (mode {mode}); "
                              "expected an RGB image")
+        if size is None:
+            size = w  # the first image fixes the size; the model's is checked by check_image_size
         if (w, h) != (size, size):
-            raise ValueError(f"image {path.name} is {w}x{h} but the model works on {size}x{size} images")
+            raise ValueError(f"image {path.name} is {w}x{h}; expected {size}x{size} images (the model's size, or "
+                             "that of the first image)")
         images.append(image)
     return torch.stack(images)
+
+
+def check_image_size(images: torch.Tensor, size: int) -> None:
+    """The model's image size must be that of the ``--images`` (one line otherwise)."""
+    if tuple(images.shape[-2:]) != (size, size):
+        h, w = images.shape[-2:]
+        raise ValueError(f"the --images are {w}x{h} but the model works on {size}x{size} images")
 
 
 def check_kernel_size(task: str, kernel_size: int, size: int) -> None:
@@ -118,6 +132,7 @@ def main(task, images_dir, num_images, num_inference_steps, scale, eta, mask_typ
     seed_everything(seed)
     dev = get_device(device)
     dtype = precision_dtype(precision, dev)
+    given = load_images(images_dir, None, num_images) if images_dir else None  # bad files refused before the model
     unet, sched_config = load_model(model, dev, dtype)
     config = sampling_config(sched_config)  # DDIM grid, alpha_bar and clipping of the model's scheduler config
     if num_inference_steps > config.num_train_timesteps:
@@ -125,7 +140,9 @@ def main(task, images_dir, num_images, num_inference_steps, scale, eta, mask_typ
     _, size, _ = model_shape(unet)
     check_kernel_size(task, kernel_size, size)
     check_batch_size(batch_size, size)
-    truth = (load_images(images_dir, size, num_images) if images_dir else heldout_faces(num_images, size)).to(dev)
+    if given is not None:
+        check_image_size(given, size)
+    truth = (given if given is not None else heldout_faces(num_images, size)).to(dev)
     n = len(truth)
     scale = DEFAULT_SCALES[task] if scale is None else scale
     operator = build_operator(task, n, size, seed, mask_type, 4, sr_mode, kernel_size, blur_sigma,
