@@ -36,7 +36,7 @@ def save_clip_folder(model: torch.nn.Module, model_cfg: dict[str, Any], folder: 
                   "interpolation": "bicubic", "resize_mode": "shortest"}
     preprocess.update(preprocess_cfg or {})
     config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess}
-    (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().contiguous()
              for k, v in model.state_dict().items()}
     save_file(state, str(folder / WEIGHTS_FILE))

@@ -9,6 +9,7 @@ import click
 from common.cli import CONTEXT_SETTINGS, UserError, user_errors
 from common.eval.clip_score import APPS, clip_for_images, clip_score_folder, find_final_images, write_eval_json
 from common.gpu import get_device
+from common.images import read_pil
 from common.registry import load_clip, resolve
 from common.runs import write_config
 
@@ -41,7 +42,8 @@ def main(fdir1: str, clip_model: str, app: str, device: str, batch_size: int) ->
       python -m common.eval --fdir1 outputs/sds --clip_model toy-clip --device cpu
       python -m common.eval --fdir1 outputs/wide --app wide_images
     """
-    find_final_images(fdir1, app)  # fail on a bad folder before loading a model
+    for path in find_final_images(fdir1, app):  # fail on a bad folder or a bad image before loading a model
+        read_pil(path)
     for name in ("eval.json", EVAL_CONFIG):
         if (Path(fdir1) / name).is_dir():
             raise UserError(f"cannot write {Path(fdir1) / name}: it is a folder")

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
 from common.clip_folder import CONFIG_FILE, WEIGHTS_FILE, load_clip_folder, save_clip_folder
+from common.hub import check_weight_files
 
 MODEL_NAME = "toy-clip"
 CONFIG_PATH = Path(__file__).parent / "configs" / f"{MODEL_NAME}.json"
@@ -70,6 +71,7 @@ def check_folder(folder: str | Path | None = None) -> Path:
     for name in (CONFIG_FILE, WEIGHTS_FILE):
         if not (folder / name).is_file():
             raise FileNotFoundError(f"toy-clip weights missing: {folder / name} (train them with: {TRAIN_COMMAND})")
+    check_weight_files(folder)  # a truncated or pickled weights file: one line now, not after training starts
     return folder
 
 

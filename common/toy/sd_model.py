@@ -101,14 +101,14 @@ def write_tokenizer(folder: str | Path) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     vocab, merges = bpe_vocab_and_merges()
-    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False, separators=(",", ":")), "utf-8")
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False, separators=(",", ":"), allow_nan=False), "utf-8")
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", "utf-8")
     special = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
                "pad_token": "!"}
     config = {"tokenizer_class": "CLIPTokenizer", "model_max_length": CONTEXT_LENGTH, "do_lower_case": True,
               "clean_up_tokenization_spaces": True, "errors": "replace", **special}
-    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
-    (folder / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2, allow_nan=False) + "\n")
+    (folder / "special_tokens_map.json").write_text(json.dumps(special, indent=2, allow_nan=False) + "\n")
     return folder
 
 
@@ -249,7 +249,7 @@ def save_sd_folder(pipe: StableDiffusionPipeline, folder: str | Path, dtype: tor
         "unet": ["diffusers", "UNet2DConditionModel"],
         "vae": ["diffusers", "AutoencoderKL"],
     }
-    (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2, allow_nan=False) + "\n")
     return folder
 
 

@@ -133,7 +133,7 @@ def save_folder(unet, out: Path) -> Path:
     index = {"_class_name": "ToyPixelPipeline", "_diffusers_version": "0.32.0",
              "unet": ["diffusers", "UNet2DConditionModel"], "scheduler": ["diffusers", "DDIMScheduler"],
              "text_from": "toy-sd", "_note": "tokenizer and text encoder: common/toy/models/toy-sd"}
-    (out / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+    (out / "model_index.json").write_text(json.dumps(index, indent=2, allow_nan=False) + "\n")
     return out
 
 
