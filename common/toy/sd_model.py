@@ -101,7 +101,8 @@ def write_tokenizer(folder: str | Path) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     vocab, merges = bpe_vocab_and_merges()
-    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False, separators=(",", ":"), allow_nan=False), "utf-8")
+    vocab_text = json.dumps(vocab, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    (folder / "vocab.json").write_text(vocab_text, "utf-8")
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", "utf-8")
     special = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
                "pad_token": "!"}
