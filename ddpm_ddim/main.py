@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from common.cli import CONTEXT_SETTINGS, OneLineCommand, UserError, finite, user_errors
 from common.gpu import PRECISION_CHOICES, CudaTimer, get_device, precision_dtype, seed_everything
+from common.graphs import maybe_graph
 from common.images import save_grid, save_image
 from common.runs import write_config, write_json_atomic
 from common.schedules import SPACINGS
@@ -44,10 +45,13 @@ TOY_MAX_SIZE, TOY_UPSCALE = 64, 4  # grid.png enlarges images of at most 64 px x
               help="UNet weights (auto: fp16 on CUDA, fp32 on CPU); the scheduler math stays fp32.")
 @click.option("--save_dir", type=click.Path(file_okay=False), default=None,
               help="Output folder [default: DDPM_results or DDIM_results, as in the handout].")
+@click.option("--cuda_graphs/--no_cuda_graphs", default=False, show_default=True,
+              help="Replay the UNet's calls as CUDA graphs (common.graphs; CUDA only): equal to eager in the tests, "
+                   "off by default until measured on a GPU.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @user_errors
 def main(scheduler_name, num_inference_steps, eta, timestep_spacing, num_samples, batch_size, model, seed, device,
-         precision, save_dir, progress):
+         precision, save_dir, cuda_graphs, progress):
     """Generate --num_samples faces with DDPM or DDIM and report the sampling time.
 
     \b
@@ -63,6 +67,7 @@ def main(scheduler_name, num_inference_steps, eta, timestep_spacing, num_samples
     dev = get_device(device)
     dtype = precision_dtype(precision, dev)
     unet, sched_config = load_model(model, dev, dtype)
+    unet = maybe_graph(unet, cuda_graphs, dev)
     scheduler = make_scheduler(name, sched_config, timestep_spacing=timestep_spacing)
     if steps > scheduler.num_train_timesteps:
         raise UserError(f"--num_inference_steps must be at most {scheduler.num_train_timesteps}, got {steps}")
@@ -87,7 +92,7 @@ def main(scheduler_name, num_inference_steps, eta, timestep_spacing, num_samples
     write_config(save_dir, {"scheduler_name": name, "num_inference_steps": steps, "eta": eta,
                             "timestep_spacing": scheduler.timestep_spacing, "num_samples": num_samples,
                             "batch_size": batch_size, "model": model, "seed": seed, "device": str(dev),
-                            "precision": precision, "save_dir": save_dir})
+                            "precision": precision, "cuda_graphs": cuda_graphs, "save_dir": save_dir})
     click.echo(f"{name} {steps} steps: {num_samples} images in {seconds:.2f} s "
                f"({seconds / num_samples:.3f} s/image, batch {batch}, {dev}, {unet_dtype}) -> {save_dir}")
 
