@@ -130,7 +130,8 @@ def run_policy(policy: str, argv: list[str]) -> list[dict]:
     env = dict(os.environ, OMP_WAIT_POLICY="" if policy == "default" else policy)  # "" = unset, not overridable
     proc = subprocess.run([sys.executable, __file__, "--worker", *argv], env=env, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise UserError(f"the {policy} worker failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+        last = (proc.stderr.strip().splitlines() or ["?"])[-1].removeprefix("Error: ")
+        raise UserError(f"the {policy} worker failed: {last}")
     return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
 
 

@@ -8,12 +8,12 @@ handout's ``DDPM_results`` / ``DDIM_results``), plus ``grid.png`` (toy-size imag
 from __future__ import annotations
 
 import click
-import torch.nn.functional as F
 
 from common.cli import CONTEXT_SETTINGS, OneLineCommand, UserError, finite, user_errors
 from common.gpu import PRECISION_CHOICES, CudaTimer, get_device, precision_dtype, seed_everything
 from common.graphs import maybe_graph
 from common.images import save_grid, save_image
+from common.panels import display_upscale, enlarge
 from common.runs import write_config, write_json_atomic
 from common.schedules import SPACINGS
 from ddpm_ddim.sampling import load_model, model_shape, sample_images
@@ -22,7 +22,6 @@ from ddpm_ddim.schedulers import make_scheduler
 DEFAULT_STEPS = {"DDPM": 1000, "DDIM": 50}
 MAX_BATCH_PIXELS = 2**22  # images x pixels per UNet batch (no gradients): 1024 of 64 px, 64 of 256 px
 MAX_SAMPLES = 10000  # all samples stay in memory until they are written
-TOY_MAX_SIZE, TOY_UPSCALE = 64, 4  # grid.png enlarges images of at most 64 px x4 (nearest neighbour)
 
 
 @click.command(cls=OneLineCommand, context_settings=CONTEXT_SETTINGS)
@@ -80,8 +79,7 @@ def main(scheduler_name, num_inference_steps, eta, timestep_spacing, num_samples
     seconds = timer.ms / 1000
     for i, image in enumerate(images):
         save_image(image, f"{save_dir}/{name}_generated_image{i}.png")
-    shown = F.interpolate(images.float(), scale_factor=TOY_UPSCALE, mode="nearest") if size <= TOY_MAX_SIZE else images
-    save_grid(shown, f"{save_dir}/grid.png")
+    save_grid(enlarge(images, display_upscale(size)), f"{save_dir}/grid.png")  # toy-size images x4, nearest
     batch = min(batch_size, num_samples)  # the UNet batch that ran (a run of 2 samples never batches 10)
     unet_dtype = str(dtype).removeprefix("torch.")
     timing = {"scheduler": name, "num_inference_steps": steps, "num_samples": num_samples, "batch_size": batch,

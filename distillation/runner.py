@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import textwrap
 import unicodedata
 import zlib
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from common.divergence import check_bounded
 from common.gpu import get_device, make_generators, precision_dtype, randn_per_sample, seed_everything
 from common.graphs import maybe_graph
 from common.images import load_image, pil_to_tensor, save_gif, save_image, tensor_to_pil
+from common.panels import labelled_grid
 from distillation.guidance import Guidance, encode_prompts
 from distillation.representations import make_representation
 from distillation.schedules import make_t_schedule
@@ -158,29 +158,6 @@ def heatmap(grad: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     v = torch.nn.functional.interpolate(v, size=size, mode="nearest")
     rgb = torch.cat([(3 * v).clamp(0, 1), (3 * v - 1).clamp(0, 1), (3 * v - 2).clamp(0, 1)], dim=1)
     return rgb * 2 - 1
-
-
-def labelled_grid(images: list[Any], labels: list[list[str]], nrow: int, min_side: int = 256) -> torch.Tensor:
-    """PIL images of one size, each upscaled (nearest, integer factor) to >= ``min_side`` px with its text lines
-    (wrapped to its width) underneath -> one grid [3, H, W] in [-1, 1] (torchvision make_grid, white padding)."""
-    from PIL import Image, ImageDraw, ImageFont
-    from torchvision.utils import make_grid
-
-    w0, h0 = images[0].size
-    factor = max(1, -(-min_side // max(w0, h0)))  # ceil: a 64 px toy image becomes 256 px (x4)
-    w, h = w0 * factor, h0 * factor
-    font = ImageFont.load_default(size=12)
-    wrapped = [[part for line in lines for part in textwrap.wrap(line, max(8, w // 7)) or [""]] for lines in labels]
-    line_h = 15
-    cells = []
-    for img, lines in zip(images, wrapped):
-        cell = Image.new("RGB", (w, h + 4 + line_h * max(len(x) for x in wrapped)), "white")
-        cell.paste(img.convert("RGB").resize((w, h), Image.NEAREST), (0, 0))
-        draw = ImageDraw.Draw(cell)
-        for i, line in enumerate(lines):
-            draw.text((3, h + 2 + i * line_h), line, fill="black", font=font)
-        cells.append(pil_to_tensor(cell))
-    return make_grid(torch.stack(cells), nrow=nrow, padding=4, pad_value=1.0)
 
 
 @contextlib.contextmanager
@@ -328,8 +305,9 @@ class Run:
             out.append(save_image(images[b], root / f"{it.key}.png"))
             if self.frames[b]:
                 save_gif(self.frames[b], root / "progress" / it.key / "progress.gif")
-                strip = labelled_grid(self.frames[b], [[f"step {s}"] for s in self.frame_steps],
-                                      nrow=min(len(self.frame_steps), 8), min_side=128)
+                frames = torch.stack([pil_to_tensor(f) for f in self.frames[b]])  # [F, 3, h, w] GIF thumbnails
+                strip = labelled_grid(frames, [f"step {s}" for s in self.frame_steps],
+                                      nrow=min(len(self.frame_steps), 8))  # toy-size frames enlarged x4
                 save_image(strip, root / "progress" / it.key / "progressive.png")
                 if handout_files:
                     save_image(strip, root / HANDOUT_PROGRESSIVE)

@@ -21,14 +21,14 @@ from tqdm.auto import tqdm
 from common.cli import CONTEXT_SETTINGS, OneLineCommand, UserError, finite, user_errors
 from common.gpu import PRECISION_CHOICES, CudaTimer, get_device, make_generators, precision_dtype, seed_everything
 from common.graphs import maybe_graph
-from common.images import load_image, pil_to_tensor, save_image
+from common.images import load_image, save_image
+from common.panels import save_labelled_grid
 from common.runs import json_number, write_config, write_json_atomic
 from common.sampling import load_model, model_shape, sampling_config
 from common.toy.faces import heldout_faces
 from dps.dps import dps_sample
 from dps.metrics import psnr, ssim
 from dps.operators import DEFAULT_SCALES, TASKS, add_measurement_noise, build_operator
-from dps.panels import display_upscale, labelled_row
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 CHANNELS = {"L": 1, "I;16": 1, "I;16B": 1, "I;16L": 1, "I": 1, "F": 1, "LA": 2, "RGBA": 4, "CMYK": 4, "P": "palette"}
@@ -190,9 +190,8 @@ def _write_outputs(save_dir, task, truth, measurement, recon) -> None:
         save_image(y, f"{save_dir}/DPS_{kind}_image{i}.png")
         save_image(recon[i], f"{save_dir}/DPS_generated_image{i}.png")
         y_shown = F.interpolate(y[None].float(), size=(size, size), mode="nearest")[0]  # SR: 16 -> 64 px blocks
-        panel = labelled_row([truth[i], y_shown, recon[i]], ["truth", "measurement", "DPS reconstruction"],
-                             display_upscale(size))
-        save_image(pil_to_tensor(panel), f"{save_dir}/DPS_panel_image{i}.png")
+        save_labelled_grid(f"{save_dir}/DPS_panel_image{i}.png", [truth[i], y_shown, recon[i]],
+                           ["truth", "measurement", "DPS reconstruction"])  # toy-size tiles enlarged x4
 
 
 def _metrics(truth, naive, recon) -> dict:

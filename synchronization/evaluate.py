@@ -14,11 +14,11 @@ helper divided by the logit scale instead of multiplying, flattening the softmax
 
 Toy world: a CLIP cosine alone is a weak verdict (toy-pixel's failed "white circle / white square" illusion, an
 L-shaped blob, scores 0.94 and 0.92). Every image whose prompt is a shapes caption also gets two judges: toy-clip's
-zero-shot argmax over the 168 captions (``common.toy.judge``, what ``distillation.evaluate`` reports; it passes
-that blob too) and the pixel-level :mod:`synchronization.shape_judge` (palette colours and the best-fitting ideal
-shape by IoU; it fails the blob): per image, per illusion (all views right) and in the summary. The CLIP model
-defaults to toy-clip for runs of a toy model (``common.registry`` ``toy``, per the folder's ``config.json``) and
-to the handout's ViT-B/32 otherwise; the output names the one used and why.
+zero-shot argmax over the 168 captions (``common.toy.judge``; it passes that blob too) and the pixel-level
+:mod:`common.toy.shape_judge` (palette colours and the best-fitting ideal shape by IoU; it fails the blob): per
+image, per illusion (all views right) and in the summary (``distillation.evaluate`` reports the same two). The
+CLIP model defaults to toy-clip for runs of a toy model (``common.registry`` ``toy``, per the folder's
+``config.json``) and to the handout's ViT-B/32 otherwise; the output names the one used and why.
 """
 
 from __future__ import annotations
@@ -118,11 +118,11 @@ def judge_folder(fdir: Path, app: str) -> dict[str, Any] | None:
     """Both toy judges on the scored images whose prompt is a shapes caption (None when there are none).
 
     Per image: ``clip`` (the caption ``common.toy.judge`` picks), ``clip_correct``, ``pixel`` (what
-    :mod:`synchronization.shape_judge` sees: colours, best-fitting shape, its IoU) and ``pixel_correct``; plus
+    :mod:`common.toy.shape_judge` sees: colours, best-fitting shape, its IoU) and ``pixel_correct``; plus
     the counts and accuracies over the ``judged`` images."""
     from common.toy.judge import classify
+    from common.toy.shape_judge import verdict
     from common.toy.shapes import caption_text
-    from synchronization.shape_judge import verdict
 
     paths = find_final_images(fdir, APPS[app])
     rows = [(p, t, c) for p in paths if (c := _shapes_caption(t := prompt_from_filename(p, APPS[app])))]

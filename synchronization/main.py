@@ -14,13 +14,13 @@ from typing import Any
 import click
 import torch
 
-from common.cli import CONTEXT_SETTINGS, UserError, finite, user_errors
+from common.cli import CONTEXT_SETTINGS, OneLineCommand, UserError, finite, user_errors
 from common.gpu import PRECISION_CHOICES, get_device, precision_dtype, seed_everything
 from common.images import save_gif, save_image
+from common.panels import save_labelled_grid
 from common.runs import write_config, write_json_atomic
 from synchronization.config import MAX_GUIDANCE, AmbiguousConfig, WideConfig, build_config, output_dir
 from synchronization.core import INITS, SYNC_VARIABLES
-from synchronization.panels import labelled_panel
 from synchronization.prompts import prompt_to_name, read_pairs, wide_prompts
 from synchronization.views import VIEW_NAMES
 
@@ -28,8 +28,8 @@ APPS = ("wide_image", "ambiguous_image")
 MULTI_VALUE = ("--prompts", "--views_names")
 
 
-class SyncCommand(click.Command):
-    """Accept ``--prompts A B`` (argparse nargs='+') and print usage errors as one line with exit code 2."""
+class SyncCommand(OneLineCommand):
+    """Accept ``--prompts A B`` (argparse nargs='+'); usage errors are one line, exit code 2 (``OneLineCommand``)."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         expanded, current = [], None
@@ -42,12 +42,6 @@ class SyncCommand(click.Command):
             else:
                 expanded.append(arg)
         return super().parse_args(ctx, expanded)
-
-    def make_context(self, info_name, args, parent=None, **extra):
-        try:
-            return super().make_context(info_name, args, parent, **extra)
-        except click.UsageError as err:
-            raise UserError(err.format_message()) from err
 
 
 @click.command(cls=SyncCommand, context_settings=CONTEXT_SETTINGS)
@@ -153,7 +147,7 @@ def run_wide(cfg: WideConfig, save_dir: Path, run: dict[str, Any]) -> None:
     offsets = [(h0 * geo.factor, w0 * geo.factor) for h0, w0 in mapping.views]  # window origins, image px
     windows = mapping.scaled(geo.factor).forward_mapping(image.unsqueeze(0))  # [N, 3, crop, crop]
     labels = [f"{i}: x={x}" + (f" y={y}" if geo.height > crop else "") for i, (y, x) in enumerate(offsets)]
-    save_image(labelled_panel(windows, labels, nrow=min(8, len(windows))), save_dir / "extra" / "windows.png")
+    save_labelled_grid(save_dir / "extra" / "windows.png", windows, labels, nrow=min(8, len(windows)))
     write_config(save_dir, {**run, **cfg.record(), "num_views": len(mapping), "latent_hw": list(geo.latent_hw),
                             "window": geo.window, "stride": geo.stride, "width": geo.width, "height": geo.height,
                             "vae_factor": geo.factor, "eval_pos": eval_pos, "window_offsets_px": offsets,
@@ -197,7 +191,7 @@ def run_ambiguous(cfg: AmbiguousConfig, save_dir: Path, run: dict[str, Any]) -> 
     extra = save_dir / "extra"
     save_image(out["image"], extra / "canonical.png")
     labels = [f"{name}: {prompt}" for name, prompt in zip(cfg.views_names, prompts)]
-    save_image(labelled_panel(out["views"], labels), extra / "panel.png")
+    save_labelled_grid(extra / "panel.png", out["views"], labels)
     if upscaler is not None:
         save_image(out["stage1"], extra / "stage1.png")
     save_gif(animation_frames(out["image"], views), extra / "animation.gif")

@@ -2,8 +2,10 @@
 
 Each image gets the caption with the highest CLIP similarity among ``a {color} {shape} on a {background}
 background`` (background != color), i.e. CLIP's zero-shot classification (Radford et al. 2021, Sec. 3.1.2)
-over the joint label set; its colour, shape and background are the predictions. Every quality bar of the
-toy world (toy-clip accuracy, toy-sd samples, ...) is measured with this judge.
+over the joint label set; its colour, shape and background are the predictions. This is a learned judge, not a
+pixel-level one: it sees what toy-clip's image encoder sees, so a blob halfway between two shapes can pass as
+either (the pixel-level check, palette colours and an IoU shape fit, is :mod:`common.toy.shape_judge`). The
+quality bars of the toy world (toy-clip accuracy, toy-sd samples, ...) are measured with this judge.
 
 Images are tensors [B, 3, H, W] in [-1, 1] (resized to 64 px when needed) or lists of PIL images.
 """

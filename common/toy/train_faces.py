@@ -25,6 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from common.gpu import get_device, seed_everything
+from common.runs import json_number, write_json_atomic
 from common.schedules import low_snr_weight, make_alphas_cumprod, min_snr_weight
 from common.toy.faces import render_faces, split_seed
 from common.tweedie import add_noise
@@ -73,9 +74,9 @@ def save_pipeline(unet: torch.nn.Module, out: str | Path, metrics: dict[str, Any
     config_path = out / "unet" / "config.json"  # drop the local path a from_pretrained (init_from) model remembers
     config = json.loads(config_path.read_text())
     if config.pop("_name_or_path", None) is not None:
-        config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        config_path.write_text(json.dumps(config, indent=2, sort_keys=True, allow_nan=False) + "\n")
     if metrics is not None:
-        (out / "training_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        write_json_atomic(out / "training_metrics.json", metrics)
     return out
 
 
@@ -245,7 +246,7 @@ def train(out: str | Path = "common/toy/models/toy-faces", device: str | torch.d
     metrics: dict[str, Any] = {"steps": done, "init_from": None if init_from is None else str(init_from),
                                "batch_size": batch_size, "lr": lr, "ema_decay": ema_decay, "dc_weight": dc_weight,
                                "compiled": compile_model, "snr_gamma": snr_gamma, "low_snr_cap": low_snr_cap,
-                               "final_loss": round(loss, 5),
+                               "final_loss": json_number(round(loss, 5)),  # null if it diverged
                                "train_seconds": round(seconds, 1), "device": str(device),
                                "parameters": sum(p.numel() for p in ema.parameters()), "seed": seed}
     if eval_samples > 0:

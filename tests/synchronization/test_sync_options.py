@@ -132,7 +132,7 @@ def _write_l_shaped_illusion(folder):
 
 def test_pixel_judge_fits_clean_shapes_and_rejects_the_l_blob():
     from common.toy import shapes
-    from synchronization.shape_judge import judge_image, verdict
+    from common.toy.shape_judge import judge_image, verdict
 
     specs = shapes.sample_specs(12, shapes.split_seed("test"))
     for spec, image in zip(specs, shapes.render(specs)):

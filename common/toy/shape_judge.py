@@ -1,6 +1,6 @@
 """A pixel-level judge for the toy shapes world: which palette colours, which shape, and how well it fits.
 
-``common.toy.judge`` asks toy-clip (the zero-shot argmax over the 168 captions); on ambiguous images that is not
+:mod:`common.toy.judge` asks toy-clip (the zero-shot argmax over the 168 captions); on ambiguous images that is not
 enough: toy-pixel's failure mode for "a white circle / a white square" is an L-shaped blob, which toy-clip reads
 as a circle in one view and a square in the other. This judge looks at the pixels instead, using what the toy
 world guarantees (``common.toy.shapes``): one palette-coloured, axis-aligned object (circle, square, upright
@@ -13,6 +13,9 @@ equilateral triangle) on a flat palette background.
    the mask's solid part (extended past the image edge when the object is cut off there); the better IoU with the
    mask is the shape's fit. The judged shape is the best fit; the verdict is right when colour, background and
    shape match the caption and the fit's IoU is at least :data:`MIN_IOU`.
+
+Depends only on :mod:`common.toy.shapes` (no model); ``synchronization.evaluate`` and ``distillation.evaluate``
+report it next to the toy-clip judge.
 """
 
 from __future__ import annotations
