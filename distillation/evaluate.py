@@ -3,12 +3,13 @@
 Real models: the 10 prompts of KAIST A4 / NYCU Lab 3 (``eval_prompts.json``, shipped as package data), or for
 PDS/DDS the 10 source/edit pairs with KAIST's source images ``<data_dir>/<key>.png``; scored with OpenAI CLIP
 ViT-B/32 like the handouts' eval.py. ``--model toy-sd``: a toy evaluation set of held-out shapes captions
-(``common.toy.shapes`` test split; edits change the object colour) scored with toy-clip, plus the toy judge.
+(``common.toy.shapes`` test split; edits change the object colour) scored with toy-clip, plus two toy judges
+(toy-clip's zero-shot caption, ``common.toy.judge``, and the pixel-level ``common.toy.shape_judge``).
 All prompts are optimised together in one batch (``--batch_size`` splits them). Every option of
 ``python -m distillation.main`` is accepted (the same declarations, :func:`distillation.main.run_options`), so
 ablations (``--inversion_n_steps``, ``--pds_posterior``, ``--ism_grid``, ...) run on the evaluation set too.
 Writes ``SAVE_ROOT/<loss_type>/eval.json`` (strict JSON) and ``SAVE_ROOT/<loss_type>_contact_sheet.png``: every
-final image with its prompt, CLIP score and (toy) judge verdict; kept outside the scored folder.
+final image with its prompt, CLIP score and (toy) judges' verdicts; kept outside the scored folder.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from common.cli import CONTEXT_SETTINGS, UserError, user_errors
 from common.runs import json_number, write_json_atomic
 from distillation.main import run_options, settings_from_context
 from distillation.presets import resolve_settings
-from distillation.runner import EDIT_METHODS, OPTION_NAMES, Item, RunConfig, labelled_grid, run
+from distillation.runner import EDIT_METHODS, OPTION_NAMES, Item, RunConfig, run
 
 PROMPTS_FILE = Path(__file__).with_name("eval_prompts.json")
 PER_METHOD_KEYS = ("guidance_scale", "lr", "t_schedule", "w_schedule", "lora_lr", "threads")  # layered defaults
@@ -90,21 +91,28 @@ def make_config(loss_type: str, preset: str | None, explicit: dict, items: list[
 
 
 def judge_images(paths: list[Path], captions: list[str]) -> tuple[dict[str, float], list[str]]:
-    """Toy judge on the final images: per-attribute accuracy with ``all`` (colour, shape and background right),
-    and one verdict line per image (what the judge saw)."""
+    """Both toy judges on the final images: toy-clip's per-attribute accuracy with ``all`` (colour, shape and
+    background right; :mod:`common.toy.judge`) and ``pixel_all``, the fraction the pixel-level
+    :mod:`common.toy.shape_judge` passes (palette colours and a shape fit of IoU >= 0.8); and per image one
+    verdict line per judge (what it saw)."""
     from common.images import load_image
     from common.toy import shapes
     from common.toy.judge import attribute_accuracy, predict, targets_to_indices
+    from common.toy.shape_judge import verdict
 
-    images = torch.stack([load_image(p, size=64) for p in paths])
+    images = torch.stack([load_image(p, size=64) for p in paths])  # [n, 3, 64, 64] in [-1, 1]
     pred, target = predict(images), targets_to_indices(captions)
-    verdicts = []
-    for i in range(len(paths)):
+    verdicts, pixel_right = [], 0
+    for i, caption in enumerate(captions):
         color, shape, bg = (int(pred[k][i]) for k in ("color", "shape", "background"))
         right = (color, shape, bg) == tuple(int(target[k][i]) for k in ("color", "shape", "background"))
-        verdicts.append(f"judge: {shapes.COLORS[color]} {shapes.SHAPES[shape]} on {shapes.COLORS[bg]} "
-                        f"({'right' if right else 'WRONG'})")
-    return attribute_accuracy(pred, target), verdicts
+        pixel = verdict(images[i], caption)
+        pixel_right += bool(pixel["correct"])
+        seen = f"{pixel['color']} {pixel['shape']} on {pixel['background']}" if pixel["shape"] else "no object"
+        verdicts.append(f"toy-clip: {shapes.COLORS[color]} {shapes.SHAPES[shape]} on {shapes.COLORS[bg]} "
+                        f"({'right' if right else 'WRONG'})\npixel: {seen}, IoU {float(pixel['iou']):.2f} "
+                        f"({'right' if pixel['correct'] else 'WRONG'})")
+    return {**attribute_accuracy(pred, target), "pixel_all": pixel_right / len(paths)}, verdicts
 
 
 def judge_accuracy(paths: list[Path], captions: list[str]) -> dict[str, float]:
@@ -113,17 +121,19 @@ def judge_accuracy(paths: list[Path], captions: list[str]) -> dict[str, float]:
 
 
 def contact_sheet(paths: list[Path], result: dict, verdicts: list[str] | None, path: Path) -> Path:
-    """One PNG: every final image (64 px toys upscaled x4, nearest) over its prompt, CLIP score and verdict."""
+    """One PNG: every final image (toy-size images enlarged x4, nearest) over its prompt, CLIP score and the
+    judges' verdicts (:func:`common.panels.save_labelled_grid`)."""
     from common.eval.clip_score import prompt_from_filename
-    from common.images import read_pil, save_image
+    from common.images import load_image
+    from common.panels import save_labelled_grid
 
     labels = []
     for i, p in enumerate(paths):
         score = json_number(result.get(Path(result["source_dir"], p.name).as_posix()))
         lines = [prompt_from_filename(p), "CLIP: n/a (not finite)" if score is None else f"CLIP {score:.3f}"]
-        labels.append(lines + ([verdicts[i]] if verdicts else []))
-    images = [read_pil(p) for p in paths]
-    return save_image(labelled_grid(images, labels, nrow=min(len(images), 5), min_side=256), path)
+        labels.append("\n".join(lines + ([verdicts[i]] if verdicts else [])))
+    images = torch.stack([load_image(p) for p in paths])  # [n, 3, H, W]: the run's final images, one size
+    return save_labelled_grid(path, images, labels, nrow=min(len(paths), 5))
 
 
 def write_results(folder: Path, result: dict, toy_judge: dict | None) -> dict:
@@ -183,7 +193,8 @@ def main(ctx: click.Context, loss_type: str, preset: str | None, save_root: str,
     sheet = contact_sheet(paths, result, verdicts, Path(save_root) / f"{loss_type}_contact_sheet.png")
     click.echo(f"Cosine similarity {data['score']}")
     if toy:
-        click.echo(f"Toy judge: all attributes right {accuracy['all']:.3f}")
+        click.echo(f"Toy judges: toy-clip all attributes right {accuracy['all']:.3f}, pixel judge right "
+                   f"{accuracy['pixel_all']:.3f}")
     click.echo(f"Contact sheet: {sheet}")
 
 

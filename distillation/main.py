@@ -136,9 +136,10 @@ RUN_OPTIONS: tuple[Callable[[Any], Any], ...] = (
                  help="SDI: DDIM inversion steps from x0 to t."),
     click.option("--inversion_guidance_scale", type=finite(-MAX_SCALE, MAX_SCALE), default=-7.5, show_default=True,
                  help="SDI: CFG scale during inversion (diffusers form eps_u + s (eps_c - eps_u))."),
-    click.option("--inversion_eta", type=finite(0, 1), default=1.0, show_default=True,
-                 help="SDI: inversion stochasticity in [0, 1] (0 = deterministic DDIM; 1 = DDPM variance, needed "
-                      "by toy-sd; the nycu-lab3 preset uses the handout's 0.3)."),
+    click.option("--inversion_eta", type=finite(0, 1), default=None,
+                 help="SDI: inversion stochasticity in [0, 1] (0 = deterministic DDIM) [default: the handout's 0.3 "
+                      "on real models; 1.0 (DDPM variance) on the toy models, the only value toy-sd passes its bar "
+                      "with]."),
     click.option("--sdi_update_interval", type=click.IntRange(min=1), default=25, show_default=True,
                  help="SDI: refresh the target every N steps."),
     click.option("--ism_delta_t", type=click.IntRange(1, 999), default=80, show_default=True, help="ISM: t - s."),
@@ -152,10 +153,10 @@ RUN_OPTIONS: tuple[Callable[[Any], Any], ...] = (
     click.option("--pds_posterior", type=click.Choice(["official", "exact"]), default="official", show_default=True,
                  help="PDS posterior: official (the PDS code's one-step beta_t with alpha_bar_{t-2}; pulls the "
                       "edit toward the source) or exact (t -> t-delta posterior; a time-weighted DDS)."),
-    click.option("--sdi_inversion_form", type=click.Choice(["authors", "ddim"]), default="authors",
-                 show_default=True,
-                 help="SDI inversion step with eta > 0: authors (sqrt(1 - alpha_bar_next) eps_hat + sigma z, the "
-                      "SDI code's) or ddim (sqrt(1 - alpha_bar_next - sigma^2) eps_hat + sigma z)."),
+    click.option("--sdi_inversion_form", type=click.Choice(["authors", "ddim"]), default=None,
+                 help="SDI inversion step with eta > 0: authors (sqrt(1 - alpha_bar_next) eps_hat + sigma z, the SDI "
+                      "code's, which the NYCU settings were tuned with) or ddim (sqrt(1 - alpha_bar_next - sigma^2) "
+                      "eps_hat + sigma z) [default: authors on real models, ddim on the toy models]."),
     click.option("--batch_size", type=click.IntRange(1, MAX_PROMPTS), default=32, show_default=True,
                  help=f"Prompts optimised together; more run in consecutive batches (at most {MAX_PROMPTS} per "
                       "run). VSD's LoRA is shared within a batch only."),

@@ -53,8 +53,8 @@ def test_evaluate_end_to_end_writes_eval_json(tmp_path, tiny_sd_folder):
     assert len(result) == 12 and -1 <= result["score"] <= 1  # source_dir + 10 images + score
     from PIL import Image
 
-    with Image.open(tmp_path / "ev" / "sds_contact_sheet.png") as sheet:  # 10 cells of 256 px (16 px x 16), 5 a row
-        assert sheet.width == 5 * (256 + 4) + 4 and sheet.height > 2 * (256 + 4)
+    with Image.open(tmp_path / "ev" / "sds_contact_sheet.png") as sheet:  # 10 cells of 64 px (16 px x 4), 5 a row
+        assert sheet.width == 5 * (64 + 4) + 4 and sheet.height > 2 * (64 + 4) + 2 * 20  # 2 rows, labels under
     assert not list((tmp_path / "ev" / "sds").glob("generated_*"))  # UMich's names only from the main CLI
 
 
@@ -65,3 +65,27 @@ def test_measure_toy_overrides_are_typed():
                                                                                "t_schedule": "hifa"}
     with pytest.raises(ValueError, match="KEY=VALUE"):
         parse_overrides(("nonsense=1",))
+
+
+def test_both_toy_judges_verdicts_and_pixel_accuracy(tmp_path):
+    """Clean renders pass both judges; a flat image (no object) fails the pixel judge whatever toy-clip says."""
+    import torch
+
+    from common.images import save_image
+    from common.toy import shapes
+    from distillation.evaluate import contact_sheet, judge_images
+
+    specs = shapes.sample_specs(3, shapes.split_seed("test"))
+    captions = [shapes.caption(s) for s in specs]
+    paths = [save_image(img, tmp_path / f"{i}.png") for i, img in enumerate(shapes.render(specs, size=64))]
+    paths.append(save_image(torch.full((3, 64, 64), -0.8), tmp_path / "flat.png"))
+    accuracy, verdicts = judge_images(paths, captions + [captions[0]])
+    assert accuracy["pixel_all"] == 0.75 and {"all", "color", "shape", "background"} <= set(accuracy)
+    assert verdicts[0].startswith("toy-clip: ") and f"\npixel: {specs[0].color} {specs[0].shape} on " in verdicts[0]
+    assert verdicts[0].endswith("(right)") and verdicts[3].endswith("pixel: no object, IoU 0.00 (WRONG)")
+    result = {"source_dir": tmp_path.as_posix(), **{p.as_posix(): 0.25 for p in paths}}
+    sheet = contact_sheet(paths, result, verdicts, tmp_path / "sheet.png")
+    from PIL import Image
+
+    with Image.open(sheet) as img:  # 4 tiles of 256 px (64 px x 4) in one row, 5 label lines or more under them
+        assert img.width == 4 * (256 + 4) + 4 and img.height > 256 + 8 + 5 * 16

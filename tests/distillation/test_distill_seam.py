@@ -91,9 +91,9 @@ def test_solution_functions_touch_no_state_and_their_wrappers_fill_aux():
     g_sds = sds.sds_gradient(free, x, emb, 7.5, 1.0, t, noise)[0]
     g_vsd = vsd.vsd_terms(free, x, emb, 7.5, t, noise, t, noise2)[0]
     unet.disable_adapters()  # VSD leaves the adapters on; every other method sees the pretrained model
-    g_pds = pds.pds_gradient(free, src, x, emb, emb_tgt, 7.5, 1.0, t, noise, noise2, 2)[0]
+    g_pds = pds.pds_gradient(free, src, x, emb, emb_tgt, 7.5, 1.0, t, noise, noise2, 2, guidance.beta(t))[0]
     g_dds = dds.dds_gradient(free, src, x, emb, emb_tgt, 7.5, t, noise)[0]
-    g_ism = ism.ism_gradient(free, x, emb, 7.5, t, noise, 80, 200, 5)[0]
+    g_ism = ism.ism_gradient(free, x, emb, 7.5, t, noise, 80, 200, ism.inversion_start(t, 80, 200, 5), emb[:B])[0]
     target = sdi.sdi_target(free, x, t, emb, 7.5, -7.5, 0.0, [None, None])
     for name, g, loss_fn in [
         ("sds", g_sds, lambda v: guidance.get_sds_loss(v, emb, 7.5, t=t, noise=noise)),

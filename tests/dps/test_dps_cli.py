@@ -37,12 +37,12 @@ def test_defaults_write_the_handouts_dps_results(model_dir, tmp_path, monkeypatc
     assert metrics["scale"] == 0.5 and metrics["task"] == "inpainting" and "DPS inpainting 3 steps" in result.output
     config = json.loads((out / "config.json").read_text())
     assert (config["seed"], config["precision"], config["unet_dtype"]) == (0, "auto", "float32")  # auto: CPU fp32
-    # the panel: truth | measurement | DPS, each 16 px enlarged x4, 2 px padding, a 14 px label strip on top
+    # the panel (common.panels): truth | measurement | DPS, each 16 px enlarged x4, 4 px padding, labels under them
     panel = np.asarray(Image.open(out / "DPS_panel_image0.png").convert("L"))
-    assert panel.shape == (14 + 2 + 64 + 2, 3 * (64 + 2) + 2)
-    assert (panel[:14] < 128).sum() > 30  # dark label text on the white strip
+    assert panel.shape[1] == 3 * (64 + 4) + 4 and panel.shape[0] > 4 + 64 + 4 + 10
+    assert (panel[4 + 64 : -4] < 128).sum() > 30  # dark label text on the white band under the tiles
     truth = np.asarray(Image.open(out / "DPS_ground_truth_image0.png").convert("L"))
-    tile = panel[16:80, 2:66]
+    tile = panel[4:68, 4:68]
     assert np.array_equal(tile[::4, ::4], truth) and np.array_equal(tile[3::4, 3::4], truth)  # nearest x4
 
 
