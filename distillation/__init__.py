@@ -16,3 +16,5 @@
   every option of the main CLI (one shared declaration, :func:`distillation.main.run_options`).
   :mod:`distillation.measure_toy`: the toy quality bars.
 """
+
+import common  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch loads; see common/__init__.py)

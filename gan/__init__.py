@@ -19,3 +19,5 @@ Quick start (CPU: about 2 minutes for this toy bar, 20 for the default ``python 
     python -m gan.toy_bar --kimg 0.08
     python -m gan.train --outdir runs --data toy --use_r1_regularization True --use_diffaug True --kimg 2
 """
+
+import common  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch loads; see common/__init__.py)

@@ -25,6 +25,8 @@ OPTIONS = {
     "bench_gan": ["--device", "--warmup", "--steps", "--resolutions", "--precisions", "--ops", "--json", "Examples"],
     "bench_grading": ["--homework", "--jobs", "--submissions", "--json", "umich-hw5-gan", "Examples"],
     "bench_similarity": ["--homeworks", "--submissions", "--copies", "--noise", "--max-share", "--json", "Examples"],
+    "bench_cpu_toy": ["--model", "--random", "--widths", "--threads", "--wait_policies", "--reps", "--steps", "--json",
+                      "Examples"],
 }
 
 
