@@ -38,7 +38,7 @@ HOMEWORK = Homework(
         # Slides "What to Do: Task 2": get_pds_loss(); run "--loss_type pds --guidance_scale 7.5 --step 200".
         Task(id="task2-pds", title="Task 2: PDS", regions=("pds-loss",), points=10,
              cases=("grading.cases.pds", E2E),
-             public_tests=(f"{LOSSES}::test_pds_gradient_is_z_target_minus_z_source",
+             public_tests=(f"{LOSSES}::test_pds_exact_posterior_gradient_is_z_target_minus_z_source",
                            f"{ORACLE}::test_edits_move_by_the_difference_of_the_modes[pds]"),
              command=EVALUATE.format(m="pds"),
              real_command=EVALUATE.format(m="pds") + REAL + " --data_dir data/imgs",
