@@ -200,6 +200,8 @@ def main(app: str, fdir: str, clip_model: str | None, device: str, batch_size: i
     folder = Path(fdir)
     if not folder.is_dir():
         raise UserError(f"folder not found: {folder}")
+    for path in find_final_images(folder, APPS[app]):  # a bad image is refused before any model loads
+        read_pil(path)
     name, why = (clip_model, "--clip_model") if clip_model else default_clip_model(folder)
     bundle = load_clip(name, get_device(device))
     result = evaluate(folder, app, bundle, batch_size)

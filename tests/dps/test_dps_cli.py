@@ -9,6 +9,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
+from common.panels import labelled_grid
 from common.toy.train_faces import build_tiny_unet, save_pipeline
 from dps.main import main
 
@@ -58,7 +59,8 @@ def test_other_tasks_with_an_image_folder(model_dir, tmp_path, task):
     assert result.exit_code == 0 and not result.exception, result.output
     size = (4, 4) if task == "super_resolution" else (16, 16)
     assert Image.open(out / "DPS_measurement_image1.png").size == size
-    assert Image.open(out / "DPS_panel_image1.png").size == (3 * 66 + 2, 14 + 2 + 64 + 2)
+    expected = labelled_grid(torch.zeros(3, 3, 16, 16), ["truth", "measurement", "DPS reconstruction"])  # x4 tiles
+    assert Image.open(out / "DPS_panel_image1.png").size == (3 * 68 + 4, expected.shape[1])
     assert json.loads((out / "metrics.json").read_text())["scale"] == 0.3
 
 
