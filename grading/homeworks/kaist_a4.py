@@ -39,7 +39,7 @@ HOMEWORK = Homework(
         Task(id="task2-pds", title="Task 2: PDS", regions=("pds-loss",), points=10,
              cases=("grading.cases.pds", E2E),
              public_tests=(f"{LOSSES}::test_pds_exact_posterior_gradient_is_z_target_minus_z_source",
-                           f"{ORACLE}::test_edits_move_by_the_difference_of_the_modes[pds]"),
+                           f"{ORACLE}::test_edits_move_by_the_difference_of_the_modes[pds-official]"),
              command=EVALUATE.format(m="pds"),
              real_command=EVALUATE.format(m="pds") + REAL + " --data_dir data/imgs",
              fixed={"guidance_scale": 7.5}, bands=kaist_bands(), toy_bands=toy_bands(kaist_bands())),
