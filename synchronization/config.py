@@ -42,6 +42,7 @@ class SamplingConfig:
     max_batch: int | None = None
     device: str = "auto"
     precision: str = "auto"
+    cuda_graphs: bool = False  # replay the UNet's calls as CUDA graphs (common.graphs; CUDA only)
     progress: bool = True
 
     def __post_init__(self) -> None:
