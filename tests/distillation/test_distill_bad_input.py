@@ -9,15 +9,8 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
-from distill_helpers import one_thread
 
 from distillation import evaluate, main, runner
-
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    with one_thread():
-        yield
 
 
 @pytest.fixture

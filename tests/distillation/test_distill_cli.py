@@ -5,17 +5,10 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
-from distill_helpers import one_thread
 
 from common.images import load_image, save_image
 from distillation.main import main
 from distillation.presets import PRESETS
-
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    with one_thread():
-        yield
 
 
 @pytest.fixture

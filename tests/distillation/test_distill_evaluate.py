@@ -4,15 +4,8 @@ import json
 
 import pytest
 from click.testing import CliRunner
-from distill_helpers import one_thread
 
 from distillation.evaluate import handout_items, main, toy_items
-
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    with one_thread():
-        yield
 
 
 def test_handout_prompt_lists_are_shipped():

@@ -2,19 +2,13 @@
 
 import pytest
 import torch
-from distill_helpers import DeltaOracleUNet, StubUNet, one_thread, sd_alphas_cumprod
+from distill_helpers import DeltaOracleUNet, StubUNet, sd_alphas_cumprod
 
 from common.ddim import ddim_step
 from distillation.guidance import Guidance
 
 A = sd_alphas_cumprod()  # diffusers' alpha_bar_t, independent of common.schedules
 B, C, H = 2, 4, 4
-
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    with one_thread():
-        yield
 
 
 def make_guidance(unet=None, **kwargs):

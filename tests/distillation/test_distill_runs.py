@@ -4,18 +4,11 @@ import math
 
 import pytest
 import torch
-from distill_helpers import one_thread
 
 from common.tweedie import add_noise
 from distillation.guidance import Guidance, encode_prompts
 from distillation.runner import Item, Run, RunConfig, cosine_warmup
 from distillation.schedules import T_SCHEDULES, W_SCHEDULES, make_t_schedule, weight
-
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    with one_thread():
-        yield
 
 
 def test_vsd_step_lowers_the_lora_loss(load_tiny_sd):

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from distill_helpers import StubUNet, one_thread, sd_alphas_cumprod
+from distill_helpers import StubUNet, sd_alphas_cumprod
 
 from common.cli import UserError
 from common.tweedie import add_noise
@@ -18,12 +18,6 @@ A = sd_alphas_cumprod()
 B, C, H = 2, 4, 4
 REGION_IDS = {"sds.py": ["sds-loss"], "vsd.py": ["vsd-loss"], "pds.py": ["pds-loss"], "dds.py": ["dds-loss"],
               "ism.py": ["ism-loss"], "sdi.py": ["sdi-invert-noise", "sdi-refresh", "sdi-loss"]}
-
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    with one_thread():
-        yield
 
 
 class NanUNet(StubUNet):

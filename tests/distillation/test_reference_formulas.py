@@ -10,7 +10,7 @@
 
 import pytest
 import torch
-from distill_helpers import StubUNet, one_thread, sd_alphas_cumprod
+from distill_helpers import StubUNet, sd_alphas_cumprod
 
 from common.ddim import ddim_inversion_step
 from distillation.guidance import Guidance
@@ -19,12 +19,6 @@ from distillation.sdi import ddim_invert, inversion_step_of
 
 A = sd_alphas_cumprod()
 C, H = 4, 4
-
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    with one_thread():
-        yield
 
 
 def bc(v):
