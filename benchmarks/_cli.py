@@ -1,5 +1,6 @@
-"""What every benchmark script shares: comma-list options validated like ``click.Choice``, usage errors as one
-``Error:`` line (exit 2), the CUDA requirement with its CPU smoke escape, eager-vs-graphs modes, strict JSON."""
+"""What every benchmark script shares: comma-list options (``common.cli.CommaChoice`` / ``CommaInts``, re-exported
+here as ``bench.CommaChoice`` ...), usage errors as one ``Error:`` line (exit 2), the CUDA requirement with its CPU
+smoke escape, eager-vs-graphs modes, strict JSON."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 import click
 import torch
 
-from common.cli import CONTEXT_SETTINGS, OneLineCommand, UserError
+from common.cli import CONTEXT_SETTINGS, CommaChoice, CommaInts, OneLineCommand, UserError  # noqa: F401 (re-exported)
 from common.gpu import PRECISION_CHOICES, get_device, precision_dtype
 from common.runs import json_number, write_json_atomic
 
@@ -23,52 +24,6 @@ BenchCommand = OneLineCommand  # usage errors (bad choices, ranges) print as one
 def bench_command(**kwargs: Any):
     """``click.command`` with :class:`BenchCommand` and the repo's context settings."""
     return click.command(cls=BenchCommand, context_settings=CONTEXT_SETTINGS, **kwargs)
-
-
-class CommaChoice(click.ParamType):
-    """``a,b,c`` where every item is one of ``choices`` (case-insensitive, like ``click.Choice``); a list."""
-
-    name = "LIST"
-
-    def __init__(self, choices: tuple[str, ...] | list[str]):
-        self.choice = click.Choice(list(choices), case_sensitive=False)
-
-    def get_metavar(self, param, ctx=None) -> str:  # click >= 8.2 passes ctx
-        return "[" + ",".join(self.choice.choices) + "]"
-
-    def convert(self, value: Any, param, ctx) -> list[str]:
-        if isinstance(value, list):
-            return value
-        items = [item.strip() for item in str(value).split(",") if item.strip()]
-        if not items:
-            self.fail("expected a comma-separated list", param, ctx)
-        try:
-            values = [self.choice.convert(item, param, ctx) for item in items]
-        except click.BadParameter:
-            bad = [i for i in items if i.lower() not in {c.lower() for c in self.choice.choices}]
-            self.fail(f"{', '.join(map(repr, bad))}: choose from {', '.join(self.choice.choices)}", param, ctx)
-        return list(dict.fromkeys(values))  # order kept, duplicates dropped
-
-
-class CommaInts(click.ParamType):
-    """``1,10``: comma-separated integers >= ``min``; a list."""
-
-    name = "INTS"
-
-    def __init__(self, min: int = 1):
-        self.min = min
-
-    def convert(self, value: Any, param, ctx) -> list[int]:
-        if isinstance(value, list):
-            return value
-        items = [item.strip() for item in str(value).split(",") if item.strip()]
-        try:
-            numbers = [int(item) for item in items]
-        except ValueError:
-            self.fail(f"{value!r} is not a comma-separated list of integers", param, ctx)
-        if not numbers or min(numbers) < self.min:
-            self.fail(f"{value!r}: expected integers >= {self.min}", param, ctx)
-        return list(dict.fromkeys(numbers))
 
 
 PRECISIONS = CommaChoice(PRECISION_CHOICES)

@@ -35,7 +35,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common.cli import CONTEXT_SETTINGS, IntListType, UserError, user_errors  # noqa: E402
+from common.cli import CONTEXT_SETTINGS, CommaChoice, IntListType, UserError, user_errors  # noqa: E402
 
 TARGETS_S = {"DDPM": 300.0, "DDIM": 30.0, "DPS": 300.0}  # issue #19, idle 2-core CPU
 DEFAULT_RUNS = {"DDPM": (1000, 10), "DDIM": (50, 10), "DPS": (1000, 4)}  # (steps, batch) of the CLI defaults
@@ -170,14 +170,14 @@ def _cpu_name() -> str:
 @click.option("--widths", type=IntListType(), default=None,
               help="Random weights with these four block widths (common.toy.train_faces.build_unet).")
 @click.option("--threads", type=IntListType(), default="1,2", show_default=True, help="torch intra-op threads.")
-@click.option("--wait_policies", default="default,PASSIVE", show_default=True,
+@click.option("--wait_policies", "policies", type=CommaChoice(POLICIES), default="default,PASSIVE", show_default=True,
               help="Comma-separated OMP_WAIT_POLICY values, each in its own process: default, PASSIVE, ACTIVE.")
 @click.option("--reps", type=click.IntRange(min=1), default=5, show_default=True, help="UNet calls per median.")
 @click.option("--steps", type=click.IntRange(min=1), default=3, show_default=True, help="Loop steps per mean.")
 @click.option("--json", "json_path", default=None, help="Also write the rows to this JSON file.")
 @click.option("--worker", is_flag=True, hidden=True, help="Measure in this process and print JSON rows.")
 @user_errors
-def main(model, random, widths, threads, wait_policies, reps, steps, json_path, worker):
+def main(model, random, widths, threads, policies, reps, steps, json_path, worker):
     """CPU benchmark of the toy-faces defaults: UNet call times, extrapolated DDPM / DDIM / DPS runs, load.
 
     \b
@@ -194,9 +194,6 @@ def main(model, random, widths, threads, wait_policies, reps, steps, json_path, 
         for n in threads:
             print(json.dumps(measure(model, random, widths, n, reps, steps, startup)), flush=True)
         return
-    policies = [p.strip() for p in wait_policies.split(",") if p.strip()]
-    if not policies or any(p not in POLICIES for p in policies):
-        raise UserError(f"--wait_policies takes {', '.join(POLICIES)}; got {wait_policies!r}")
     argv = ["--model", model, "--threads", ",".join(map(str, threads)), "--reps", str(reps), "--steps", str(steps)]
     argv += (["--random"] if random else []) + (["--widths", ",".join(map(str, widths))] if widths else [])
     rows = [row for policy in policies for row in run_policy(policy, argv)]

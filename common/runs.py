@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+JSON_INDENT = 2  # the one indent of every JSON file written here: eval.json, config.json, timings, benchmark rows
 _LIBRARIES = ("torch", "torchvision", "diffusers", "transformers", "peft", "open_clip_torch", "numpy", "click")
 
 
@@ -57,7 +58,7 @@ def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
     one-line ``ValueError`` too, with no temporary file left behind.
     """
     path = Path(path)
-    text = json.dumps(_jsonable(data), indent=2, allow_nan=False) + "\n"
+    text = json.dumps(_jsonable(data), indent=JSON_INDENT, allow_nan=False) + "\n"
     if path.is_dir():
         raise ValueError(f"cannot write {path}: it is a folder")
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,9 +1,11 @@
 """Solve inverse problems with Diffusion Posterior Sampling on a DDPM face model (UMich EECS 498 HW5 part B, Sec. 6).
 
 Writes to ``--save_dir`` (default ``DPS_results``, the handout's folder) for each image i the handout's
-``DPS_masked_input_image{i}.png`` (the noisy measurement y; ``DPS_measurement_image{i}.png`` for the other tasks) and
-``DPS_generated_image{i}.png`` (the DPS reconstruction), plus ``DPS_ground_truth_image{i}.png`` and a labelled
-``DPS_panel_image{i}.png`` (truth | measurement | DPS; toy-size images enlarged x4), ``metrics.json`` (PSNR/SSIM
+``DPS_masked_input_image{i}.png`` (as the handout's execute_DPS.py: the mask times the [0, 1] image, noise-free,
+unobserved pixels black; DPS itself sees y = A(x) + n) or, for the other tasks, ``DPS_measurement_image{i}.png``
+(the noisy measurement y), and ``DPS_generated_image{i}.png`` (the DPS reconstruction), plus
+``DPS_ground_truth_image{i}.png`` and a labelled ``DPS_panel_image{i}.png`` (truth | that input | DPS; toy-size
+images enlarged x4), ``metrics.json`` (PSNR/SSIM
 to the ground truth, also of the naive reconstruction) and ``config.json``; prints a timing line. Without
 ``--images`` the held-out toy faces are the ground truth.
 """
@@ -21,7 +23,7 @@ from tqdm.auto import tqdm
 from common.cli import CONTEXT_SETTINGS, OneLineCommand, UserError, finite, user_errors
 from common.gpu import PRECISION_CHOICES, CudaTimer, get_device, make_generators, precision_dtype, seed_everything
 from common.graphs import maybe_graph
-from common.images import load_image, save_image
+from common.images import UNIT, load_image, save_image
 from common.panels import save_labelled_grid
 from common.runs import json_number, write_config, write_json_atomic
 from common.sampling import load_model, model_shape, sampling_config
@@ -166,7 +168,7 @@ def main(task, images_dir, num_images, num_inference_steps, scale, eta, mask_typ
     metrics = _metrics(truth, operator.naive(measurement), recon)
     metrics.update({"task": task, "num_images": n, "num_inference_steps": num_inference_steps, "scale": scale,
                     "seconds": round(seconds, 3), "seconds_per_image": round(seconds / n, 4), "device": str(dev)})
-    _write_outputs(save_dir, task, truth, measurement, recon)
+    _write_outputs(save_dir, task, truth, shown_input(task, operator, truth, measurement), recon)
     write_json_atomic(Path(save_dir) / "metrics.json", metrics)
     write_config(save_dir, {"task": task, "images": images_dir, "num_images": n,
                             "num_inference_steps": num_inference_steps, "scale": scale, "eta": eta,
@@ -180,18 +182,26 @@ def main(task, images_dir, num_images, num_inference_steps, scale, eta, mask_typ
                f"PSNR {mean['psnr']} dB (naive {mean['psnr_naive']}), SSIM {mean['ssim']} -> {save_dir}")
 
 
-def _write_outputs(save_dir, task, truth, measurement, recon) -> None:
-    """The handout's DPS_results files, plus the ground truth and a labelled panel per image."""
+def shown_input(task: str, operator, truth: torch.Tensor, measurement: torch.Tensor) -> torch.Tensor:
+    """The input image to save, [B, 3, h, w] in [0, 1]. Inpainting: the handout's ``DPS_masked_input_image``,
+    ``operator.forward`` of the [0, 1] image without the noise (unobserved pixels black, not the grey that the
+    [-1, 1] product gives); the other tasks: the noisy measurement y = A(x) + n that DPS reconstructs from."""
+    if task == "inpainting":
+        return operator.forward((truth.float() + 1) / 2)  # m * x01, as execute_DPS.py's y_unnormalized
+    return (measurement.float().clamp(-1, 1) + 1) / 2
+
+
+def _write_outputs(save_dir, task, truth, shown, recon) -> None:
+    """The handout's DPS_results files (``shown``: :func:`shown_input`), the ground truth and a panel per image."""
     size = truth.shape[-1]
-    kind = "masked_input" if task == "inpainting" else "measurement"
+    kind, label = ("masked_input", "masked input") if task == "inpainting" else ("measurement", "measurement")
     for i in range(len(truth)):
-        y = measurement[i].clamp(-1, 1)
         save_image(truth[i], f"{save_dir}/DPS_ground_truth_image{i}.png")
-        save_image(y, f"{save_dir}/DPS_{kind}_image{i}.png")
+        save_image(shown[i], f"{save_dir}/DPS_{kind}_image{i}.png", value_range=UNIT)
         save_image(recon[i], f"{save_dir}/DPS_generated_image{i}.png")
-        y_shown = F.interpolate(y[None].float(), size=(size, size), mode="nearest")[0]  # SR: 16 -> 64 px blocks
-        save_labelled_grid(f"{save_dir}/DPS_panel_image{i}.png", [truth[i], y_shown, recon[i]],
-                           ["truth", "measurement", "DPS reconstruction"])  # toy-size tiles enlarged x4
+        tile = F.interpolate(shown[i][None] * 2 - 1, size=(size, size), mode="nearest")[0]  # SR: 16 -> 64 px blocks
+        save_labelled_grid(f"{save_dir}/DPS_panel_image{i}.png", [truth[i], tile, recon[i]],
+                           ["truth", label, "DPS reconstruction"])  # toy-size tiles enlarged x4
 
 
 def _metrics(truth, naive, recon) -> dict:

@@ -17,11 +17,9 @@ import click
 from tqdm import tqdm
 
 from common.cli import CONTEXT_SETTINGS, finite, user_errors
-from common.files import refuse_pickle
 from common.gpu import seed_everything
 from common.images import save_grid
 from common.runs import write_config
-from gan.checkpoint import SAFETENSORS_HINT
 from gan.metrics import load_feature_net
 from gan.ops import set_default_impl
 from gan.training import TrainConfig, Trainer
@@ -132,8 +130,6 @@ def main(outdir, snap, fid_every, fid_n, impl, **kwargs):
       python -m gan.train --outdir training-runs --data many_shot_dog --use_r1_regularization False \\
           --use_diffaug False --checkpoint_path ckpt.safetensors --resolution 256
     """
-    if kwargs["checkpoint_path"]:
-        refuse_pickle(kwargs["checkpoint_path"], SAFETENSORS_HINT)  # before loading the data set
     set_default_impl(impl)
     result = run_training(TrainConfig(**kwargs), outdir, snap=snap, fid_every=fid_every, fid_n=fid_n)
     click.echo(f"run folder: {result['run_dir']}")

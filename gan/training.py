@@ -18,7 +18,7 @@ from common.cli import check_finite
 from common.divergence import BlowUpGuard
 from common.gpu import autocast, get_device, precision_dtype
 from gan import checkpoint as ckpt
-from gan.dataset import BatchSampler, load_dataset, to_float
+from gan.dataset import TOY, BatchSampler, load_dataset, to_float
 from gan.loss import LossConfig, StyleGAN2Loss, is_reg_step, lazy_optimizer_hparams
 from gan.metrics import fid_against, load_feature_net
 from gan.networks import ArchConfig, Discriminator, Generator, ema_beta, update_ema
@@ -66,12 +66,12 @@ class Trainer:
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest conv algorithms once
         self.dtype = precision_dtype(cfg.precision, self.device)
-        images, self.data_name = load_dataset(cfg.data, cfg.resolution)
-        self.images = images
-        self.arch = ArchConfig.default_for(images.shape[-1], channel_base=cfg.cbase, channel_max=cfg.cmax,
-                                           mapping_layers=cfg.map_layers, mbstd_group=cfg.mbstd_group)
         if cfg.batch % min(cfg.mbstd_group, cfg.batch):
             raise ValueError(f"--batch {cfg.batch} must be a multiple of the minibatch-std group {cfg.mbstd_group}")
+        resume = self._check_resume() if cfg.checkpoint_path else None  # a bad file fails before the data loads
+        images, self.data_name = load_dataset(cfg.data, cfg.resolution)
+        self.images = images
+        self.arch = self._arch_for(images.shape[-1])
         torch.manual_seed(cfg.seed)  # parameter initialisation
         self.G = Generator(self.arch).to(self.device)
         self.D = Discriminator(self.arch).to(self.device)
@@ -91,8 +91,24 @@ class Trainer:
         hint = "the learning rate is probably too high (try --lr 0.002) or training diverged"
         self.guards = {key: BlowUpGuard(f"the {net} loss ({key})", factor=1e3, warmup=1, floor=10.0, hint=hint)
                        for key, net in (("loss_G", "generator"), ("loss_D", "discriminator"))}
-        if cfg.checkpoint_path:
-            self.load(cfg.checkpoint_path)
+        if resume is not None:
+            self.load(cfg.checkpoint_path, resume)
+
+    def _arch_for(self, resolution: int) -> ArchConfig:
+        cfg = self.cfg
+        return ArchConfig.default_for(resolution, channel_base=cfg.cbase, channel_max=cfg.cmax,
+                                      mapping_layers=cfg.map_layers, mbstd_group=cfg.mbstd_group)
+
+    def _check_resume(self) -> tuple[dict, ArchConfig, dict]:
+        """Read and validate ``--checkpoint_path`` before any data set work; the architecture too when the image
+        size is known without the data (``--resolution``, or the toy set's 64 px)."""
+        path = self.cfg.checkpoint_path
+        resume = ckpt.read_checkpoint(path)  # tensors, arch, state
+        toy = self.cfg.data == TOY and not Path(TOY).exists()  # as gan.dataset.load_dataset decides
+        resolution = self.cfg.resolution or (64 if toy else None)
+        if resolution is not None:
+            ckpt.check_arch(resume[1], self._arch_for(resolution), path)
+        return resume
 
     def _adam(self, net: torch.nn.Module, interval: int | None) -> torch.optim.Adam:
         lr, betas = lazy_optimizer_hparams(self.cfg.lr, (0.0, 0.99), interval)
@@ -144,8 +160,9 @@ class Trainer:
                                     rng={"data": self.gen_data, "train": self.gen_train},
                                     extra={"loss.pl_mean": self.loss.pl_mean}, state=state)
 
-    def load(self, path: str | Path) -> None:
-        tensors, arch, state = ckpt.read_checkpoint(path)
+    def load(self, path: str | Path, resume: tuple[dict, ArchConfig, dict] | None = None) -> None:
+        """Restore a checkpoint (``resume``: what ``gan.checkpoint.read_checkpoint(path)`` returned, if read)."""
+        tensors, arch, state = resume if resume is not None else ckpt.read_checkpoint(path)
         ckpt.check_arch(arch, self.arch, path)
         for name, net in (("G", self.G), ("D", self.D), ("G_ema", self.G_ema)):
             ckpt.load_net(net, tensors, name)

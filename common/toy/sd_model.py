@@ -26,6 +26,8 @@ from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNe
 from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from common.runs import write_json_atomic
+
 MODEL_NAME = "toy-sd"
 DEFAULT_FOLDER = Path(__file__).parent / "models" / MODEL_NAME
 TRAIN_COMMAND = "python -m common.toy train sd --device cuda --out common/toy/models/toy-sd --force"
@@ -108,8 +110,8 @@ def write_tokenizer(folder: str | Path) -> Path:
                "pad_token": "!"}
     config = {"tokenizer_class": "CLIPTokenizer", "model_max_length": CONTEXT_LENGTH, "do_lower_case": True,
               "clean_up_tokenization_spaces": True, "errors": "replace", **special}
-    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2, allow_nan=False) + "\n")
-    (folder / "special_tokens_map.json").write_text(json.dumps(special, indent=2, allow_nan=False) + "\n")
+    write_json_atomic(folder / "tokenizer_config.json", config)
+    write_json_atomic(folder / "special_tokens_map.json", special)
     return folder
 
 
@@ -250,17 +252,8 @@ def save_sd_folder(pipe: StableDiffusionPipeline, folder: str | Path, dtype: tor
         "unet": ["diffusers", "UNet2DConditionModel"],
         "vae": ["diffusers", "AutoencoderKL"],
     }
-    (folder / "model_index.json").write_text(json.dumps(index, indent=2, allow_nan=False) + "\n")
+    write_json_atomic(folder / "model_index.json", index)
     return folder
-
-
-def dtype_kwarg(dtype: torch.dtype) -> dict[str, torch.dtype]:
-    """``{"dtype": dtype}`` where diffusers renamed ``torch_dtype`` (0.36+), else ``{"torch_dtype": dtype}``."""
-    try:
-        from diffusers.utils.deprecation_utils import _TORCH_DTYPE_DEPRECATION_MESSAGE  # noqa: F401
-    except ImportError:
-        return {"torch_dtype": dtype}
-    return {"dtype": dtype}
 
 
 def _diffusers_version() -> str:

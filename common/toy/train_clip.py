@@ -95,10 +95,11 @@ def lr_at(step: int, steps: int, warmup: int, lr: float) -> float:
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups as in open_clip: no decay on gains, biases, embeddings' 1-d params and the temperature."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (no_decay if p.ndim < 2 or "ln" in name or "bias" in name or "logit_scale" in name else decay).append(p)
+    """AdamW groups as open_clip's training script makes them: weight decay only on parameters with at least two
+    dimensions (matrices, conv kernels, embedding tables); none on the ones of fewer (biases, LayerNorm gains and
+    shifts, the class embedding, the 0-d ``logit_scale``). Chosen by shape, never by name."""
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 

@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from common.cli import check_finite
 from common.gpu import autocast, get_device, seed_everything
+from common.hub import dtype_kw
 from common.registry import load_local_weights
 from common.runs import write_config, write_json_atomic
 from common.toy import sd_model, shapes
@@ -179,7 +180,7 @@ def load_vae(folder: Path, device: torch.device) -> AutoencoderKL:
     if not (folder / "vae" / "config.json").is_file():
         raise FileNotFoundError(f"no trained VAE in {folder / 'vae'}; run the VAE stage first: "
                                 f"python -m common.toy train sd --stage vae --out {folder}")
-    vae = load_local_weights(AutoencoderKL.from_pretrained, folder / "vae", **sd_model.dtype_kwarg(torch.float32))
+    vae = load_local_weights(AutoencoderKL.from_pretrained, folder / "vae", **dtype_kw(torch.float32))
     return vae.to(device).eval().requires_grad_(False)
 
 

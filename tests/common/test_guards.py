@@ -3,10 +3,12 @@ the safe image reader and byte-stable safetensors."""
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import math
 import struct
+from pathlib import Path
 
 import click
 import numpy as np
@@ -20,7 +22,7 @@ from common.cli import finite
 from common.divergence import BlowUpGuard, Diverged, check_bounded
 from common.files import save_safetensors
 from common.images import load_image, read_pil
-from common.runs import atomic_dir, json_number, write_json_atomic
+from common.runs import JSON_INDENT, atomic_dir, json_number, write_json_atomic
 
 
 @click.command()
@@ -69,6 +71,23 @@ def test_write_json_atomic_is_strict_and_leaves_nothing(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.json"]
     write_json_atomic(tmp_path / "c.json", {"mem": json_number(float("nan")), "ms": json_number(2.5)})
     assert json.loads((tmp_path / "c.json").read_text()) == {"mem": None, "ms": 2.5}
+
+
+def test_every_json_writer_uses_the_one_indent(tmp_path):
+    """write_json_atomic writes json.dumps(data, indent=2) plus a newline; a json.dump(s) call elsewhere that sets
+    ``indent`` (a hand-written file) sets it to JSON_INDENT's value, so every eval.json / config.json looks alike."""
+    data = {"score": 0.25, "images": {"a.png": 0.5}, "rows": [1, None]}
+    write_json_atomic(tmp_path / "eval.json", data)
+    assert (tmp_path / "eval.json").read_text() == json.dumps(data, indent=2) + "\n" and JSON_INDENT == 2
+    root, bad = Path(__file__).resolve().parents[2], []
+    for top in ("common", "gan", "ddpm_ddim", "dps", "distillation", "synchronization", "grading", "benchmarks"):
+        for path in sorted((root / top).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.Call) and getattr(node.func, "attr", None) in ("dump", "dumps"):
+                    bad += [f"{path.relative_to(root)}:{node.lineno}" for k in node.keywords if k.arg == "indent"
+                            and not (isinstance(k.value, ast.Constant) and k.value.value == JSON_INDENT)
+                            and not (isinstance(k.value, ast.Name) and k.value.id == "JSON_INDENT")]
+    assert not bad, f"json indent other than {JSON_INDENT}: {', '.join(bad)}"
 
 
 def test_atomic_dir_renames_only_on_success(tmp_path):

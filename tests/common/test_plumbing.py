@@ -11,7 +11,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from common.cli import IntListType, UserError, check_finite, parse_int_list, user_errors
+from common.cli import CommaChoice, CommaInts, IntListType, UserError, check_finite, parse_int_list, user_errors
 from common.eval.frechet import compute_features, frechet_distance
 from common.gpu import CudaTimer, get_device, make_generators, precision_dtype, randn_per_sample, seed_everything
 from common.images import load_image, pil_to_tensor, save_gif, save_grid, tensor_to_pil
@@ -47,6 +47,24 @@ def test_parse_int_list():
     for bad in ["", "a", "5-1"]:
         with pytest.raises(ValueError):
             parse_int_list(bad)
+
+
+@click.command()
+@click.option("--modes", type=CommaChoice(("eager", "graphs")), default="eager")
+@click.option("--sizes", type=CommaInts(min=2), default="2")
+def _lists(modes, sizes):
+    click.echo(f"{modes} {sizes}")
+
+
+def test_comma_list_types():
+    """Items canonicalised like click.Choice (case-insensitive), order kept, duplicates dropped; bad items exit 2."""
+    ok = CliRunner().invoke(_lists, ["--modes", " Graphs,eager,graphs", "--sizes", "4, 2,4"])
+    assert ok.exit_code == 0 and ok.output.strip() == "['graphs', 'eager'] [4, 2]", ok.output
+    for args, message in [(["--modes", "eager,bogus"], "'bogus': choose from eager, graphs"),
+                          (["--modes", ","], "expected a comma-separated list"),
+                          (["--sizes", "1,4"], "expected integers >= 2"), (["--sizes", "4,x"], "not a comma")]:
+        bad = CliRunner().invoke(_lists, args)
+        assert bad.exit_code == 2 and message in bad.output, (args, bad.output)
 
 
 def test_check_finite():

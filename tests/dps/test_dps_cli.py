@@ -38,13 +38,21 @@ def test_defaults_write_the_handouts_dps_results(model_dir, tmp_path, monkeypatc
     assert metrics["scale"] == 0.5 and metrics["task"] == "inpainting" and "DPS inpainting 3 steps" in result.output
     config = json.loads((out / "config.json").read_text())
     assert (config["seed"], config["precision"], config["unet_dtype"]) == (0, "auto", "float32")  # auto: CPU fp32
-    # the panel (common.panels): truth | measurement | DPS, each 16 px enlarged x4, 4 px padding, labels under them
+    # the panel (common.panels): truth | masked input | DPS, each 16 px enlarged x4, 4 px padding, labels under them
     panel = np.asarray(Image.open(out / "DPS_panel_image0.png").convert("L"))
     assert panel.shape[1] == 3 * (64 + 4) + 4 and panel.shape[0] > 4 + 64 + 4 + 10
     assert (panel[4 + 64 : -4] < 128).sum() > 30  # dark label text on the white band under the tiles
     truth = np.asarray(Image.open(out / "DPS_ground_truth_image0.png").convert("L"))
     tile = panel[4:68, 4:68]
     assert np.array_equal(tile[::4, ::4], truth) and np.array_equal(tile[3::4, 3::4], truth)  # nearest x4
+    # the handout's masked input (execute_DPS.py saves mask * the [0, 1] image): every pixel is the truth's
+    # (no measurement noise) or black (unobserved; not the grey of the [-1, 1] product), 30-70% black
+    truth_rgb = np.asarray(Image.open(out / "DPS_ground_truth_image0.png").convert("RGB"))
+    masked = np.asarray(Image.open(out / "DPS_masked_input_image0.png").convert("RGB"))
+    black = (masked == 0).all(axis=2)
+    assert np.array_equal(masked[~black], truth_rgb[~black]) and 0.2 < black.mean() < 0.8, black.mean()
+    middle = np.asarray(Image.open(out / "DPS_panel_image0.png").convert("RGB"))[4:68, 72:136]  # the second tile
+    assert np.array_equal(middle[::4, ::4], masked)
 
 
 @pytest.mark.parametrize("task", ["super_resolution", "gaussian_blur", "motion_blur"])

@@ -135,6 +135,39 @@ def test_bad_input_is_one_line_exit_2(tmp_path, case):
     assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
 
 
+@pytest.mark.parametrize("case", ["garbage", "missing", "pickle", "toy_64px", "cmax", "good"])
+def test_the_resume_file_is_checked_before_the_data_loads(tmp_path, monkeypatch, case):
+    """A bad --checkpoint_path is one line, exit 2, before any data set work or output (the toy set takes ~5 s)."""
+    from gan import checkpoint as ckpt
+    from gan.networks import ArchConfig, Generator
+
+    def no_data(*args, **kwargs):
+        raise RuntimeError("the data set was loaded")
+
+    monkeypatch.setattr("gan.training.load_dataset", no_data)
+    path = tmp_path / ("part1-10K.pkl" if case == "pickle" else "resume.safetensors")
+    if case == "garbage":
+        path.write_bytes(b"not a checkpoint")
+    elif case == "pickle":
+        path.write_bytes(b"\x80\x04\x95" + bytes(16))
+    elif case != "missing":  # a 16 px checkpoint with channel_max 16 (TINY)
+        arch = ArchConfig.default_for(16, channel_base=64, channel_max=16)
+        ckpt.save_checkpoint(path, arch, {"G": Generator(arch)})
+    data = {"toy_64px": ["--data", "toy"], "cmax": ["--data", str(tmp_path / "no-such-data"), "--resolution", "16",
+                                                     "--cbase", "64", "--cmax", "8"]}.get(case, TINY_FLAGS[:10])
+    runs = tmp_path / "runs"
+    result = _run(["--outdir", str(runs), "--use_r1_regularization", "True", "--use_diffaug", "True",
+                   "--checkpoint_path", str(path)] + data)
+    if case == "good":  # control: a matching checkpoint goes on to the data set
+        assert isinstance(result.exception, RuntimeError) and "the data set was loaded" in str(result.exception)
+        return
+    expected = {"garbage": "not a safetensors checkpoint", "missing": "checkpoint not found",
+                "pickle": "pickles are refused by design", "toy_64px": "resolution 16 vs 64",
+                "cmax": "channel_max 16 vs 8"}[case]
+    assert result.exit_code == 2 and expected in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1 and not runs.exists()
+
+
 def test_dataset_tool_and_augment_preview(tmp_path):
     src = tmp_path / "raw"
     src.mkdir()

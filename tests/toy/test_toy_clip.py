@@ -135,6 +135,20 @@ def test_lr_schedule():
     assert all(a >= b for a, b in zip(lrs[9:], lrs[10:])) and lrs[-1] < 1e-5
 
 
+def test_weight_decay_groups_go_by_shape(random_clip):
+    """open_clip's rule: decay exactly the >= 2-d parameters; biases, LayerNorm gains and logit_scale get none."""
+    decay, no_decay = train_clip.param_groups(random_clip, 0.2)
+    assert (decay["weight_decay"], no_decay["weight_decay"]) == (0.2, 0.0)
+    named = dict(random_clip.named_parameters())
+    exempt = {n for n, p in named.items() if any(p is q for q in no_decay["params"])}
+    assert {"logit_scale", "ln_final.weight", "ln_final.bias"} <= exempt
+    assert exempt == {n for n, p in named.items() if p.ndim < 2} and len(decay["params"]) + len(exempt) == len(named)
+    kiln = torch.nn.Sequential()  # a matrix whose name holds "ln" and "bias" is still decayed
+    kiln.add_module("kiln_bias", torch.nn.Linear(3, 2))
+    shapes_of = [[tuple(p.shape) for p in group["params"]] for group in train_clip.param_groups(kiln, 0.1)]
+    assert shapes_of == [[(2, 3)], [(2,)]]
+
+
 def test_training_smoke_writes_loadable_folder(tmp_path):
     metrics = train_clip.train(tmp_path / "clip", device="cpu", steps=2, seed=0, batch_size=8, eval_images=8)
     assert math.isfinite(metrics["final_loss"]) and metrics["weights_dtype"] in ("torch.float16", "torch.float32")

@@ -9,6 +9,7 @@ import torch
 from click.testing import CliRunner
 from diffusers import StableDiffusionPipeline
 
+from common.hub import dtype_kw
 from common.toy import sd_model, shapes
 from common.toy.clip_model import create_toy_clip, get_tokenizer, save_toy_clip
 
@@ -68,7 +69,7 @@ def test_sd_folder_round_trip(random_folder):
     assert index["requires_safety_checker"] is False
     for name in ("vocab.json", "merges.txt", "tokenizer_config.json"):
         assert (folder / "tokenizer" / name).is_file()
-    loaded = StableDiffusionPipeline.from_pretrained(str(folder), **sd_model.dtype_kwarg(torch.float32))
+    loaded = StableDiffusionPipeline.from_pretrained(str(folder), **dtype_kw(torch.float32))
     assert isinstance(loaded.scheduler, type(pipe.scheduler))
     assert loaded.scheduler.config.beta_schedule == "scaled_linear" and loaded.scheduler.config.steps_offset == 1
     torch.testing.assert_close(loaded.scheduler.alphas_cumprod, pipe.scheduler.alphas_cumprod)
