@@ -9,6 +9,8 @@ the step and the likely cause.
 from __future__ import annotations
 
 import math
+from collections import deque
+from typing import NamedTuple
 
 import torch
 
@@ -34,8 +36,68 @@ def check_bounded(x: torch.Tensor, bound: float, what: str, step: int | None = N
     if not bool(torch.isfinite(x).all()):
         raise Diverged(f"{_describe(what, step)} became NaN or infinite; {hint}")
     peak = float(x.abs().max()) if x.numel() else 0.0
+    _raise_if_beyond(peak, bound, what, step, hint)
+
+
+def _raise_if_beyond(peak: float, bound: float, what: str, step: int | None, hint: str) -> None:
     if peak > bound:
         raise Diverged(f"{_describe(what, step)} diverged (max |value| {peak:.3g} > {bound:g}); {hint}")
+
+
+class _Pending(NamedTuple):
+    stats: torch.Tensor  # [2] on the tensor's device: (any non-finite, max |x|), not read yet
+    bound: float
+    what: str
+    step: int | None
+    hint: str
+
+
+class LazyChecks:
+    """:func:`check_bounded` whose verdict is read ``lag`` steps late, so a GPU loop never waits mid-step.
+
+    Reading a CUDA value (``bool(t)``, ``float(t)``, ``.item()``) makes the CPU wait for the GPU: at one
+    prompt under CUDA graphs that wait exposes the whole Python side of every step. :meth:`add` queues the
+    check's two numbers on the device; :meth:`poll` (call it once per step, after queueing the step's work)
+    reads the checks more than ``lag`` steps old, which the GPU has long finished; :meth:`flush` reads all of
+    them (call it before writing any output and at the end). A failure raises the same :class:`Diverged` as
+    :func:`check_bounded`, naming the step it happened at. On a CPU nothing is waited for, so ``lag`` is 0.
+    """
+
+    def __init__(self, lag: int = 1, lazy_devices: tuple[str, ...] = ("cuda",)):
+        self.lag, self.lazy_devices = lag, lazy_devices  # tests pass ("cpu",) to exercise the queue
+        self.pending: deque[_Pending] = deque()
+        self.calls = 0
+
+    def add(self, x: torch.Tensor, what: str, step: int | None = None, bound: float = math.inf,
+            hint: str = "lower the learning rate or the guidance scale") -> None:
+        """Queue ``check_bounded(x, bound, what, step, hint)``; ``bound = inf`` checks finiteness only."""
+        x = x.detach()
+        if x.device.type not in self.lazy_devices:
+            check_bounded(x, bound, what, step, hint)
+            return
+        peak = x.abs().amax().float() if x.numel() else x.new_zeros((), dtype=torch.float32)
+        stats = torch.stack([(~torch.isfinite(x)).any().float(), torch.nan_to_num(peak, nan=0.0)])
+        self.pending.append(_Pending(stats, bound, what, step, hint))
+        self.calls += 1
+
+    def poll(self) -> None:
+        """Read (and raise on) the queued checks of all but the newest ``lag`` steps."""
+        steps = sorted({p.step for p in self.pending}, key=lambda s: -1 if s is None else s)
+        keep = set(steps[-self.lag:]) if self.lag > 0 else set()
+        while self.pending and self.pending[0].step not in keep:
+            self._read(self.pending.popleft())
+
+    def flush(self) -> None:
+        """Read (and raise on) every queued check."""
+        while self.pending:
+            self._read(self.pending.popleft())
+
+    @staticmethod
+    def _read(p: _Pending) -> None:
+        nonfinite, peak = p.stats.tolist()  # one device-to-host read for both numbers
+        if nonfinite:
+            raise Diverged(f"{_describe(p.what, p.step)} became NaN or infinite; {p.hint}")
+        _raise_if_beyond(peak, p.bound, p.what, p.step, p.hint)
 
 
 class BlowUpGuard:
