@@ -6,7 +6,9 @@ ms per call, the FLOPs of the call (``torch.utils.flop_counter``) and the TFLOP/
 
 - ``eager``: the default; ``cudnn``: ``torch.backends.cudnn.benchmark = True`` (cuDNN times its algorithms once
   per shape); ``cl``: channels_last weights and input; ``graphs``: ``common.graphs.CudaGraphUNet`` (one replay);
-  ``bf16``: bf16 weights instead of fp16. Knobs combine with ``+``.
+  ``bf16``: bf16 weights instead of fp16; ``compile``: ``torch.compile`` (inductor, static shapes; its first call,
+the compilation, is reported apart); ``compile-ro``: ``torch.compile(mode="reduce-overhead")`` (inductor with its
+own CUDA graphs). Knobs combine with ``+``.
 
 ``--profile`` adds the top CUDA kernels of one eager call per model (torch.profiler), so a slow row names its
 kernels. Weights are random (they do not change the cost).
@@ -33,7 +35,7 @@ from common.gpu import CudaTimer  # noqa: E402
 from common.graphs import CudaGraphUNet  # noqa: E402
 
 MODELS = ("sd21", "celebahq")
-KNOBS = ("eager", "cudnn", "cl", "graphs", "bf16")
+KNOBS = ("eager", "cudnn", "cl", "graphs", "bf16", "compile", "compile-ro")
 DEFAULT_ROWS = "sd21:2,sd21:20,sd21:82,celebahq:10,celebahq:3"
 DEFAULT_KNOBS = "eager,cudnn,cl+cudnn,graphs,cudnn+graphs,cl+cudnn+graphs,bf16+cudnn+graphs"
 
@@ -89,6 +91,12 @@ def run_row(model: str, batch: int, knob: str, calls: int, device: torch.device)
     unet = build(model, dtype, cl, device)
     args, kwargs = inputs(model, batch, dtype, cl, device)
     flops = flops_of(unet, args, kwargs)
+    compile_s = float("nan")
+    if parts & {"compile", "compile-ro"}:
+        unet = torch.compile(unet, dynamic=False, mode="reduce-overhead" if "compile-ro" in parts else None)
+        with CudaTimer(device) as first, torch.no_grad():
+            unet(*args, **kwargs)
+        compile_s = first.ms / 1000
     net = CudaGraphUNet(unet) if "graphs" in parts else unet
 
     def call() -> None:
@@ -98,7 +106,7 @@ def run_row(model: str, batch: int, knob: str, calls: int, device: torch.device)
     ms = time_call(call, calls, device)
     bench.reset_memory(device)  # the next row builds its own UNet
     return {"model": model, "batch": batch, "knob": knob, "ms": ms, "gflop": flops / 1e9,
-            "tflops": flops / (ms * 1e-3) / 1e12}
+            "tflops": flops / (ms * 1e-3) / 1e12, "compile_s": compile_s}
 
 
 def profile(model: str, batch: int, device: torch.device, top: int = 12) -> None:
@@ -150,10 +158,11 @@ def main(rows: str, knobs: str, calls: int, show_profile: bool, json_path: str |
             out.append(run_row(model, batch, knob, calls, device))
             r = out[-1]
             print(f"{model} B={batch} {knob}: {r['ms']:.2f} ms, {r['tflops']:.0f} TFLOP/s", flush=True)
-    print(f"\n| model | batch | knobs | ms / call | GFLOP / call | TFLOP/s |  ({bench.device_name(device)}, "
-          f"torch {torch.__version__})\n|---|---|---|---|---|---|")
+    print(f"\n| model | batch | knobs | ms / call | GFLOP / call | TFLOP/s | compile s |  "
+          f"({bench.device_name(device)}, torch {torch.__version__})\n|---|---|---|---|---|---|---|")
     for r in out:
-        print(f"| {r['model']} | {r['batch']} | {r['knob']} | {r['ms']:.2f} | {r['gflop']:.0f} | {r['tflops']:.0f} |")
+        print(f"| {r['model']} | {r['batch']} | {r['knob']} | {r['ms']:.2f} | {r['gflop']:.0f} | {r['tflops']:.0f} | "
+              f"{'-' if r['compile_s'] != r['compile_s'] else format(r['compile_s'], '.0f')} |")
     if show_profile:
         for model in dict.fromkeys(m for m, _ in pairs):
             profile(model, max(b for m, b in pairs if m == model), device)

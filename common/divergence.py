@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
 
 from common.cli import UserError
+from common.gpu import HostCopy
 
 
 class Diverged(UserError, ValueError):
@@ -30,13 +32,28 @@ def check_bounded(x: torch.Tensor, bound: float, what: str, step: int | None = N
     """Raise :class:`Diverged` when ``x`` holds NaN/inf or any ``|x| > bound``.
 
     ``bound`` is generous on purpose (for example 1e3 for SD latents, which live in about [-5, 5]): it catches
-    a blow-up, never a merely unusual run.
+    a blow-up, never a merely unusual run. ``bound = inf`` checks finiteness only.
     """
-    x = x.detach()
+    _check_now(x.detach(), bound, what, step, hint, None)
+
+
+def _nonfinite(what: str, step: int | None, hint: str, message: Callable[[], str] | None) -> Diverged:
+    return Diverged(message() if message is not None else f"{_describe(what, step)} became NaN or infinite; {hint}")
+
+
+def _check_now(x: torch.Tensor, bound: float, what: str, step: int | None, hint: str,
+               message: Callable[[], str] | None) -> None:
+    if x.numel() == 1 and not x.is_complex():  # a scalar (a loss): one read instead of two tensor ops
+        peak = abs(x.item())
+        if not math.isfinite(peak):
+            raise _nonfinite(what, step, hint, message)
+        _raise_if_beyond(peak, bound, what, step, hint)
+        return
     if not bool(torch.isfinite(x).all()):
-        raise Diverged(f"{_describe(what, step)} became NaN or infinite; {hint}")
-    peak = float(x.abs().max()) if x.numel() else 0.0
-    _raise_if_beyond(peak, bound, what, step, hint)
+        raise _nonfinite(what, step, hint, message)
+    if bound < math.inf:  # a finite x never exceeds inf: no second reduction
+        peak = float(x.abs().max()) if x.numel() else 0.0
+        _raise_if_beyond(peak, bound, what, step, hint)
 
 
 def _raise_if_beyond(peak: float, bound: float, what: str, step: int | None, hint: str) -> None:
@@ -45,22 +62,26 @@ def _raise_if_beyond(peak: float, bound: float, what: str, step: int | None, hin
 
 
 class _Pending(NamedTuple):
-    stats: torch.Tensor  # [2] on the tensor's device: (any non-finite, max |x|), not read yet
+    peak: HostCopy  # max |x| as float32 (NaN/inf when x holds one), on its way to the host
     bound: float
     what: str
     step: int | None
     hint: str
+    message: Callable[[], str] | None  # the NaN/inf message instead of the default (built only on failure)
 
 
 class LazyChecks:
     """:func:`check_bounded` whose verdict is read ``lag`` steps late, so a GPU loop never waits mid-step.
 
-    Reading a CUDA value (``bool(t)``, ``float(t)``, ``.item()``) makes the CPU wait for the GPU: at one
-    prompt under CUDA graphs that wait exposes the whole Python side of every step. :meth:`add` queues the
-    check's two numbers on the device; :meth:`poll` (call it once per step, after queueing the step's work)
-    reads the checks more than ``lag`` steps old, which the GPU has long finished; :meth:`flush` reads all of
+    Reading a CUDA value (``bool(t)``, ``float(t)``, ``.item()``) makes the CPU wait until the GPU has run
+    everything queued so far: at one prompt under CUDA graphs that wait exposes the whole Python side of every
+    step. :meth:`add` queues max |x| on the device (``amax`` propagates NaN, and inf stays inf, so one number
+    gives both verdicts) and copies it to pinned host memory behind the queued work (``common.gpu.HostCopy``);
+    :meth:`poll` (call it once per step, after queueing the step's work) reads the checks of all but the newest
+    ``lag`` steps, waiting only for their copies, which the GPU has long finished; :meth:`flush` reads all of
     them (call it before writing any output and at the end). A failure raises the same :class:`Diverged` as
-    :func:`check_bounded`, naming the step it happened at. On a CPU nothing is waited for, so ``lag`` is 0.
+    :func:`check_bounded`, naming the step it happened at; the first queued failure wins and the queue is
+    dropped. A tensor on a device outside ``lazy_devices`` (the CPU: nothing to overlap) is checked at once.
     """
 
     def __init__(self, lag: int = 1, lazy_devices: tuple[str, ...] = ("cuda",)):
@@ -69,35 +90,47 @@ class LazyChecks:
         self.calls = 0
 
     def add(self, x: torch.Tensor, what: str, step: int | None = None, bound: float = math.inf,
-            hint: str = "lower the learning rate or the guidance scale") -> None:
-        """Queue ``check_bounded(x, bound, what, step, hint)``; ``bound = inf`` checks finiteness only."""
+            hint: str = "lower the learning rate or the guidance scale",
+            message: Callable[[], str] | None = None) -> None:
+        """Queue ``check_bounded(x, bound, what, step, hint)``; ``bound = inf`` checks finiteness only.
+
+        ``message()`` (called only if x is NaN/inf) replaces the default "<what> at step N became NaN or infinite;
+        <hint>", for callers whose message needs values that would cost a read now.
+        """
         x = x.detach()
         if x.device.type not in self.lazy_devices:
-            check_bounded(x, bound, what, step, hint)
+            _check_now(x, bound, what, step, hint, message)
             return
-        peak = x.abs().amax().float() if x.numel() else x.new_zeros((), dtype=torch.float32)
-        stats = torch.stack([(~torch.isfinite(x)).any().float(), torch.nan_to_num(peak, nan=0.0)])
-        self.pending.append(_Pending(stats, bound, what, step, hint))
+        peak = x.abs().amax().float() if x.numel() else x.new_zeros((), dtype=torch.float32)  # [] on x's device
+        self.pending.append(_Pending(HostCopy(peak), bound, what, step, hint, message))
         self.calls += 1
 
     def poll(self) -> None:
         """Read (and raise on) the queued checks of all but the newest ``lag`` steps."""
+        if not self.pending:
+            return
         steps = sorted({p.step for p in self.pending}, key=lambda s: -1 if s is None else s)
         keep = set(steps[-self.lag:]) if self.lag > 0 else set()
-        while self.pending and self.pending[0].step not in keep:
-            self._read(self.pending.popleft())
+        self._read_while(lambda p: p.step not in keep)
 
     def flush(self) -> None:
         """Read (and raise on) every queued check."""
-        while self.pending:
-            self._read(self.pending.popleft())
+        self._read_while(lambda p: True)
 
-    @staticmethod
-    def _read(p: _Pending) -> None:
-        nonfinite, peak = p.stats.tolist()  # one device-to-host read for both numbers
-        if nonfinite:
-            raise Diverged(f"{_describe(p.what, p.step)} became NaN or infinite; {p.hint}")
-        _raise_if_beyond(peak, p.bound, p.what, p.step, p.hint)
+    def _read_while(self, due: Callable[[_Pending], bool]) -> None:
+        while self.pending and due(self.pending[0]):
+            p = self.pending.popleft()
+            try:
+                _judge(float(p.peak.get()), p)  # waits for this copy only
+            except Diverged:
+                self.pending.clear()  # the first failure is the one reported
+                raise
+
+
+def _judge(peak: float, p: _Pending) -> None:
+    if not math.isfinite(peak):
+        raise _nonfinite(p.what, p.step, p.hint, p.message)
+    _raise_if_beyond(peak, p.bound, p.what, p.step, p.hint)
 
 
 class BlowUpGuard:

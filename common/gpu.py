@@ -68,10 +68,65 @@ def make_generators(seeds: Iterable[int], device: torch.device | str = "cpu") ->
     return [torch.Generator(device).manual_seed(int(s)) for s in seeds]
 
 
+def host_to_device(x: torch.Tensor, device: torch.device | str | None, pin: bool | None = None) -> torch.Tensor:
+    """``x`` on ``device`` with the same values; a CPU tensor bound for CUDA goes through pinned memory.
+
+    A copy from ordinary (pageable) CPU memory makes the CPU wait until the GPU has run everything queued
+    before it; a copy from page-locked memory with ``non_blocking=True`` is queued like a kernel (CUDA C++
+    Programming Guide, "Asynchronous Concurrent Execution"; torch's "pin_memory" note). ``pin``: None = exactly
+    when ``x`` is on the CPU and ``device`` is CUDA; tests force it (pinning itself needs CUDA). An ``x`` that is
+    already pinned is copied from directly: do not change it in place until the copy has run.
+    """
+    if device is None:
+        return x
+    device = torch.device(device)
+    if pin is None:
+        pin = x.device.type == "cpu" and device.type == "cuda"
+    if not pin:
+        return x.to(device)
+    return x.pin_memory().to(device, non_blocking=True)  # the caching host allocator keeps it until copied
+
+
 def randn_per_sample(shape: tuple[int, ...], generators: list[torch.Generator], device=None,
-                     dtype=None) -> torch.Tensor:
-    """Stack one ``randn(shape)`` per generator: result is [len(generators), *shape]."""
-    return torch.stack([torch.randn(shape, generator=g, device=g.device, dtype=dtype) for g in generators]).to(device)
+                     dtype=None, pin: bool | None = None) -> torch.Tensor:
+    """Stack one ``randn(shape)`` per generator: result is [len(generators), *shape].
+
+    Each draw runs on its generator's device (CPU generators: the same numbers on every machine) and is moved
+    to ``device`` by :func:`host_to_device` (``pin`` passed on), so CUDA never waits for a pageable copy.
+    """
+    draws = torch.stack([torch.randn(shape, generator=g, device=g.device, dtype=dtype) for g in generators])
+    return host_to_device(draws, device, pin)
+
+
+class HostCopy:
+    """A small tensor's value on the host, copied behind the queued GPU work: :meth:`get` waits for that only.
+
+    ``float(t)`` / ``.item()`` / ``.tolist()`` on a CUDA tensor waits until the GPU has finished everything
+    queued so far. Here the value is copied with ``non_blocking=True`` into pinned memory and a CUDA event is
+    recorded after the copy; :meth:`get` waits for that event alone (usually long passed when read a step
+    later) and :meth:`ready` asks without waiting. Off CUDA the copy is the tensor itself (nothing to wait for).
+    """
+
+    def __init__(self, x: torch.Tensor):
+        x = x.detach()
+        self.event: torch.cuda.Event | None = None
+        if x.device.type != "cuda":
+            self.host = x
+            return
+        self.host = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)
+        self.host.copy_(x, non_blocking=True)
+        self.event = torch.cuda.Event()
+        self.event.record(torch.cuda.current_stream(x.device))
+
+    def ready(self) -> bool:
+        """Whether :meth:`get` would return at once."""
+        return self.event is None or self.event.query()
+
+    def get(self) -> torch.Tensor:
+        """The value as a CPU tensor (waits for the copy only)."""
+        if self.event is not None:
+            self.event.synchronize()
+        return self.host
 
 
 class CudaTimer:

@@ -26,7 +26,8 @@ from typing import Any
 import torch
 
 from common.cfg import cfg_combine, split_cfg_batch
-from common.gpu import randn_per_sample
+from common.divergence import LazyChecks
+from common.gpu import host_to_device, randn_per_sample
 from common.schedules import alpha_bar_at, make_alphas_cumprod, make_betas
 from common.tweedie import eps_from_v
 from distillation.dds import DDSMixin
@@ -88,6 +89,10 @@ class Guidance(SDSMixin, VSDMixin, SDIMixin, PDSMixin, ISMMixin, DDSMixin):
         self.aux: dict[str, torch.Tensor] = {}
         self.sdi_target: torch.Tensor | None = None
         self.lora_params: list[torch.nn.Parameter] = []
+        # None: a NaN/inf update raises NonFiniteUpdate at once; the runner sets a LazyChecks (queued, read a
+        # step late, so a GPU step never waits) and the step its checks are named after
+        self.checks: LazyChecks | None = None
+        self.check_step: int | None = None
 
     @classmethod
     def from_pipeline(cls, pipe: Any, **kwargs: Any) -> Guidance:
@@ -135,7 +140,8 @@ class Guidance(SDSMixin, VSDMixin, SDIMixin, PDSMixin, ISMMixin, DDSMixin):
         """Integers in [low, high] ([n] long), one per sample from its own generator."""
         if generators is None:
             return torch.randint(low, high + 1, (n,), device=self.device)
-        return torch.cat([torch.randint(low, high + 1, (1,), generator=g) for g in generators]).to(self.device)
+        draws = torch.cat([torch.randint(low, high + 1, (1,), generator=g, device=g.device) for g in generators])
+        return host_to_device(draws, self.device)  # CPU draws to CUDA: pinned, non-blocking
 
     def draw_t(self, n: int, t: torch.Tensor | None, generators: Sequence[torch.Generator] | None) -> torch.Tensor:
         """t [n] long on the device: the given one, else t ~ U[t_min, t_max] (one draw per sample)."""

@@ -8,8 +8,9 @@ ProlificDreamer's particles share one LoRA), so batched VSD runs differ from sin
 ``batch_size`` run in consecutive batches of one run (one config.json).
 
 Every input is validated before anything is written (prompts, source images, model), config.json comes only
-after that; a run that diverges stops with one line naming the step (``common.divergence.check_bounded`` on the
-optimised latents or pixels after every update), and a NaN update g is never zeroed (``NonFiniteUpdate``).
+after that; a run that diverges stops with one line naming the step (the bound of the optimised latents or pixels
+after every update), and a NaN update g or loss is never zeroed. On CUDA these checks are read a step late
+(``common.divergence.LazyChecks``; all of them before any snapshot or result), so no step waits for the GPU.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ import torch
 from tqdm.auto import tqdm
 
 from common.cli import UserError, check_finite
-from common.divergence import check_bounded
-from common.gpu import get_device, make_generators, precision_dtype, randn_per_sample, seed_everything
+from common.divergence import LazyChecks
+from common.gpu import HostCopy, get_device, make_generators, precision_dtype, randn_per_sample, seed_everything
 from common.graphs import maybe_graph
 from common.images import load_image, pil_to_tensor, save_gif, save_image, tensor_to_pil
 from common.panels import labelled_grid
@@ -206,6 +207,7 @@ class Run:
         alphas_cumprod = self.guidance.alphas_cumprod.cpu()
         self.t_table = torch.stack([make_t_schedule(cfg.t_schedule, cfg.steps, cfg.t_min, cfg.t_max, g,
                                                     alphas_cumprod) for g in self.generators], dim=1)  # [steps, B]
+        self.t_device = self.t_table.to(device)  # copied once: a step's t is a view, not a copy that waits
         groups = [{"params": list(self.rep.parameters()), "lr": cfg.lr}]
         if cfg.loss_type == "vsd":
             groups.append({"params": self.guidance.init_vsd(cfg.lora_rank), "lr": cfg.lora_lr})
@@ -229,7 +231,7 @@ class Run:
     def loss(self, step: int) -> torch.Tensor:
         cfg, g, gens = self.cfg, self.guidance, self.generators
         latents = self.rep(g)
-        t = self.t_table[step].to(self.device)
+        t = self.t_device[step]  # [B] on the device
         s = cfg.guidance_scale
         if cfg.loss_type == "sds":
             return g.get_sds_loss(latents, self.text_embeddings, s, t=t, generators=gens)
@@ -256,32 +258,56 @@ class Run:
         """Run all steps; return the final images [B, 3, H, W] in [-1, 1].
 
         Raises UserError (one line naming the method and the step) on a NaN/inf update, loss or result, and
-        ``Diverged`` when the optimised latents / pixels leave the representation's generous bound.
+        ``Diverged`` when the optimised latents / pixels leave the representation's generous bound. On CUDA the
+        checks are queued (``common.divergence.LazyChecks``) and read a step later, so no step waits for the
+        GPU; all are read before any snapshot is written and before the images are returned.
         """
+        checks = LazyChecks()
+        self.guidance.checks = checks
+        try:
+            images = self._steps(checks, progress)
+        finally:
+            self.guidance.checks, self.guidance.check_step = None, None
+        check_finite(images, f"the {self.cfg.loss_type} result")
+        return images
+
+    def _steps(self, checks: LazyChecks, progress: bool) -> torch.Tensor:
         cfg = self.cfg
         hint = f"the likely cause is a too large --lr ({cfg.lr:g}) or --guidance_scale ({cfg.guidance_scale:g})"
         bar = tqdm(range(cfg.steps), desc=f"{cfg.loss_type}", disable=not progress, dynamic_ncols=True)
+        shown: tuple[int | None, HostCopy | None] = (None, None)  # the progress bar's (step, loss on its way)
         for step in bar:
             self.optimizer.zero_grad(set_to_none=True)
+            self.guidance.check_step = step
             try:
                 loss = self.loss(step)
-            except NonFiniteUpdate as err:
-                raise UserError(f"{err.describe(step)}; try a lower learning rate or --precision fp32") from err
-            value = loss.item()
-            check_finite(value, f"the {cfg.loss_type} loss at step {step}")
+            except NonFiniteUpdate as err:  # a loss that raises it itself (record_update queues instead)
+                raise UserError(f"{err.describe(step)}; {NonFiniteUpdate.hint}") from err
+            checks.add(loss, f"the {cfg.loss_type} loss", step, hint=NonFiniteUpdate.hint)
             loss.backward()
             if cfg.grad_clip > 0:
                 for p in self.rep.parameters():
                     clip_per_sample_(p.grad, cfg.grad_clip)
             self.optimizer.step()
             self.scheduler.step()
-            check_bounded(self.rep.param, self.rep.bound, f"the optimised {cfg.representation}s", step, hint)
-            bar.set_postfix(loss=f"{value / len(cfg.items):.4g}", t=int(self.t_table[step, 0]))
+            checks.add(self.rep.param, f"the optimised {cfg.representation}s", step, self.rep.bound, hint)
+            checks.poll()  # the previous step's checks: the GPU is done with them
+            if not bar.disable:
+                shown = self._show(bar, step, HostCopy(loss), shown)
             if cfg.log_step > 0 and (step % cfg.log_step == 0 or step == cfg.steps - 1):
+                checks.flush()  # no snapshot of a diverged state
                 self.log(step)
-        images = self.rep.images(self.guidance)
-        check_finite(images, f"the {cfg.loss_type} result")
-        return images
+        checks.flush()
+        return self.rep.images(self.guidance)
+
+    def _show(self, bar: Any, step: int, copy: HostCopy, previous: tuple[int | None, HostCopy | None]):
+        """Progress bar: loss per prompt and t of the newest step whose loss is on the host (read without a wait:
+        on CUDA the previous step's, whose checks poll() has just read). Returns (step, copy) for the next call."""
+        for s, c in ((step, copy), previous):
+            if c is not None and c.ready():
+                bar.set_postfix(loss=f"{float(c.get()) / len(self.cfg.items):.4g}", t=int(self.t_table[s, 0]))
+                break
+        return step, copy
 
     @torch.no_grad()
     def log(self, step: int) -> None:

@@ -8,6 +8,7 @@ runner's previews, and returns :func:`stop_gradient_loss`, whose gradient with r
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
@@ -17,6 +18,8 @@ from common.cfg import split_cfg_batch
 
 class NonFiniteUpdate(ValueError):
     """A method's update (gradient g or LoRA loss) became NaN or infinite; the runner adds the step."""
+
+    hint = "try a lower learning rate or --precision fp32"  # what the runner appends to describe(step)
 
     def __init__(self, method: str, what: str, t: list[int]):
         self.method, self.what, self.t = method, what, t
@@ -44,8 +47,21 @@ def record_update(guidance: Any, method: str, t: torch.Tensor, g: torch.Tensor, 
     """Raise :class:`NonFiniteUpdate` if g (or an ``extra`` loss term) is not finite, else fill ``guidance.aux``.
 
     Called by every ``get_*_loss`` after its solution function, so a student's region never touches ``aux``.
+    With ``guidance.checks`` (a ``common.divergence.LazyChecks``, set by the runner) the checks are queued
+    instead of read now; a failure is raised later as ``Diverged`` with the runner's message
+    ``NonFiniteUpdate.describe(guidance.check_step)`` + hint (t is read only then).
     """
+    checks = getattr(guidance, "checks", None)
     for what, value in (("gradient g", g), *extra.items()):
-        if not bool(torch.isfinite(value).all()):
-            raise NonFiniteUpdate(method, what, t.tolist())
+        if checks is None:
+            if not bool(torch.isfinite(value).all()):
+                raise NonFiniteUpdate(method, what, t.tolist())
+        else:
+            step = getattr(guidance, "check_step", None)
+            checks.add(value, f"the {method} {what}", step, message=partial(_lazy_message, method, what, t, step))
     guidance.aux = {"x0_hat": x0_hat, "g": g, "t": t, **extra}
+
+
+def _lazy_message(method: str, what: str, t: torch.Tensor, step: int | None) -> str:
+    """The runner's one line for a non-finite update (called only on failure: reading t costs a wait)."""
+    return f"{NonFiniteUpdate(method, what, t.tolist()).describe(step)}; {NonFiniteUpdate.hint}"
