@@ -14,7 +14,7 @@ from common.cli import CONTEXT_SETTINGS, CommaChoice, CommaInts, OneLineCommand,
 from common.gpu import PRECISION_CHOICES, get_device, precision_dtype
 from common.runs import json_number, write_json_atomic
 
-GRAPH_MODES = ("eager", "graphs")  # graphs: common.graphs.CudaGraphUNet around the UNet
+GRAPH_MODES = ("eager", "graphs", "compile")  # graphs: common.graphs.CudaGraphUNet; compile: torch.compile inside it
 DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
@@ -54,10 +54,21 @@ def resolve_precisions(precisions: list[str], device: torch.device) -> list[tupl
 
 def graph_modes(modes: list[str], device: torch.device) -> list[str]:
     """The eager/graphs modes that apply: CUDA graphs exist on CUDA only (a CPU smoke run says so)."""
-    if device.type != "cuda" and "graphs" in modes:
-        print("note: --graphs graphs needs CUDA; CPU rows are eager only")
-        modes = [m for m in modes if m != "graphs"]
+    if device.type != "cuda" and set(modes) - {"eager"}:
+        print("note: --graphs graphs/compile need CUDA; CPU rows are eager only")
+        modes = [m for m in modes if m == "eager"]
     return modes or ["eager"]
+
+
+def wrap_unet(unet: torch.nn.Module, mode: str) -> torch.nn.Module:
+    """The UNet of one row: plain (eager), in CUDA graphs (graphs), or compiled inside CUDA graphs (compile);
+    a fresh wrapper per row, so every row captures (and compiles) its own graphs."""
+    if mode == "eager":
+        return unet
+    from common.compiled import compile_unet
+    from common.graphs import CudaGraphUNet
+
+    return CudaGraphUNet(compile_unet(unet) if mode == "compile" else unet)
 
 
 def import_diffusers():

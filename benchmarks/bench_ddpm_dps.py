@@ -26,7 +26,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import _cli as bench  # noqa: E402
 from common.cli import user_errors  # noqa: E402
 from common.gpu import CudaTimer, make_generators  # noqa: E402
-from common.graphs import CudaGraphUNet  # noqa: E402
 from common.sampling import sample_unet, sampling_config  # noqa: E402
 from common.toy.train_faces import UNET_CONFIG, build_tiny_unet  # noqa: E402
 from dps.dps import dps_sample  # noqa: E402
@@ -88,13 +87,13 @@ def precision_rows(unet, label: str, samplers: list[str], steps_for: dict[str, i
         full, steps, n = FULL_STEPS[sampler], steps_for[sampler], images_for[sampler]
         for mode in modes:
             for graph_mode in graphs:
-                model = CudaGraphUNet(unet) if graph_mode == "graphs" else unet
+                model = bench.wrap_unet(unet, graph_mode)
                 seconds, alloc, reserved = time_row(model, sampler, steps, mode == "batched", n, device)
                 rows.append({"sampler": sampler, "images": n, "steps_run": steps, "full_steps": full,
                              "precision": label, "mode": mode, "graphs": graph_mode, "seconds": seconds,
                              "seconds_full": seconds * full / steps, "per_image_full": seconds * full / steps / n,
                              "peak_mib": alloc, "reserved_mib": reserved,
-                             "graph_stats": model.stats if graph_mode == "graphs" else {}})
+                             "graph_stats": model.stats if graph_mode != "eager" else {}})
                 print_row(rows[-1])
     return rows
 
@@ -132,7 +131,8 @@ def print_row(row: dict) -> None:
 @click.option("--modes", type=bench.CommaChoice(("batched", "single")), default="batched,single", show_default=True,
               help="Comma-separated: batched (one batch), single (one image at a time).")
 @click.option("--graphs", "graphs", type=bench.CommaChoice(bench.GRAPH_MODES), default="eager,graphs",
-              show_default=True, help="Comma-separated: eager, graphs (CUDA graphs of the UNet calls).")
+              show_default=True,
+              help="Comma-separated: eager, graphs (CUDA graphs of the UNet), compile (torch.compile in them).")
 @click.option("--num_images", type=click.IntRange(min=1), default=10, show_default=True,
               help="Images per DDPM / DDIM row.")
 @click.option("--dps_images", type=click.IntRange(min=1), default=3, show_default=True, help="Images per DPS row.")

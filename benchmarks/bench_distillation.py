@@ -25,7 +25,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import _cli as bench  # noqa: E402
 from common.cli import user_errors  # noqa: E402
 from common.gpu import CudaTimer  # noqa: E402
-from common.graphs import CudaGraphUNet  # noqa: E402
 from common.schedules import make_alphas_cumprod  # noqa: E402
 from distillation.guidance import METHODS, Guidance  # noqa: E402
 
@@ -120,10 +119,10 @@ def run_method(unet, vae, method: str, label: str, modes: list[str], batches: li
     for mode in modes:
         for batch in batches:
             for pix in (False, True) if (pixel and method == "sds") else (False,):
-                guidance.unet = CudaGraphUNet(unet) if mode == "graphs" else unet  # fresh graphs per row
+                guidance.unet = bench.wrap_unet(unet, mode)  # fresh graphs per row
                 ms, alloc, reserved = bench_one(guidance, method, batch, steps,
-                                                max(warmup, 1) if mode == "graphs" else warmup, pix)
-                stats = guidance.unet.stats if mode == "graphs" else {}
+                                                max(warmup, 1) if mode != "eager" else warmup, pix)
+                stats = guidance.unet.stats if mode != "eager" else {}
                 guidance.unet = unet
                 rows.append({"method": method + ("-pixel" if pix else ""), "batch": batch, "precision": label,
                              "mode": mode, "ms_per_step": ms, "ms_per_prompt": ms / batch, "peak_mib": alloc,
@@ -157,7 +156,7 @@ def print_table(rows: list[dict], device: torch.device) -> None:
               help="Comma-separated UNet/VAE weight precisions (auto = fp16 on CUDA, fp32 on CPU).")
 @click.option("--graphs", "modes", type=bench.CommaChoice(bench.GRAPH_MODES), default="eager,graphs",
               show_default=True,
-              help="Comma-separated modes: eager, graphs (CUDA graphs of the UNet calls, common.graphs).")
+              help="Comma-separated: eager, graphs (CUDA graphs of the UNet), compile (torch.compile in them).")
 @click.option("--steps", type=click.IntRange(min=1), default=25, show_default=True,
               help="Timed steps (25 = one SDI refresh interval).")
 @click.option("--warmup", type=click.IntRange(min=0), default=2, show_default=True,

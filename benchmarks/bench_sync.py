@@ -29,7 +29,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import _cli as bench  # noqa: E402
 from common.cli import user_errors  # noqa: E402
 from common.gpu import CudaTimer  # noqa: E402
-from common.graphs import CudaGraphUNet  # noqa: E402
 from common.sync import WindowGrid, sync_sample_loop  # noqa: E402
 from synchronization.core import initial_noise, schedule_from_config  # noqa: E402
 from synchronization.denoisers import TextDenoiser  # noqa: E402
@@ -118,13 +117,13 @@ def precision_rows(unet, mapping, label: str, modes: list[str], graphs: list[str
     for graph_mode in graphs:
         for mode in modes:
             name, max_batch = MODES[mode]
-            model = CudaGraphUNet(unet) if graph_mode == "graphs" else unet  # fresh graphs per row
+            model = bench.wrap_unet(unet, graph_mode)  # fresh graphs per row
             run_panorama(model, mapping, 1, max_batch, device)  # warm-up (cuDNN autotune, allocator, captures)
             seconds, calls, alloc, reserved, z = run_panorama(model, mapping, steps, max_batch, device)
             rows.append({"mode": mode, "label": name, "precision": label, "graphs": graph_mode,
                          "rows_per_call": max_batch or 2 * len(mapping), "calls": calls, "seconds": seconds,
                          "peak_mib": alloc, "reserved_mib": reserved,
-                         "graph_stats": model.stats if graph_mode == "graphs" else {}})
+                         "graph_stats": model.stats if graph_mode != "eager" else {}})
             print(f"{name:<20} {label:<9} {graph_mode:<6} {seconds:8.2f} s  {calls} UNet calls", flush=True)
     return rows, z
 
@@ -137,7 +136,8 @@ def precision_rows(unet, mapping, label: str, modes: list[str], graphs: list[str
 @click.option("--precisions", type=bench.PRECISIONS, default="auto", show_default=True,
               help="Comma-separated UNet/VAE weight precisions (auto = fp16 on CUDA, fp32 on CPU).")
 @click.option("--graphs", "graphs", type=bench.CommaChoice(bench.GRAPH_MODES), default="eager,graphs",
-              show_default=True, help="Comma-separated: eager, graphs (CUDA graphs of the UNet calls).")
+              show_default=True,
+              help="Comma-separated: eager, graphs (CUDA graphs of the UNet), compile (torch.compile in them).")
 @click.option("--channels_last", is_flag=True, help="UNet and VAE in channels_last memory format.")
 @click.option("--device", default="cuda", show_default=True, help="torch device (cpu only with --tiny).")
 @click.option("--tiny", is_flag=True, help="Smoke test: tiny UNet/VAE, a 16x48 latent (5 views).")

@@ -28,9 +28,9 @@ import torch
 from tqdm.auto import tqdm
 
 from common.cli import UserError, check_finite
+from common.compiled import fast_unet
 from common.divergence import LazyChecks
 from common.gpu import HostCopy, get_device, make_generators, precision_dtype, randn_per_sample, seed_everything
-from common.graphs import maybe_graph
 from common.images import load_image, pil_to_tensor, save_gif, save_image, tensor_to_pil
 from common.panels import labelled_grid
 from distillation.guidance import Guidance, encode_prompts
@@ -120,7 +120,8 @@ class RunConfig:
     # SDI authors' sqrt(1 - a_next) eps + sigma z (the default on real models, presets.py)
     ism_grid: str = "2d-sds"  # ISM inversion grid: 2d-sds (s - n delta_s) or luciddreamer (delta_s steps up to s)
     batch_size: int = 32  # prompts optimised together; more run in consecutive batches
-    cuda_graphs: bool = False  # replay the frozen UNet's calls as CUDA graphs (common.graphs; not VSD's LoRA)
+    cuda_graphs: bool = True  # replay the frozen UNet's calls as CUDA graphs (common.graphs; not VSD's LoRA)
+    compile: bool = False  # torch.compile the frozen UNet too (common.compiled; CUDA only, not VSD)
     threads: int = 0  # torch CPU threads (0: torch's default); the CLI default is 1 for toy models
     items: list[Item] = field(default_factory=list)
 
@@ -183,7 +184,7 @@ class Run:
         self.cfg, self.device = cfg, device
         self.guidance = Guidance.from_pipeline(pipe, t_min=cfg.t_min, t_max=cfg.t_max, w_schedule=cfg.w_schedule)
         if cfg.loss_type != "vsd":  # VSD trains a LoRA inside the UNet: it stays eager
-            self.guidance.unet = maybe_graph(self.guidance.unet, cfg.cuda_graphs, device)
+            self.guidance.unet = fast_unet(self.guidance.unet, device, cfg.cuda_graphs, cfg.compile)
         self.generators = make_generators([it.seed(cfg.seed) for it in cfg.items])
         B = len(cfg.items)
         uncond = encode_prompts(pipe.tokenizer, pipe.text_encoder, [cfg.negative_prompt] * B, device)

@@ -121,7 +121,7 @@ def test_tiny_cpu_smoke_rows_write_strict_json(name: str, args: list[str], row: 
     result = invoke(name, [*args, "--device", "cpu", "--json", str(out)])
     assert result.exit_code == 0, result.output
     assert not result.exception
-    assert row in result.output and "--graphs graphs needs CUDA" in result.output
+    assert row in result.output and "--graphs graphs/compile need CUDA" in result.output
     data = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in strict JSON"))
     assert data["device"] == "cpu" and len(data["rows"]) == 1
     assert data["rows"][0]["peak_mib"] is None and data["rows"][0]["graph_stats"] == {}
