@@ -64,7 +64,7 @@ def run_panorama(unet, mapping: WindowGrid, steps: int, max_batch: int | None, d
     x_T = initial_noise(mapping, (1, 4, mapping.height, mapping.width), n, (4, *win), "canonical", g).to(device)
     bench.reset_memory(device)
     with CudaTimer(device) as timer:
-        z = mapping.inverse_mapping(sync_sample_loop(mapping, eps_fn, schedule.steps(), x_T, "x0"))  # g(x_0)
+        z = mapping.inverse_mapping(sync_sample_loop(mapping, eps_fn, schedule.steps(device), x_T, "x0"))  # g(x_0)
     return (timer.ms / 1e3, eps_fn.calls, *bench.peak_memory(device), z)
 
 

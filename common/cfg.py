@@ -13,6 +13,8 @@ def cfg_combine(eps_uncond: torch.Tensor, eps_cond: torch.Tensor,
     guidance use eps_cond + s (eps_cond - eps_uncond) instead, which equals this function with s + 1
     (so threestudio's guidance 100 is diffusers' 101, and its inversion scale -7.5 is diffusers' -6.5).
     """
+    if isinstance(guidance_scale, (int, float)):  # a Python number is a kernel argument: no host-to-device copy
+        return eps_uncond + guidance_scale * (eps_cond - eps_uncond)
     s = torch.as_tensor(guidance_scale, dtype=eps_cond.dtype, device=eps_cond.device)
     if s.ndim == 1:  # one scale per sample
         s = s.reshape(-1, *([1] * (eps_cond.ndim - 1)))

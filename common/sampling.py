@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from common.ddim import ddim_step
 from common.ddpm import VARIANCE_TYPES, ddpm_step
-from common.gpu import make_generators, randn_per_sample
+from common.gpu import host_to_device, make_generators, randn_per_sample
 from common.schedules import SPACINGS, alpha_bar_at, alphas_cumprod_from_betas, inference_timesteps, make_betas
 
 EpsFn = Callable[[torch.Tensor, int], torch.Tensor]  # eps_fn(x_t [B, C, H, W], t) -> eps_hat [B, C, H, W]
@@ -35,15 +35,23 @@ SAMPLERS = ("DDPM", "DDIM")
 
 
 def grid_alpha_bars(timesteps: Sequence[int] | torch.Tensor, alphas_cumprod: torch.Tensor,
-                    final_alpha_cumprod: float = 1.0) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+                    final_alpha_cumprod: float = 1.0, device: torch.device | str | None = None,
+                    ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
     """(t, alpha_bar_t, alpha_bar_prev) for each step of a descending grid; after the last step alpha_bar_prev is
-    ``final_alpha_cumprod`` (1 = a clean sample; DDIM's ``set_alpha_to_one=False`` uses alpha_bar_0). float32 0-d."""
+    ``final_alpha_cumprod`` (1 = a clean sample; DDIM's ``set_alpha_to_one=False`` uses alpha_bar_0). float32 0-d.
+
+    The values live on ``device`` (default: alphas_cumprod's), copied there once for the whole grid through pinned
+    memory (``common.gpu.host_to_device``): a CPU 0-d coefficient met by a CUDA sample is copied from pageable
+    memory at every use (``common._broadcast.expand_as``), and each such copy makes the CPU wait for the GPU.
+    """
     steps = [int(t) for t in timesteps]
     if any(a <= b for a, b in zip(steps, steps[1:])):
         raise ValueError(f"timesteps must be strictly descending, got {steps[:8]}...")
-    for t, prev_t in zip(steps, steps[1:] + [-1]):
-        yield (t, alpha_bar_at(alphas_cumprod, t, final_alpha_cumprod),
-               alpha_bar_at(alphas_cumprod, prev_t, final_alpha_cumprod))
+    grid = torch.tensor(steps + [-1], dtype=torch.long)  # [S + 1]: the grid, then -1 after the last step
+    bars = alpha_bar_at(alphas_cumprod, grid, final_alpha_cumprod)  # [S + 1] float32
+    bars = host_to_device(bars, device if device is not None else alphas_cumprod.device)  # pinned, no wait
+    for i, t in enumerate(steps):
+        yield t, bars[i], bars[i + 1]
 
 
 def _step_noise(x: torch.Tensor, generators: list[torch.Generator] | None, what: str) -> torch.Tensor:
@@ -66,7 +74,7 @@ def ddim_sample_loop(eps_fn: EpsFn, x_T: torch.Tensor, timesteps: Sequence[int] 
     ``generators``. ``progress`` (a tqdm bar) is updated once per step. Differentiable unless called under no_grad.
     """
     x = x_T
-    for t, alpha_bar_t, alpha_bar_prev in grid_alpha_bars(timesteps, alphas_cumprod, final_alpha_cumprod):
+    for t, alpha_bar_t, alpha_bar_prev in grid_alpha_bars(timesteps, alphas_cumprod, final_alpha_cumprod, x.device):
         eps_hat = eps_fn(x, t)  # [B, C, H, W]
         noise = _step_noise(x, generators, "DDIM with eta > 0") if eta > 0 else None
         x, _ = ddim_step(x, eps_hat, alpha_bar_t, alpha_bar_prev, eta, noise, clip_sample)
@@ -87,7 +95,7 @@ def ddpm_sample_loop(eps_fn: EpsFn, x_T: torch.Tensor, timesteps: Sequence[int] 
     if variance_type not in VARIANCE_TYPES:
         raise ValueError(f"unknown variance_type {variance_type!r}; choose one of {', '.join(VARIANCE_TYPES)}")
     x = x_T
-    for t, alpha_bar_t, alpha_bar_prev in grid_alpha_bars(timesteps, alphas_cumprod, 1.0):
+    for t, alpha_bar_t, alpha_bar_prev in grid_alpha_bars(timesteps, alphas_cumprod, 1.0, x.device):
         eps_hat = eps_fn(x, t)  # [B, C, H, W]
         noise = _step_noise(x, generators, "DDPM") if t > 0 else None
         x, _ = ddpm_step(x, eps_hat, alpha_bar_t, alpha_bar_prev, noise, variance_type, clip_sample)

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 import torch
 
 from common._broadcast import expand_as
+from common.gpu import host_to_device
 from common.tweedie import add_noise
 
 SYNC_CASES = ("x0", "eps", "xt", "none")  # the variable averaged through the canonical space
@@ -117,6 +118,15 @@ class WindowLayout:
         self.views = [(h0, w0) for h0 in self.rows for w0 in self.cols]  # (top, left) of each window
         self.index = window_index(self.rows, self.cols, self.window, width)  # [N, wh*ww] into H*W
         self.count = window_count(self.index, height, width)  # [H*W] windows per canvas pixel
+        self._tables: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def tables(self, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(index [N, wh*ww], count [H*W]) on ``device``, copied there once: f and g run at every step, and a
+        copy from pageable CPU memory makes the CPU wait for the GPU each time."""
+        device = torch.device(device)
+        if device not in self._tables:
+            self._tables[device] = (host_to_device(self.index, device), host_to_device(self.count, device))
+        return self._tables[device]
 
     def __len__(self) -> int:
         return len(self.views)
@@ -132,11 +142,11 @@ class WindowGrid(WindowLayout):
 
     def forward_mapping(self, z: torch.Tensor) -> torch.Tensor:
         assert z.shape[0] == 1 and tuple(z.shape[-2:]) == (self.height, self.width), z.shape
-        return crop_windows(z, self.index, self.window)
+        return crop_windows(z, self.tables(z.device)[0], self.window)
 
     def inverse_mapping(self, x: torch.Tensor) -> torch.Tensor:
         assert x.shape[0] == len(self) and tuple(x.shape[-2:]) == self.window, x.shape
-        return paste_windows(x, self.index, self.count, self.height, self.width)
+        return paste_windows(x, *self.tables(x.device), self.height, self.width)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -260,7 +270,10 @@ def sync_sample_loop(mapping: Mapping, eps_fn: EpsFn, steps: Iterable[tuple[int,
     """Run ``step`` over a grid of (t, alpha_bar_t, alpha_bar_prev) (``common.sampling.grid_alpha_bars``) from x_T.
 
     Returns the last state (instances [N, ...] for instance-space steps). ``check(x, i, t)`` runs after every
-    step (e.g. a NaN check raising one clear error); ``progress`` (a tqdm bar) is updated once per step.
+    step (e.g. a NaN check raising one clear error; one that reads its verdict late, like
+    ``common.divergence.LazyChecks``, must be flushed by the caller after the loop, before any output is
+    written); ``progress`` (a tqdm bar) is updated once per step. Pass ``steps`` with the alpha_bars already on
+    x_T's device (``grid_alpha_bars(..., device=)``): CPU coefficients are copied to a GPU at every use.
     """
     x = x_T
     for i, (t, alpha_bar_t, alpha_bar_prev) in enumerate(steps):

@@ -27,10 +27,15 @@ def sample_batch(unet: torch.nn.Module, scheduler: DDPMScheduler | DDIMScheduler
     """
     device = next(unet.parameters()).device
     x = randn_per_sample(model_shape(unet), generators, device=device, dtype=torch.float32)  # x_T ~ N(0, I)
-    for t in scheduler.timesteps.tolist():
+    is_ddim = isinstance(scheduler, DDIMScheduler)
+    for t in scheduler.timesteps.tolist():  # Python ints (set_timesteps on the CPU): no GPU read per step
         eps_hat = unet_eps(unet, x, t)
-        noise = randn_per_sample(tuple(x.shape[1:]), generators, device=device, dtype=torch.float32)
-        if isinstance(scheduler, DDIMScheduler):
+        # z only where step() adds it (DDIM with eta > 0, DDPM above t = 0): a draw nobody adds is wasted
+        # launches, and skipping it changes nothing, as each batch has its own generators
+        uses_noise = eta > 0 if is_ddim else t > 0
+        noise = randn_per_sample(tuple(x.shape[1:]), generators, device=device, dtype=torch.float32) \
+            if uses_noise else None
+        if is_ddim:
             x = scheduler.step(eps_hat, t, x, eta=eta, noise=noise).prev_sample
         else:
             x = scheduler.step(eps_hat, t, x, noise=noise).prev_sample

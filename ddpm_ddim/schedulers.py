@@ -68,8 +68,7 @@ class _Scheduler:
         self.alphas_cumprod = torch.cumprod(1.0 - self.betas, dim=0)  # [T], alpha_bar_t
         self.one = torch.tensor(1.0)
         self.num_inference_steps: int | None = None
-        self.timesteps = torch.arange(num_train_timesteps - 1, -1, -1)
-        self._prev = previous_timesteps(self.timesteps)
+        self._set_grid(torch.arange(num_train_timesteps - 1, -1, -1))
 
     @classmethod
     def from_config(cls, config: dict[str, Any], **overrides: Any):
@@ -86,16 +85,21 @@ class _Scheduler:
     def set_timesteps(self, num_inference_steps: int, device: torch.device | str | None = None) -> None:
         """Pick ``num_inference_steps`` descending timesteps with ``timestep_spacing`` (common.schedules)."""
         self.num_inference_steps = num_inference_steps
-        self.timesteps = inference_timesteps(num_inference_steps, self.num_train_timesteps, self.timestep_spacing,
-                                             self.steps_offset).to(device or "cpu")
-        self._prev = previous_timesteps(self.timesteps)
+        self._set_grid(inference_timesteps(num_inference_steps, self.num_train_timesteps, self.timestep_spacing,
+                                           self.steps_offset).to(device or "cpu"))
+
+    def _set_grid(self, timesteps: torch.Tensor) -> None:
+        self.timesteps = timesteps  # [S] int64, descending
+        self._prev = previous_timesteps(timesteps)  # [S]: the next grid entry, -1 after the last
+        # t -> previous t as Python ints, so step() looks it up without a tensor search (or a GPU read) per step
+        self._prev_of = dict(zip(timesteps.tolist(), self._prev.tolist()))
 
     def previous_timestep(self, timestep: int | torch.Tensor) -> int:
         """The grid entry after ``timestep`` (-1 after the last one)."""
-        hits = (self.timesteps == int(timestep)).nonzero()
-        if hits.numel() == 0:
+        prev = self._prev_of.get(int(timestep))
+        if prev is None:
             raise ValueError(f"timestep {int(timestep)} is not on the inference grid; call set_timesteps first")
-        return int(self._prev[hits[0, 0]])
+        return prev
 
     def _alpha_bar(self, t: int, final: torch.Tensor) -> torch.Tensor:
         return self.alphas_cumprod[t] if t >= 0 else final
@@ -148,7 +152,7 @@ class DDPMScheduler(_Scheduler):
             z = step_noise(x_t, generator) if noise is None else noise.float()
             a_prev = self._alpha_bar(prev_t, self.one)
             variance = ddpm_posterior_variance(self.alphas_cumprod[t], a_prev, self.variance_type)
-            pred_prev_sample = pred_prev_sample + variance.to(x_t.device) ** 0.5 * z
+            pred_prev_sample = pred_prev_sample + variance ** 0.5 * z  # a CPU 0-d scalar: no copy to the GPU
         return SchedulerOutput(pred_prev_sample.to(sample.dtype), pred_original_sample.to(sample.dtype))
 
 
@@ -183,7 +187,7 @@ class DDIMScheduler(_Scheduler):
             pred_original_sample = pred_original_sample.clamp(-self.clip_sample_range, self.clip_sample_range)
             if use_clipped_model_output:  # re-derive eps_hat from the clipped x0_hat, as diffusers does
                 eps_hat = (x_t - alpha_prod_t ** 0.5 * pred_original_sample) / beta_prod_t ** 0.5
-        std_dev_t = ddim_sigma(alpha_prod_t, alpha_prod_t_prev, eta).to(x_t.device)  # sigma_t(eta)
+        std_dev_t = ddim_sigma(alpha_prod_t, alpha_prod_t_prev, eta)  # sigma_t(eta), 0-d with the coefficients
         # TODO: prev_sample = sqrt(alpha_bar_prev) x0_hat + sqrt(1 - alpha_bar_prev - sigma_t^2) eps_hat (Formula 9)
         # BEGIN SOLUTION ddim-prev-sample
         pred_sample_direction = (1 - alpha_prod_t_prev - std_dev_t ** 2) ** 0.5 * eps_hat

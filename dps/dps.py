@@ -18,12 +18,13 @@ from typing import Any
 import torch
 
 from common.ddim import ddim_step
-from common.divergence import check_bounded
+from common.divergence import LazyChecks
 from common.gpu import randn_per_sample
 from common.sampling import SamplingConfig, ddim_sample_loop, grid_alpha_bars, model_shape, unet_eps
 from dps.operators import Operator
 
 X_BOUND = 1e3  # |x_t| of a sane chain stays below ~10 (x_T ~ N(0, I)); beyond this the step size zeta blew it up
+LAZY_DEVICES = ("cuda",)  # devices whose per-step checks are read a step late (tests add "cpu" to exercise it)
 
 
 def dps_update(prev_sample: torch.Tensor, sample: torch.Tensor, pred_original_sample: torch.Tensor,
@@ -45,11 +46,13 @@ def dps_update(prev_sample: torch.Tensor, sample: torch.Tensor, pred_original_sa
 
 def dps_sample(unet: torch.nn.Module, config: SamplingConfig, measurement: torch.Tensor, operator: Operator,
                num_inference_steps: int, scale: float, generators: list[torch.Generator], eta: float = 0.0,
-               progress: Any = None) -> torch.Tensor:
+               progress: Any = None, checks: LazyChecks | None = None) -> torch.Tensor:
     """Reconstruct a batch from ``measurement`` with DPS on DDIM. Returns [B, C, H, W] float32 in [-1, 1].
 
     ``config`` is the model's scheduler config (``common.sampling.sampling_config``): grid, alpha_bar, clipping.
-    ``scale`` = 0 gives plain DDIM sampling (the measurement is then ignored).
+    ``scale`` = 0 gives plain DDIM sampling (the measurement is then ignored). The divergence check of every
+    step goes through ``checks`` (a fresh ``common.divergence.LazyChecks`` by default): on a GPU it is read a
+    step late, so the loop never waits for the GPU, and all of it is read before this returns.
     """
     if scale < 0:
         raise ValueError(f"DPS scale must be >= 0, got {scale}")
@@ -62,7 +65,9 @@ def dps_sample(unet: torch.nn.Module, config: SamplingConfig, measurement: torch
                                  generators, config.clip_sample, config.final_alpha_cumprod, progress)
         return _checked(x)
     measurement = measurement.to(device)
-    steps = grid_alpha_bars(timesteps, config.alphas_cumprod, config.final_alpha_cumprod)
+    checks = LazyChecks(lazy_devices=LAZY_DEVICES) if checks is None else checks
+    hint = f"lower --scale (now {scale:g})"
+    steps = grid_alpha_bars(timesteps, config.alphas_cumprod, config.final_alpha_cumprod, device)
     for step, (t, alpha_bar_t, alpha_bar_prev) in enumerate(steps, start=1):
         noise = randn_per_sample(tuple(x.shape[1:]), generators, device=device) if eta > 0 else None
         x = x.detach().requires_grad_(True)  # x_t
@@ -70,9 +75,11 @@ def dps_sample(unet: torch.nn.Module, config: SamplingConfig, measurement: torch
             prev_sample, x0_hat = ddim_step(x, unet_eps(unet, x, t), alpha_bar_t, alpha_bar_prev, eta, noise,
                                             config.clip_sample)
             x, _ = dps_update(prev_sample, x, x0_hat, measurement, operator, scale)
-        check_bounded(x, X_BOUND, f"the DPS sample (after t = {t})", step, hint=f"lower --scale (now {scale:g})")
+        checks.add(x, f"the DPS sample (after t = {t})", step, X_BOUND, hint)
+        checks.poll()  # reads the check of the previous step, which the GPU has finished
         if progress is not None:
             progress.update(1)
+    checks.flush()
     return _checked(x)
 
 

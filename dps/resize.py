@@ -18,6 +18,8 @@ import math
 
 import torch
 
+from common.gpu import host_to_device
+
 
 def cubic(d: torch.Tensor) -> torch.Tensor:
     """Keys' cubic convolution kernel with a = -1/2 (Keys 1981, Eq. 15): 1 at 0, 0 at the other integers."""
@@ -51,12 +53,19 @@ def resize_matrix(in_length: int, out_length: int) -> torch.Tensor:
     return matrix
 
 
+@functools.lru_cache(maxsize=32)
+def _resize_matrix_on(in_length: int, out_length: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """:func:`resize_matrix` in ``dtype`` on ``device``, copied there once: DPS applies the operator at every step,
+    and a copy from pageable CPU memory makes the CPU wait for the GPU."""
+    return host_to_device(resize_matrix(in_length, out_length).to(dtype), device)
+
+
 def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Resize images [..., H, W] to ``size`` = (h, w) with the mirrored cubic of :func:`resize_matrix`.
 
     Linear and differentiable in x (the operator has no learned or random part).
     """
-    wh = resize_matrix(x.shape[-2], size[0]).to(x.device, x.dtype)  # [h, H]
-    ww = resize_matrix(x.shape[-1], size[1]).to(x.device, x.dtype)  # [w, W]
+    wh = _resize_matrix_on(x.shape[-2], size[0], x.device, x.dtype)  # [h, H]
+    ww = _resize_matrix_on(x.shape[-1], size[1], x.device, x.dtype)  # [w, W]
     return torch.einsum("oh,...hw,pw->...op", wh, x, ww)
 

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from common.gpu import host_to_device
 from common.schedules import make_alphas_cumprod
 from common.tweedie import add_noise
 from synchronization.config import AmbiguousConfig
@@ -31,8 +32,8 @@ def _run_stage(unet: Any, scheduler_config: dict, mapping: ViewMapping, cond: to
     channels = min(channels, int(unet.config.in_channels))
     n = len(mapping.views)
     x_T = initial_noise(mapping, (1, channels, size, size), n, (channels, size, size), cfg.init, generator)
-    z0, _ = sample(mapping, eps_fn, schedule, x_T.to(unet.device), cfg.sync, cfg.canonical_denoising, cfg.progress,
-                   desc)
+    z0, _ = sample(mapping, eps_fn, schedule, host_to_device(x_T, unet.device), cfg.sync, cfg.canonical_denoising,
+                   cfg.progress, desc)
     return z0
 
 
@@ -69,7 +70,7 @@ def upsample_stage(upscaler: Any, stage1: torch.Tensor, mapping: ViewMapping, co
     alphas_cumprod = make_alphas_cumprod(noising.get("beta_schedule", "squaredcos_cap_v2"),
                                          int(noising.get("num_train_timesteps", 1000)),
                                          float(noising.get("beta_start", 1e-4)), float(noising.get("beta_end", 0.02)))
-    noise = torch.randn(up.shape, generator=generator).to(up.device)
+    noise = host_to_device(torch.randn(up.shape, generator=generator), up.device)
     noisy_up = add_noise(up, noise, alphas_cumprod[cfg.stage2_noise_level])
     condition = mapping.forward_mapping(noisy_up).to(unet.device)  # view_i(condition) for view i
     return _run_stage(unet, dict(upscaler.scheduler.config), mapping, cond, uncond, size, cfg, generator,

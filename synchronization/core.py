@@ -23,6 +23,7 @@ A *mapping* is any object with ``forward_mapping(z [1, ...]) -> x [N, ...]`` and
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -31,7 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from common._broadcast import expand_as
-from common.divergence import check_bounded
+from common.divergence import Diverged, LazyChecks, check_bounded
 from common.sampling import grid_alpha_bars
 from common.schedules import alpha_bar_at, inference_timesteps, make_betas, previous_timesteps
 from common.sync import SYNC_CASES, EpsFn, Mapping, sync_sample_loop, synchronize
@@ -149,9 +150,10 @@ class DDIMSchedule:
         return (alpha_bar_at(self.alphas_cumprod, t, self.final_alpha_cumprod),
                 alpha_bar_at(self.alphas_cumprod, t_prev, self.final_alpha_cumprod))
 
-    def steps(self) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
-        """(t, alpha_bar_t, alpha_bar_prev) of every grid step, in order (the loop of ``common.sync``)."""
-        return grid_alpha_bars(self.timesteps, self.alphas_cumprod, self.final_alpha_cumprod)
+    def steps(self, device: torch.device | str | None = None) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+        """(t, alpha_bar_t, alpha_bar_prev) of every grid step, in order (the loop of ``common.sync``); the
+        alpha_bars are copied to ``device`` (the sample's) once, not at every step."""
+        return grid_alpha_bars(self.timesteps, self.alphas_cumprod, self.final_alpha_cumprod, device)
 
 
 def schedule_from_config(config: dict[str, Any], num_inference_steps: int) -> DDIMSchedule:
@@ -191,37 +193,83 @@ class NonFiniteSampleError(ValueError):
     """A sampling step produced NaN or inf (one line; a ``ValueError``, so CLIs print ``Error: ...``)."""
 
 
+def _nonfinite_message(i: int, t: int) -> str:
+    return (f"sampling produced NaN or inf at step {i} (t = {t}); check compute_tweedie, compute_prev_state and "
+            "one_step_process, or use --precision fp32")
+
+
 def check_step_finite(x: torch.Tensor, i: int, t: int) -> None:
     """Raise :class:`NonFiniteSampleError` naming the step when x holds NaN or inf."""
     if not bool(torch.isfinite(x).all()):
-        raise NonFiniteSampleError(f"sampling produced NaN or inf at step {i} (t = {t}); check compute_tweedie, "
-                                   "compute_prev_state and one_step_process, or use --precision fp32")
+        raise NonFiniteSampleError(_nonfinite_message(i, t))
 
 
 STATE_BOUND = 1e3  # |x_t| of a sane run: noise ~N(0, 1), SD latents ~[-5, 5], pixels [-1, 1]; CFG 7.5-30 stays < 100
+STATE_HINT = ("the guidance scale is probably far too high (CFG scales eps_cond - eps_uncond by it); "
+              "lower --guidance_scale")
+LAZY_DEVICES = ("cuda",)  # devices whose per-step checks are read a step late (tests add "cpu" to exercise it)
 
 
 def check_step(x: torch.Tensor, i: int, t: int) -> None:
     """After step i: NaN/inf (:class:`NonFiniteSampleError`) or a blow-up far past any sane sample
     (``common.divergence.Diverged``, e.g. ``--guidance_scale 1e6``: CFG multiplies eps_c - eps_u by s), one line."""
     check_step_finite(x, i, t)
-    check_bounded(x, STATE_BOUND, f"the sample x_t (t = {t})", step=i,
-                  hint="the guidance scale is probably far too high (CFG scales eps_cond - eps_uncond by it); "
-                       "lower --guidance_scale")
+    check_bounded(x, STATE_BOUND, f"the sample x_t (t = {t})", step=i, hint=STATE_HINT)
+
+
+class StepChecks(LazyChecks):
+    """:func:`check_step` of every step (a ``common.sync`` CheckFn), read ``lag`` steps late on a GPU.
+
+    A :class:`common.divergence.LazyChecks` whose NaN/inf verdict raises :class:`NonFiniteSampleError` with the
+    message of :func:`check_step_finite`, so a late check reports exactly what the immediate one does (off
+    ``lazy_devices``, e.g. on the CPU, each step is checked at once). Call :meth:`flush` after the loop.
+    """
+
+    def __init__(self, lag: int = 1, lazy_devices: tuple[str, ...] | None = None):
+        super().__init__(lag, LAZY_DEVICES if lazy_devices is None else lazy_devices)
+        self._nonfinite = False  # set when the message of a NaN/inf verdict is built: the Diverged is ours
+
+    def __call__(self, x: torch.Tensor, i: int, t: int) -> None:
+        with self._as_sample_error():
+            self.add(x, f"the sample x_t (t = {t})", i, STATE_BOUND, STATE_HINT, message=lambda: self._message(i, t))
+            self.poll()
+
+    def flush(self) -> None:
+        with self._as_sample_error():
+            super().flush()
+
+    def _message(self, i: int, t: int) -> str:
+        self._nonfinite = True
+        return _nonfinite_message(i, t)
+
+    @contextlib.contextmanager
+    def _as_sample_error(self) -> Iterator[None]:
+        self._nonfinite = False
+        try:
+            yield
+        except Diverged as err:
+            if self._nonfinite:  # NaN/inf: the one-line NonFiniteSampleError of check_step_finite
+                raise NonFiniteSampleError(str(err)) from None
+            raise
 
 
 def sample(mapping: Mapping, eps_fn: EpsFn, schedule: DDIMSchedule, x_T: torch.Tensor, sync: str = "x0",
-           canonical: bool = False, progress: bool = True, desc: str = "sync") -> tuple[torch.Tensor, torch.Tensor]:
+           canonical: bool = False, progress: bool = True, desc: str = "sync",
+           checks: StepChecks | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the full synchronized DDIM loop from instance noise x_T [N, ...].
 
     Returns (z_0 [1, ...] canonical, x_0 [N, ...] final instances). Instance mode: z_0 = g(x_0) (the skeleton
     then shows f(z_0)); with ``sync="none"`` x_0 are the independent samples. With ``canonical=True`` the
     canonical sample starts at g(x_T) (= z_T when x_T = f(z_T)) and is denoised directly; x_0 = f(z_0).
+    Every step is checked by ``checks`` (a fresh :class:`StepChecks`: a step late on a GPU), all read before
+    this returns.
     """
     step = canonical_one_step_process if canonical else one_step_process
+    checks = StepChecks() if checks is None else checks
     x = mapping.inverse_mapping(x_T) if canonical else x_T  # canonical: z_T [1, ...]; else instances [N, ...]
     with tqdm(total=len(schedule.timesteps), desc=desc, disable=not progress, leave=False) as bar:
-        x = sync_sample_loop(mapping, eps_fn, schedule.steps(), x, sync, step, check_step, bar)
+        x = sync_sample_loop(mapping, eps_fn, schedule.steps(x.device), x, sync, step, checks, bar)
+    checks.flush()
     if canonical:
         return x, mapping.forward_mapping(x)
     return mapping.inverse_mapping(x), x

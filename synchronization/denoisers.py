@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from common.cfg import cfg_combine
+from common.gpu import host_to_device
 from common.tweedie import eps_from_v
 from synchronization.core import DDIMSchedule
 
@@ -56,6 +57,19 @@ class TextDenoiser:
         self.max_batch = max_batch
         self.condition, self.class_labels = condition, class_labels
         self.calls = 0  # UNet forward calls, for benchmarks
+        self._constants: dict[str, torch.Tensor] = {}  # step-invariant tensors on the sample's device
+
+    def _constant(self, name: str, like: torch.Tensor) -> torch.Tensor:
+        """Step-invariant tensors, built on ``like``'s device once instead of at every step (a Python scalar or a
+        CPU tensor sent to a GPU is copied from pageable memory, which makes the CPU wait for the GPU)."""
+        if name not in self._constants:
+            self._constants[name] = {
+                "embeds": lambda: torch.cat([self.uncond, self.cond]),  # [2N, L, D]: both CFG branches
+                "condition": lambda: self.condition.to(like),  # [N, C', H, W] (IF stage II)
+                "scale": lambda: host_to_device(torch.tensor(self.guidance_scale, dtype=torch.float32), like.device),
+                "alphas_cumprod": lambda: host_to_device(self.schedule.alphas_cumprod, like.device),  # [T]
+            }[name]()
+        return self._constants[name]
 
     def _unet(self, x: torch.Tensor, t: int, embeds: torch.Tensor) -> torch.Tensor:
         param = next(self.unet.parameters())
@@ -74,14 +88,14 @@ class TextDenoiser:
     @torch.no_grad()
     def __call__(self, x_t: torch.Tensor, t: int) -> torch.Tensor:
         n, c = x_t.shape[:2]
-        x_in = x_t if self.condition is None else torch.cat([x_t, self.condition.to(x_t)], dim=1)
+        x_in = x_t if self.condition is None else torch.cat([x_t, self._constant("condition", x_t)], dim=1)
         if self.guidance_scale == 1.0:
             eps, _ = split_eps_variance(self._unet(x_in, t, self.cond), c)
         else:
-            out = self._unet(torch.cat([x_in, x_in]), t, torch.cat([self.uncond, self.cond]))
+            out = self._unet(torch.cat([x_in, x_in]), t, self._constant("embeds", x_t))
             eps_both, _ = split_eps_variance(out, c)
-            eps = cfg_combine(eps_both[:n].float(), eps_both[n:].float(), self.guidance_scale)
+            eps = cfg_combine(eps_both[:n].float(), eps_both[n:].float(), self._constant("scale", x_t))
         if self.schedule.prediction_type == "v_prediction":
-            a_t = self.schedule.alphas_cumprod[t]
+            a_t = self._constant("alphas_cumprod", x_t)[t]  # 0-d, on x_t's device
             eps = eps_from_v(x_t.float(), eps.float(), a_t)
         return eps.to(x_t.dtype)

@@ -18,6 +18,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from common.gpu import host_to_device
 from common.sync import INNER_RADIUS_FRACTION, circle_mask, inverse_permutation, permute_pixels
 
 __all__ = ["INNER_RADIUS_FRACTION", "VIEW_NAMES", "Flip", "InnerRotate", "Negate", "Rotate", "View", "ViewMapping",
@@ -116,26 +117,28 @@ class InnerRotate(View):
     def __init__(self, angle: float = 90.0):
         self.angle = float(angle)
         self.is_permutation = self.angle % 90 == 0
-        self._cache: dict[tuple[int, float], torch.Tensor] = {}
+        self._cache: dict[tuple[int, float, bool, torch.device], torch.Tensor] = {}
 
-    def _index(self, size: int, angle: float) -> torch.Tensor:
-        key = (size, angle)
+    def _index(self, size: int, angle: float, device: torch.device, invert: bool = False) -> torch.Tensor:
+        """Source index [S*S] on ``device``, built and copied there once (views run at every sampling step)."""
+        key = (size, angle, invert, device)
         if key not in self._cache:
-            self._cache[key] = inner_rotation_index(size, angle)
+            index = inner_rotation_index(size, angle)
+            self._cache[key] = host_to_device(inverse_permutation(index) if invert else index, device)
         return self._cache[key]
 
-    def _apply(self, x: torch.Tensor, angle: float) -> torch.Tensor:
+    def _apply(self, x: torch.Tensor, angle: float, invert: bool = False) -> torch.Tensor:
         h, w = x.shape[-2:]
         if h != w:
             raise ValueError(f"inner_rotate needs square images, got {h}x{w}")
-        return permute_pixels(x, self._index(h, angle))
+        return permute_pixels(x, self._index(h, angle, x.device, invert))
 
     def view(self, x: torch.Tensor) -> torch.Tensor:
         return self._apply(x, self.angle)
 
     def inverse_view(self, x: torch.Tensor) -> torch.Tensor:
         if self.is_permutation:  # exact inverse permutation
-            return permute_pixels(x, inverse_permutation(self._index(x.shape[-1], self.angle)))
+            return self._apply(x, self.angle, invert=True)
         return self._apply(x, -self.angle)
 
     def frame(self, x: torch.Tensor, progress: float) -> torch.Tensor:

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from common.gpu import host_to_device
 from synchronization.config import WideConfig
 from synchronization.core import initial_noise, sample, schedule_from_config
 from synchronization.denoisers import TextDenoiser, encode_text
@@ -121,7 +122,8 @@ def generate_wide(pipe: Any, cfg: WideConfig) -> dict[str, Any]:
     channels = int(pipe.unet.config.in_channels)
     generator = torch.Generator("cpu").manual_seed(cfg.seed)
     x_T = initial_noise(mapping, (1, channels, *geo.latent_hw), n, (channels, geo.window, geo.window), cfg.init,
-                        generator).to(device)
+                        generator)  # on the CPU generator: the same noise on every device
+    x_T = host_to_device(x_T, device)  # pinned: the copy does not wait for the GPU
     z0, x0 = sample(mapping, eps_fn, schedule, x_T, cfg.sync, cfg.canonical_denoising, cfg.progress,
                     desc="wide image")
     image = decode_latent(pipe, z0, mapping, cfg.decode, cfg.max_batch)

@@ -30,7 +30,7 @@ class WindowMapping(WindowLayout):
     def forward_mapping(self, z: torch.Tensor) -> torch.Tensor:
         """f: crop every window, [1, C, H, W] -> [N, C, wh, ww]."""
         assert z.shape[0] == 1 and z.shape[-2:] == (self.height, self.width), z.shape
-        index = self.index.to(z.device)  # [N, wh*ww] flat positions of each window's pixels in the H*W canvas
+        index = self.tables(z.device)[0]  # [N, wh*ww] flat positions of each window's pixels in the H*W canvas
         # TODO: gather every window's pixels from z with index; return [N, C, wh, ww]
         # BEGIN SOLUTION wide-forward-mapping
         crops = z[0].flatten(1)[:, index]  # [C, N, wh*ww]
@@ -42,8 +42,8 @@ class WindowMapping(WindowLayout):
         assert x.shape[0] == len(self.views) and tuple(x.shape[-2:]) == self.window, x.shape
         dtype = x.dtype
         x = x if x.dtype == torch.float64 else x.float()  # accumulate fp16 sums in fp32
-        index = self.index.to(x.device)  # [N, wh*ww] flat positions of each window's pixels in the H*W canvas
-        count = self.count.to(x.device, x.dtype)  # [H*W] windows covering each canonical pixel
+        index, count = self.tables(x.device)  # on x's device, copied there once (not at every step)
+        count = count.to(x.dtype)  # [H*W] windows covering each canonical pixel; index: [N, wh*ww] into H*W
         # TODO: z [1, C, H, W]: add every window into the canvas at index, divide by count (>= 1)
         # BEGIN SOLUTION wide-inverse-mapping
         c = x.shape[1]

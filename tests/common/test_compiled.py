@@ -45,8 +45,7 @@ def test_fast_unet_is_plain_on_cpu_and_refuses_unknown_backends():
 
 @pytest.mark.gpu
 @needs_cuda
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_gpu_compiled_graphs_equal_eager(dtype, monkeypatch):
+def test_gpu_compiled_graphs_equal_eager(monkeypatch, dtype=torch.float16):  # fp16: the --precision auto path
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     unet = tiny_unet().to("cuda", dtype)

@@ -131,3 +131,19 @@ def test_sample_images_lands_on_the_data_point_independently_of_the_batch(sample
     torch.testing.assert_close(again, out, rtol=0, atol=1e-6)
     with pytest.raises(ValueError):
         sample_images(unet, sc, "PNDM", 1, steps, progress=False)
+
+
+def test_grid_alpha_bars_are_the_schedule_values_on_the_samples_device():
+    """(t, alpha_bar_t, alpha_bar_prev) = (t, alphas_cumprod[t], alphas_cumprod[next t] or the final value), placed
+    on ``device`` once for the grid (the meta device stands in for a GPU: only placement is checked there)."""
+    sc = sampling_config(CONFIG)
+    grid = [900, 600, 300, 0]
+    steps = list(grid_alpha_bars(grid, sc.alphas_cumprod, 0.25, "cpu"))
+    expected = [sc.alphas_cumprod[t] for t in grid] + [torch.tensor(0.25)]
+    for i, (t, a_t, a_prev) in enumerate(steps):
+        assert t == grid[i] and a_t.ndim == 0 and a_t.dtype == torch.float32
+        assert torch.equal(a_t, expected[i]) and torch.equal(a_prev, expected[i + 1])
+    meta = list(grid_alpha_bars(grid, sc.alphas_cumprod, 0.25, "meta"))
+    assert [t for t, _, _ in meta] == grid
+    assert all(a.device.type == "meta" and a.shape == () for _, a_t, a_prev in meta for a in (a_t, a_prev))
+    assert all(a.device.type == "cpu" for _, a, _ in grid_alpha_bars(grid, sc.alphas_cumprod))  # default: theirs

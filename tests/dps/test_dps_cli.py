@@ -110,10 +110,25 @@ def test_bad_input_gives_one_line_exit_2_and_writes_nothing(model_dir, tmp_path,
     assert needle in result.output, result.output
 
 
-def test_a_huge_scale_stops_at_the_step_that_diverged(model_dir, tmp_path):
+@pytest.mark.parametrize("lazy", [False, True])  # True: the check is read a step late, as on a GPU
+def test_a_huge_scale_stops_at_the_step_that_diverged(model_dir, tmp_path, monkeypatch, lazy):
+    import dps.dps
+    from common.divergence import LazyChecks
+
+    made = []
+
+    class Recorded(LazyChecks):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(dps.dps, "LazyChecks", Recorded)
+    if lazy:
+        monkeypatch.setattr(dps.dps, "LAZY_DEVICES", ("cuda", "cpu"))
     out = tmp_path / "o"
     result = _run(["--model", model_dir, "--num_images", "1", "--num_inference_steps", "3", "--scale", "1e6",
                    "--save_dir", str(out)])
     assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
     assert "at step 1 diverged" in result.output and "lower --scale" in result.output
     assert not out.exists()
+    assert sum(c.calls for c in made) == (2 if lazy else 0)  # lazy: step 1 queued, read when step 2 is queued

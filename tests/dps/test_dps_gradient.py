@@ -74,6 +74,44 @@ def test_a_nan_update_is_a_clear_error_not_a_clamped_image(tiny, monkeypatch):
                    make_generators([0, 1]))
 
 
+def _fail_at(step, value):
+    """A dps_update that returns ``value`` everywhere at ``step`` (1-based) and a plain DDIM step otherwise;
+    ``calls`` counts the steps run."""
+    calls = []
+
+    def update(prev_sample, *args, **kwargs):
+        calls.append(1)
+        out = torch.full_like(prev_sample, value) if len(calls) == step else prev_sample
+        return out.detach(), torch.zeros(prev_sample.shape[0])
+
+    return update, calls
+
+
+@pytest.mark.parametrize("value, needle", [(float("nan"), "became NaN or infinite"), (1e4, "diverged (max |value|")])
+@pytest.mark.parametrize("step", [2, 3])  # 3 = the last step: its check is only read by the final flush
+def test_a_check_read_a_step_late_reports_the_same_step_and_message(tiny, monkeypatch, value, needle, step):
+    """LazyChecks forced lazy on the CPU (as on a GPU): the same one-line error naming the step that failed,
+    raised one step later (or at the end), never a returned image."""
+    import dps.dps
+    from common.divergence import Diverged, LazyChecks
+
+    messages, runs = {}, {}
+    for mode in ("eager", "lazy"):
+        update, calls = _fail_at(step, value)
+        monkeypatch.setattr(dps.dps, "dps_update", update)
+        checks = LazyChecks(lazy_devices=("cpu",)) if mode == "lazy" else None
+        with pytest.raises(Diverged) as info:
+            dps_sample(tiny, sampling_config({}), torch.zeros(1, 3, 4, 4), SuperResolution(2, "avgpool"), 3, 1.0,
+                       make_generators([0]), checks=checks)
+        messages[mode], runs[mode] = str(info.value), len(calls)
+        if mode == "lazy":
+            assert checks.calls == min(step + 1, 3) and not checks.pending  # queued, then all read
+    assert messages["lazy"] == messages["eager"] and "\n" not in messages["eager"]
+    message = messages["eager"]
+    assert f"at step {step} " in message and needle in message and "lower --scale (now 1)" in message
+    assert runs == {"eager": step, "lazy": min(step + 1, 3)}  # the lazy check is read one step later
+
+
 def test_dps_does_not_import_the_ddim_homework():
     """A stubbed or wrong ``ddpm_ddim`` must not break DPS: dps samples with ``common`` only."""
     import ast

@@ -151,6 +151,20 @@ def test_super_resolution_is_dps_resizer_with_mirrored_borders(size, factor):
     assert (y - torch_y).abs().max() > 0.01
 
 
+def test_resize_matrices_reach_a_device_once_in_the_samples_dtype():
+    """DPS applies the operator at every step: the matrices are cast and copied once per (size, device, dtype)."""
+    from dps.resize import _resize_matrix_on, resize_matrix
+
+    x = _img(1, 16, seed=4)
+    y = SuperResolution(4).forward(x)  # float32
+    wh = resize_matrix(16, 4)
+    torch.testing.assert_close(y, torch.einsum("oh,...hw,pw->...op", wh, x.double(), wh).float(), rtol=0, atol=1e-6)
+    assert torch.equal(_resize_matrix_on(16, 4, x.device, torch.float32), wh.float())
+    meta = _resize_matrix_on(16, 4, torch.device("meta"), torch.float16)
+    assert meta.device.type == "meta" and meta.dtype == torch.float16
+    assert _resize_matrix_on(16, 4, torch.device("meta"), torch.float16) is meta  # cached, not copied again
+
+
 def _kernel_stats(kernel: torch.Tensor) -> tuple[float, int, float]:
     """(RMS radius about the centre of mass in px, pixels holding 90% of the mass, minor / major axis ratio)."""
     k = kernel.double() / kernel.sum()

@@ -48,7 +48,20 @@ def test_bad_options_are_one_line_and_write_nothing(args, needle, tmp_path):
     assert not (tmp_path / "top").exists() and list(tmp_path.iterdir()) == []
 
 
-def test_huge_guidance_stops_at_the_step_that_blew_up(tiny_pixel_folder, tmp_path):
+@pytest.mark.parametrize("lazy", [False, True])  # True: each step's check is read a step late, as on a GPU
+def test_huge_guidance_stops_at_the_step_that_blew_up(tiny_pixel_folder, tmp_path, monkeypatch, lazy):
+    import synchronization.core
+
+    if lazy:
+        monkeypatch.setattr(synchronization.core, "LAZY_DEVICES", ("cuda", "cpu"))
+    made = []
+
+    class Recorded(synchronization.core.StepChecks):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(synchronization.core, "StepChecks", Recorded)
     out = tmp_path / "amb"
     result = CliRunner().invoke(main, ["--app", "ambiguous_image", "--prompts", "a red circle", "a blue square",
                                        "--model", str(tiny_pixel_folder), "--num_inference_steps", "3",
@@ -56,6 +69,7 @@ def test_huge_guidance_stops_at_the_step_that_blew_up(tiny_pixel_folder, tmp_pat
                                        "--no_progress"])
     _one_line_error(result, "at step 0 diverged")
     assert "--guidance_scale" in result.output and not out.exists()
+    assert sum(c.calls for c in made) == (2 if lazy else 0)  # lazy: step 0 queued, read when step 1 is queued
 
 
 def test_configs_validate_in_one_place_and_record_as_json():
