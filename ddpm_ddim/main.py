@@ -10,8 +10,8 @@ from __future__ import annotations
 import click
 
 from common.cli import CONTEXT_SETTINGS, OneLineCommand, UserError, finite, user_errors
+from common.compiled import fast_unet
 from common.gpu import PRECISION_CHOICES, CudaTimer, get_device, precision_dtype, seed_everything
-from common.graphs import maybe_graph
 from common.images import save_grid, save_image
 from common.panels import display_upscale, enlarge
 from common.runs import write_config, write_json_atomic
@@ -44,13 +44,16 @@ MAX_SAMPLES = 10000  # all samples stay in memory until they are written
               help="UNet weights (auto: fp16 on CUDA, fp32 on CPU); the scheduler math stays fp32.")
 @click.option("--save_dir", type=click.Path(file_okay=False), default=None,
               help="Output folder [default: DDPM_results or DDIM_results, as in the handout].")
-@click.option("--cuda_graphs/--no_cuda_graphs", default=False, show_default=True,
-              help="Replay the UNet's calls as CUDA graphs (common.graphs; CUDA only): equal to eager in the tests, "
-                   "off by default until measured on a GPU.")
+@click.option("--cuda_graphs/--no_cuda_graphs", default=True, show_default=True,
+              help="Replay the UNet's calls as CUDA graphs (common.graphs; CUDA only): equal to eager in the GPU "
+                   "tests; H200, 10 faces x 1000 DDPM steps at 256 px: 49 s eager, 37 s.")
+@click.option("--compile/--no_compile", default=False, show_default=True,
+              help="Also torch.compile the UNet (common.compiled; CUDA only): ~40 s of compilation per batch size, "
+                   "then a faster UNet (H200: 1.8x at 256 px batch 10); worth it for runs of minutes.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @user_errors
 def main(scheduler_name, num_inference_steps, eta, timestep_spacing, num_samples, batch_size, model, seed, device,
-         precision, save_dir, cuda_graphs, progress):
+         precision, save_dir, cuda_graphs, compile, progress):
     """Generate --num_samples faces with DDPM or DDIM and report the sampling time.
 
     \b
@@ -66,7 +69,7 @@ def main(scheduler_name, num_inference_steps, eta, timestep_spacing, num_samples
     dev = get_device(device)
     dtype = precision_dtype(precision, dev)
     unet, sched_config = load_model(model, dev, dtype)
-    unet = maybe_graph(unet, cuda_graphs, dev)
+    unet = fast_unet(unet, dev, cuda_graphs, compile)
     scheduler = make_scheduler(name, sched_config, timestep_spacing=timestep_spacing)
     if steps > scheduler.num_train_timesteps:
         raise UserError(f"--num_inference_steps must be at most {scheduler.num_train_timesteps}, got {steps}")
@@ -90,7 +93,8 @@ def main(scheduler_name, num_inference_steps, eta, timestep_spacing, num_samples
     write_config(save_dir, {"scheduler_name": name, "num_inference_steps": steps, "eta": eta,
                             "timestep_spacing": scheduler.timestep_spacing, "num_samples": num_samples,
                             "batch_size": batch_size, "model": model, "seed": seed, "device": str(dev),
-                            "precision": precision, "cuda_graphs": cuda_graphs, "save_dir": save_dir})
+                            "precision": precision, "cuda_graphs": cuda_graphs, "compile": compile,
+                            "save_dir": save_dir})
     click.echo(f"{name} {steps} steps: {num_samples} images in {seconds:.2f} s "
                f"({seconds / num_samples:.3f} s/image, batch {batch}, {dev}, {unet_dtype}) -> {save_dir}")
 

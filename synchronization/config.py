@@ -42,7 +42,8 @@ class SamplingConfig:
     max_batch: int | None = None
     device: str = "auto"
     precision: str = "auto"
-    cuda_graphs: bool = False  # replay the UNet's calls as CUDA graphs (common.graphs; CUDA only)
+    cuda_graphs: bool = True  # replay the UNet's calls as CUDA graphs (common.graphs; CUDA only)
+    compile: bool = False  # torch.compile the UNet too (common.compiled; CUDA only)
     progress: bool = True
 
     def __post_init__(self) -> None:

@@ -15,8 +15,8 @@ import click
 import torch
 
 from common.cli import CONTEXT_SETTINGS, OneLineCommand, UserError, finite, user_errors
+from common.compiled import fast_unet
 from common.gpu import PRECISION_CHOICES, get_device, precision_dtype, seed_everything
-from common.graphs import maybe_graph
 from common.images import save_gif, save_image
 from common.panels import save_labelled_grid
 from common.runs import write_config, write_json_atomic
@@ -84,9 +84,12 @@ class SyncCommand(OneLineCommand):
 @click.option("--device", default="auto", show_default=True, help="auto, cuda, mps or cpu.")
 @click.option("--precision", type=click.Choice(PRECISION_CHOICES), default="auto", show_default=True,
               help="UNet/VAE weights: auto = fp16 on CUDA, fp32 on CPU; diffusion coefficients are always fp32.")
-@click.option("--cuda_graphs/--no_cuda_graphs", default=False, show_default=True,
-              help="Replay the UNet's calls as CUDA graphs (common.graphs; CUDA only): equal to eager in the tests, "
-                   "off by default until measured on a GPU.")
+@click.option("--cuda_graphs/--no_cuda_graphs", default=True, show_default=True,
+              help="Replay the UNet's calls as CUDA graphs (common.graphs; CUDA only): equal to eager in the GPU "
+                   "tests; H200, 41-view panorama x 50 steps: 10.6 s eager and graphs alike (not launch-bound).")
+@click.option("--compile/--no_compile", default=False, show_default=True,
+              help="Also torch.compile the UNet (common.compiled; CUDA only): ~40 s of compilation per batch size, "
+                   "then a faster UNet (H200: 1.8x at 256 px batch 10); worth it for runs of minutes.")
 @click.option("--save_dir", default=None, type=click.Path(file_okay=False),
               help="Output folder [default: SAVE_TOP_DIR/TAG].")
 @click.option("--tag", default=None, help="Skeleton naming: write to SAVE_TOP_DIR/TAG [default: the app name].")
@@ -138,7 +141,7 @@ def run_wide(cfg: WideConfig, save_dir: Path, run: dict[str, Any]) -> None:
     device, dtype = _device_dtype(cfg)
     seed_everything(cfg.seed)
     pipe = load_sd(cfg.model, device, dtype)
-    pipe.unet = maybe_graph(pipe.unet, cfg.cuda_graphs, device)
+    pipe.unet = fast_unet(pipe.unet, device, cfg.cuda_graphs, cfg.compile)
     pipe.set_progress_bar_config(disable=True)
     geo = geometry(pipe, cfg.width, cfg.height, cfg.stride, cfg.circular)  # sizes checked before sampling
     eval_pos = _eval_positions(cfg, geo)
@@ -187,7 +190,7 @@ def run_ambiguous(cfg: AmbiguousConfig, save_dir: Path, run: dict[str, Any]) -> 
     device, dtype = _device_dtype(cfg)
     seed_everything(cfg.seed)
     model = load_pixel(cfg.model, device, dtype)
-    model = model._replace(unet=maybe_graph(model.unet, cfg.cuda_graphs, device))
+    model = model._replace(unet=fast_unet(model.unet, device, cfg.cuda_graphs, cfg.compile))
     upscaler = load_pixel_upscaler(cfg.model, device, dtype) if stage2 else None
     out = generate_ambiguous(model, cfg, upscaler)
     views = cfg.views()
