@@ -5,7 +5,7 @@ A Stable Diffusion UNet forward launches ~2k small kernels; at batch 1 the GPU w
 Guide, "CUDA Graphs"; ``torch.cuda.CUDAGraph``) records the kernels of one call on static buffers; a replay
 reruns them on whatever the buffers hold. :class:`CudaGraphUNet` wraps a UNet with the diffusers call signature
 ``(sample, timestep, encoder_hidden_states=None, **kwargs) -> .sample`` and keeps one graph per signature
-(shapes, dtypes, devices, non-tensor arguments, train/eval, peft adapter state):
+(shapes, dtypes, devices, non-tensor arguments, train/eval, peft adapter state, mixed-adapter hooks):
 
 * no gradient needed (``torch.no_grad``: SDS-style losses, DDPM/DDIM sampling, synchronization): a plain graph;
 * a gradient through the UNet (DPS's grad w.r.t. x_t, VSD's LoRA fit): ``torch.cuda.make_graphed_callables``
@@ -27,6 +27,8 @@ from collections.abc import Callable, Hashable
 from typing import Any, NamedTuple
 
 import torch
+
+from common.lora_mix import active_names
 
 Capture = Callable[[Callable[[], torch.Tensor], int, Any], tuple[Callable[[], Any], torch.Tensor]]
 
@@ -108,10 +110,12 @@ class _Plain(NamedTuple):
 
 
 def adapter_state(unet: torch.nn.Module, cache: dict | None = None) -> tuple:
-    """(adapter names, disabled, active adapters, merged, scalings) of a peft LoRA on a diffusers model; ().
+    """(adapter names, disabled, active adapters, merged, scalings, mixed) of a peft LoRA on a diffusers model; ().
 
     diffusers' ``enable_adapters`` / ``disable_adapters`` / ``set_adapters`` switch every tuner layer at once,
-    so the first layer speaks for all. ``cache`` (a dict) keeps that layer between calls.
+    so the first layer speaks for all; ``mixed`` is the per-sample adapter names a
+    :func:`common.lora_mix.mixed_adapters` block applies (None outside one), which change the computation but
+    not the shapes. ``cache`` (a dict) keeps that layer between calls.
     """
     config = getattr(unet, "peft_config", None)
     if not config:
@@ -127,7 +131,8 @@ def adapter_state(unet: torch.nn.Module, cache: dict | None = None) -> tuple:
     if layer is None:
         return names
     scaling = tuple(sorted(getattr(layer, "scaling", {}).items()))
-    return names, bool(layer.disable_adapters), tuple(layer.active_adapters), bool(layer.merged), scaling
+    mixed = active_names(layer)
+    return names, bool(layer.disable_adapters), tuple(layer.active_adapters), bool(layer.merged), scaling, mixed
 
 
 def _describe(name: str, value: Any) -> Hashable:

@@ -1,8 +1,10 @@
 """Variational Score Distillation (VSD; Wang et al. 2023, ProlificDreamer, Eqs. 9-10) with a peft LoRA.
 
 :func:`vsd_terms` is the exercise (NYCU Lab 3 ``get_vsd_loss``; optional in KAIST A4); :class:`VSDMixin` gives
-:class:`distillation.guidance.Guidance` ``init_vsd`` (the pre-wired LoRA), ``lora_loss`` and the public
-``get_vsd_loss``, which draws t, t' and the noises and turns g into the stop-gradient loss.
+:class:`distillation.guidance.Guidance` ``init_vsd`` (the pre-wired LoRA), ``pretrained_and_lora_eps`` (the
+pretrained CFG pair and the LoRA prediction in one [3B] UNet call), ``lora_loss`` and the public
+``get_vsd_loss``, which draws t, t' and the noises and turns g into the stop-gradient loss. UNet calls per VSD
+step: one [3B] forward without grad + the LoRA fit's [B] forward and backward.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from common.cfg import split_cfg_batch
+from common.cfg import cfg_combine, split_cfg_batch
+from common.lora_mix import BASE, lora_layers, mixed_adapters, supports_mixed_batch
 from common.tweedie import add_noise, x0_from_eps
 from distillation.update import record_update, stop_gradient_loss
 
@@ -27,20 +30,18 @@ def vsd_terms(guidance: Guidance, x: torch.Tensor, text_embeddings: torch.Tensor
     """VSD update g = w(t) (eps_pre_cfg(x_t, y, t) - eps_lora(x_t, y, t)) (Eq. 9) and the LoRA loss (Eq. 10).
 
     x [B, C, h, w] the clean latents (no grad), text_embeddings [2B, L, D] = cat(uncond, cond), t, t_lora [B]
-    long, noise, noise_lora [B, C, h, w]. The same UNet is eps_pre with ``guidance.unet.disable_adapters()``
-    (CFG, ``predict_eps``) and eps_lora with ``enable_adapters()`` (conditional only, ``unet_eps``). The LoRA is
-    fitted on x_t' = add_noise(x, noise_lora, t_lora) with ``guidance.lora_loss``. Called without autograd
+    long, noise, noise_lora [B, C, h, w]. ``guidance.pretrained_and_lora_eps(x_t, t, text_embeddings, s)`` gives
+    both predictions with ONE UNet call on a [3B] batch: eps_pre the pretrained model's CFG (adapters off) and
+    eps_lora the LoRA model's conditional prediction (adapters on, no CFG). The LoRA is fitted on a fresh
+    x_t' = add_noise(x, noise_lora, t_lora) with ``guidance.lora_loss`` (Eq. 10). Called without autograd
     (eps_pre and eps_lora are stop-gradient), except inside ``guidance.lora_loss``, which keeps the LoRA grads.
     Returns (g, loss_lora, x_t, eps_pre): g, x_t, eps_pre [B, C, h, w]; loss_lora a scalar.
     """
-    # TODO: x_t, eps_pre (CFG, adapters off), g = w(t) (eps_pre - eps_lora) and the LoRA loss loss_lora
+    # TODO: x_t, eps_pre and eps_lora (pretrained_and_lora_eps), g = w(t) (eps_pre - eps_lora), loss_lora
     # BEGIN SOLUTION vsd-loss
     cond = split_cfg_batch(text_embeddings)[1]
     x_t = add_noise(x, noise, guidance.alpha_bar(t))
-    guidance.unet.disable_adapters()
-    eps_pre = guidance.predict_eps(x_t, t, text_embeddings, guidance_scale)
-    guidance.unet.enable_adapters()
-    eps_lora = guidance.unet_eps(x_t, t, cond)
+    eps_pre, eps_lora = guidance.pretrained_and_lora_eps(x_t, t, text_embeddings, guidance_scale)
     g = guidance.weight(t).view(-1, 1, 1, 1) * (eps_pre - eps_lora)
     x_t_lora = add_noise(x, noise_lora, guidance.alpha_bar(t_lora))
     loss_lora = guidance.lora_loss(x_t_lora, t_lora, noise_lora, cond)
@@ -49,7 +50,8 @@ def vsd_terms(guidance: Guidance, x: torch.Tensor, text_embeddings: torch.Tensor
 
 
 class VSDMixin:
-    """``init_vsd``, ``lora_loss`` and ``get_vsd_loss`` of :class:`distillation.guidance.Guidance`."""
+    """``init_vsd``, ``pretrained_and_lora_eps``, ``lora_loss`` and ``get_vsd_loss`` of
+    :class:`distillation.guidance.Guidance`."""
 
     def init_vsd(self: Guidance, lora_rank: int = 4) -> list[torch.nn.Parameter]:
         """Add a peft LoRA (rank r, alpha = r, gaussian A / zero B, on to_q/to_k/to_v/to_out.0) to the UNet.
@@ -66,6 +68,38 @@ class VSDMixin:
         for p in self.lora_params:
             p.data = p.data.float()
         return self.lora_params
+
+    def lora_adapter(self: Guidance) -> str | None:
+        """The one active peft adapter when the UNet can run it and the base model in one mixed batch, else None
+        (no peft LoRA, several active adapters, DoRA ...: :func:`common.lora_mix.supports_mixed_batch`)."""
+        layers = lora_layers(self.unet)
+        active = list(layers[0].active_adapters) if layers else []
+        return active[0] if len(active) == 1 and supports_mixed_batch(self.unet, active[0]) else None
+
+    def pretrained_and_lora_eps(self: Guidance, x_t: torch.Tensor, t: torch.Tensor, text_embeddings: torch.Tensor,
+                                guidance_scale: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(eps_pre, eps_lora) [B, C, h, w] of ProlificDreamer Eq. 9 for x_t [B, C, h, w], t [B], [2B] embeddings.
+
+        eps_pre = eps_u + s (eps_c - eps_u) of the pretrained model (adapters off), eps_lora the LoRA model's
+        conditional prediction (no CFG). ONE UNet call on [3B] = cat(x_t, x_t, x_t) with cat(uncond, cond, cond)
+        and per-sample adapters [base] * 2B + [lora] * B (:mod:`common.lora_mix`: the LoRA gated per sample); like
+        ``unet_eps``: UNet dtype in, float32 out, v-prediction converted. Without a peft LoRA that supports mixed
+        batches: the two calls (``disable_adapters`` + ``predict_eps``, ``enable_adapters`` + ``unet_eps``),
+        same results. The adapters are enabled afterwards.
+        """
+        uncond, cond = split_cfg_batch(text_embeddings)
+        self.unet.enable_adapters()
+        adapter = self.lora_adapter()
+        if adapter is None:
+            self.unet.disable_adapters()
+            eps_pre = self.predict_eps(x_t, t, text_embeddings, guidance_scale)
+            self.unet.enable_adapters()
+            return eps_pre, self.unet_eps(x_t, t, cond)
+        B = x_t.shape[0]
+        with mixed_adapters(self.unet, [BASE] * (2 * B) + [adapter] * B):
+            eps = self.unet_eps(torch.cat([x_t, x_t, x_t]), torch.cat([t, t, t]), torch.cat([uncond, cond, cond]))
+        eps_uncond, eps_cond, eps_lora = eps.chunk(3)  # [B, C, h, w] each
+        return cfg_combine(eps_uncond, eps_cond, guidance_scale), eps_lora
 
     def lora_loss(self: Guidance, x_t: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
                   cond_embeddings: torch.Tensor) -> torch.Tensor:

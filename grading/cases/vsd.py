@@ -4,7 +4,8 @@ Serves NYCU Lab 3 Task 2, KAIST CS492D A4 optional Task 3 and UMich EECS 498 HW5
 Every case calls the public ``guidance.get_vsd_loss`` with t, eps, t' and eps' given on the seeded tiny stand-in
 UNet of :mod:`grading.cases._tiny_sd` with a non-zero LoRA, back-propagates the loss and returns dL/dx, which
 must be g = w(t) (eps_pre_cfg(x_t, y, t) - eps_lora(x_t, y, t)) (ProlificDreamer, Wang et al. 2023, Eq. 9:
-eps_pre with the adapters disabled and CFG, eps_lora with them enabled and the conditional prompt only), and/or
+eps_pre with the adapters disabled and CFG, eps_lora with them enabled and the conditional prompt only; the
+reference takes both from ``guidance.pretrained_and_lora_eps``, one [3B] UNet call on a peft UNet), and/or
 the LoRA loss mean (eps_lora(x_t', y, t') - eps')^2 (Eq. 10) and its gradients to the LoRA parameters. Edge
 cases: B = 3 with t = t_min, 500, t_max; guidance scales 1, 7.5 (the fixed value) and 100; a batch equals its
 prompts run one at a time.
@@ -65,9 +66,10 @@ def _batch_vs_singles(seed: int) -> dict[str, torch.Tensor]:
 
 
 _FORMULA = ("dL/dx must be g = w(t) (eps_pre - eps_lora) (ProlificDreamer Eq. 9): x_t = add_noise(x, noise, t); "
-            "eps_pre = guidance.predict_eps(x_t, t, text_embeddings, s) with guidance.unet.disable_adapters(); "
-            "eps_lora = guidance.unet_eps(x_t, t, cond) with enable_adapters(), conditional only (no CFG); "
-            "w(t) = guidance.weight(t).")
+            "eps_pre, eps_lora = guidance.pretrained_and_lora_eps(x_t, t, text_embeddings, s) (one [3B] UNet call: "
+            "eps_pre the pretrained model's CFG, adapters off; eps_lora the LoRA model's conditional prediction, "
+            "no CFG); w(t) = guidance.weight(t). The target is eps_lora, not the drawn noise: VSD is not SDS plus a "
+            "LoRA loss.")
 _LORA = ("The LoRA loss must be guidance.lora_loss(x_t', t', eps', cond) on a fresh noisy sample x_t' = "
          "add_noise(x, noise_lora, t_lora) (Eq. 10), so the LoRA learns the score of the current latents.")
 
@@ -78,7 +80,8 @@ CASES = (
          title="dL/dx for B=3 at t = 20 / 500 / 980 (s=7.5)", feedback=_FORMULA),
     Case("vsd/scale-1", 1.0, partial(_gradient, salt="vsd/scale-1", t=(250, 750), t_lora=(600, 100), scale=1.0),
          title="dL/dx with guidance scale 1 (B=2)",
-         feedback=_FORMULA + " With s = 1 this checks the adapter switching alone."),
+         feedback=_FORMULA + " With s = 1 the CFG is the conditional prediction: this checks that eps_pre is the "
+         "pretrained model's and eps_lora the LoRA model's."),
     Case("vsd/scale-100", 1.0, partial(_gradient, salt="vsd/scale-100", t=(100, 900), t_lora=(450, 550),
                                        scale=100.0),
          title="dL/dx with guidance scale 100 (B=2)", feedback=_FORMULA),
@@ -96,10 +99,9 @@ _LORA_CASES = ("vsd/lora-loss", "vsd/lora-loss-b3")
 
 _COND = "    cond = split_cfg_batch(text_embeddings)[1]\n"
 _X_T = "    x_t = add_noise(x, noise, guidance.alpha_bar(t))\n"
-_PRE = "    eps_pre = guidance.predict_eps(x_t, t, text_embeddings, guidance_scale)\n"
-_OFF, _ON = "    guidance.unet.disable_adapters()\n", "    guidance.unet.enable_adapters()\n"
-_EPS_LORA = "    eps_lora = guidance.unet_eps(x_t, t, cond)\n"
-_G = "    g = guidance.weight(t).view(-1, 1, 1, 1) * (eps_pre - eps_lora)\n"
+_FUSED = "    eps_pre, eps_lora = guidance.pretrained_and_lora_eps(x_t, t, text_embeddings, guidance_scale)\n"
+_W = "guidance.weight(t).view(-1, 1, 1, 1)"
+_G = f"    g = {_W} * (eps_pre - eps_lora)\n"
 _FIT = """\
     x_t_lora = add_noise(x, noise_lora, guidance.alpha_bar(t_lora))
     loss_lora = guidance.lora_loss(x_t_lora, t_lora, noise_lora, cond)
@@ -107,20 +109,23 @@ _FIT = """\
 
 MISTAKES = (
     Mistake("vsd-lora-cfg", "vsd-loss",
-            _COND + _X_T + _OFF + _PRE + _ON
+            _COND + _X_T + _FUSED.replace("eps_lora =", "_ =")
             + "    eps_lora = guidance.predict_eps(x_t, t, text_embeddings, guidance_scale)\n" + _G + _FIT,
             "The LoRA prediction is also under CFG: eps_lora is the LoRA model's conditional prediction alone "
-            "(guidance.unet_eps(x_t, t, cond)); only eps_pre uses the guidance scale.",
+            "(the second output of guidance.pretrained_and_lora_eps); only eps_pre uses the guidance scale.",
             tuple(c for c in _GRAD if c != "vsd/scale-1")),
-    Mistake("vsd-adapters-on", "vsd-loss", _COND + _X_T + _PRE + _ON + _EPS_LORA + _G + _FIT,
-            "The adapters stay enabled for the pretrained prediction: call guidance.unet.disable_adapters() before "
-            "eps_pre (the pretrained model) and enable_adapters() before eps_lora.", _GRAD),
+    Mistake("vsd-adapters-on", "vsd-loss",
+            _COND + _X_T + "    eps_pre = guidance.predict_eps(x_t, t, text_embeddings, guidance_scale)\n"
+            + "    eps_lora = guidance.unet_eps(x_t, t, cond)\n" + _G + _FIT,
+            "eps_pre comes from the LoRA model (the adapters are on): the pretrained prediction needs the adapters "
+            "off; guidance.pretrained_and_lora_eps returns both predictions from one call.", _GRAD),
     Mistake("vsd-lora-same-sample", "vsd-loss",
-            _COND + _X_T + _OFF + _PRE + _ON + _EPS_LORA + _G
-            + "    loss_lora = guidance.lora_loss(x_t, t, noise, cond)\n",
+            _COND + _X_T + _FUSED + _G + "    loss_lora = guidance.lora_loss(x_t, t, noise, cond)\n",
             "The LoRA is fitted on the VSD sample (x_t, t, eps) instead of its own fresh sample (t_lora, noise_lora): "
             "x_t' = add_noise(x, noise_lora, t_lora).", _LORA_CASES),
-    Mistake("vsd-no-weight", "vsd-loss",
-            _COND + _X_T + _OFF + _PRE + _ON + _EPS_LORA + "    g = eps_pre - eps_lora\n" + _FIT,
+    Mistake("vsd-no-weight", "vsd-loss", _COND + _X_T + _FUSED + "    g = eps_pre - eps_lora\n" + _FIT,
             "VSD without the weight w(t) = guidance.weight(t) (ProlificDreamer Eq. 9; the docstring's w(t)).", _GRAD),
+    Mistake("vsd-sds-plus-lora", "vsd-loss", _COND + _X_T + _FUSED + f"    g = {_W} * (eps_pre - noise)\n" + _FIT,
+            "This is SDS plus a LoRA loss: VSD's update subtracts the LoRA model's prediction, "
+            "g = w(t) (eps_pre - eps_lora) (Eq. 9), not the drawn noise; the LoRA only learns to predict it.", _GRAD),
 )
