@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import _cli as bench  # noqa: E402
 from common.cli import user_errors  # noqa: E402
+from common.divergence import LazyChecks  # noqa: E402
 from common.gpu import CudaTimer  # noqa: E402
 from common.schedules import make_alphas_cumprod  # noqa: E402
 from distillation.guidance import METHODS, Guidance  # noqa: E402
@@ -79,11 +80,15 @@ def bench_one(guidance: Guidance, method: str, batch: int, steps: int, warmup: i
     opt = torch.optim.AdamW(groups, weight_decay=0.0)
     guidance.sdi_target = None
 
+    guidance.checks = LazyChecks()  # as in distillation.runner: finiteness read a step late, no wait per step
+
     def step(i: int) -> None:
+        guidance.check_step = i
         opt.zero_grad(set_to_none=True)
         x = guidance.encode_images(param) if pixel else param
         loss_fn(guidance, method, x, emb, src, i, steps).backward()
         opt.step()
+        guidance.checks.poll()
 
     for i in range(warmup):
         step(i)
@@ -92,6 +97,8 @@ def bench_one(guidance: Guidance, method: str, batch: int, steps: int, warmup: i
     with CudaTimer(device) as timer:
         for i in range(steps):
             step(i)
+    guidance.checks.flush()
+    guidance.checks = guidance.check_step = None
     return (timer.ms / steps, *bench.peak_memory(device))
 
 
