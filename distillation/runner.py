@@ -259,12 +259,10 @@ class Run:
         """Run all steps; return the final images [B, 3, H, W] in [-1, 1].
 
         Raises UserError (one line naming the method and the step) on a NaN/inf update, loss or result, and
-        ``Diverged`` when the optimised latents / pixels leave the representation's generous bound. On CUDA the
-        checks are queued (``common.divergence.LazyChecks``) and read a step later, so no step waits for the
-        GPU; all are read before any snapshot is written and before the images are returned.
+        ``Diverged`` when the optimised latents / pixels leave the representation's generous bound. The checks
+        are queued (LazyChecks, read a step later on CUDA) and all read before any snapshot or result.
         """
-        checks = LazyChecks()
-        self.guidance.checks = checks
+        self.guidance.checks = checks = LazyChecks()
         try:
             images = self._steps(checks, progress)
         finally:
@@ -354,6 +352,8 @@ def check_items(cfg: RunConfig) -> None:
         raise UserError(f"{len(cfg.items)} prompts given; at most {MAX_PROMPTS} per run (they run in batches of "
                         "--batch_size): split them into several runs")
     check_text(cfg.negative_prompt, "--negative_prompt")
+    if cfg.compile and cfg.loss_type == "vsd":
+        raise UserError("--compile does not apply to vsd (its LoRA trains inside the UNet, which stays eager)")
     keys = set()
     for it in cfg.items:
         if not it.prompt.strip():

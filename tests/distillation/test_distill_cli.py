@@ -85,6 +85,7 @@ def test_vsd_and_dds_smoke(tmp_path, invoke):
     (["--prompt", "a", "--preset", "kaist-a4", "--loss_type", "sdi"], "covers"),
     (["--prompt", "a", "--steps", "-5"], "-5"),
     (["--prompt", "a", "--prompt", "a"], "duplicate"),
+    (["--prompt", "a", "--loss_type", "vsd", "--compile"], "--compile does not apply to vsd"),
     ([], "--prompt"),
 ])
 def test_bad_inputs_give_one_line_error_and_no_image(tmp_path, args, message, invoke):
