@@ -37,20 +37,21 @@ def check_bounded(x: torch.Tensor, bound: float, what: str, step: int | None = N
     _check_now(x.detach(), bound, what, step, hint, None)
 
 
-def _nonfinite(what: str, step: int | None, hint: str, message: Callable[[], str] | None) -> Diverged:
-    return Diverged(message() if message is not None else f"{_describe(what, step)} became NaN or infinite; {hint}")
+def _nonfinite(what: str, step: int | None, hint: str, message: Callable[[], str] | None,
+               error: type[Exception] = Diverged) -> Exception:
+    return error(message() if message is not None else f"{_describe(what, step)} became NaN or infinite; {hint}")
 
 
 def _check_now(x: torch.Tensor, bound: float, what: str, step: int | None, hint: str,
-               message: Callable[[], str] | None) -> None:
+               message: Callable[[], str] | None, error: type[Exception] = Diverged) -> None:
     if x.numel() == 1 and not x.is_complex():  # a scalar (a loss): one read instead of two tensor ops
         peak = abs(x.item())
         if not math.isfinite(peak):
-            raise _nonfinite(what, step, hint, message)
+            raise _nonfinite(what, step, hint, message, error)
         _raise_if_beyond(peak, bound, what, step, hint)
         return
     if not bool(torch.isfinite(x).all()):
-        raise _nonfinite(what, step, hint, message)
+        raise _nonfinite(what, step, hint, message, error)
     if bound < math.inf:  # a finite x never exceeds inf: no second reduction
         peak = float(x.abs().max()) if x.numel() else 0.0
         _raise_if_beyond(peak, bound, what, step, hint)
@@ -68,6 +69,7 @@ class _Pending(NamedTuple):
     step: int | None
     hint: str
     message: Callable[[], str] | None  # the NaN/inf message instead of the default (built only on failure)
+    error: type[Exception]  # raised for NaN/inf (Diverged unless the caller has its own one-line error)
 
 
 class LazyChecks:
@@ -91,18 +93,19 @@ class LazyChecks:
 
     def add(self, x: torch.Tensor, what: str, step: int | None = None, bound: float = math.inf,
             hint: str = "lower the learning rate or the guidance scale",
-            message: Callable[[], str] | None = None) -> None:
+            message: Callable[[], str] | None = None, error: type[Exception] = Diverged) -> None:
         """Queue ``check_bounded(x, bound, what, step, hint)``; ``bound = inf`` checks finiteness only.
 
         ``message()`` (called only if x is NaN/inf) replaces the default "<what> at step N became NaN or infinite;
-        <hint>", for callers whose message needs values that would cost a read now.
+        <hint>", for callers whose message needs values that would cost a read now; ``error`` is the exception
+        class of that NaN/inf verdict (a divergence past ``bound`` is always :class:`Diverged`).
         """
         x = x.detach()
         if x.device.type not in self.lazy_devices:
-            _check_now(x, bound, what, step, hint, message)
+            _check_now(x, bound, what, step, hint, message, error)
             return
         peak = x.abs().amax().float() if x.numel() else x.new_zeros((), dtype=torch.float32)  # [] on x's device
-        self.pending.append(_Pending(HostCopy(peak), bound, what, step, hint, message))
+        self.pending.append(_Pending(HostCopy(peak), bound, what, step, hint, message, error))
         self.calls += 1
 
     def poll(self) -> None:
@@ -122,14 +125,14 @@ class LazyChecks:
             p = self.pending.popleft()
             try:
                 _judge(float(p.peak.get()), p)  # waits for this copy only
-            except Diverged:
+            except (Diverged, p.error):
                 self.pending.clear()  # the first failure is the one reported
                 raise
 
 
 def _judge(peak: float, p: _Pending) -> None:
     if not math.isfinite(peak):
-        raise _nonfinite(p.what, p.step, p.hint, p.message)
+        raise _nonfinite(p.what, p.step, p.hint, p.message, p.error)
     _raise_if_beyond(peak, p.bound, p.what, p.step, p.hint)
 
 

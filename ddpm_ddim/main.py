@@ -10,7 +10,7 @@ from __future__ import annotations
 import click
 
 from common.cli import CONTEXT_SETTINGS, OneLineCommand, UserError, finite, user_errors
-from common.compiled import fast_unet
+from common.compiled import fast_unet, unet_speed_options
 from common.gpu import PRECISION_CHOICES, CudaTimer, get_device, precision_dtype, seed_everything
 from common.images import save_grid, save_image
 from common.panels import display_upscale, enlarge
@@ -44,12 +44,7 @@ MAX_SAMPLES = 10000  # all samples stay in memory until they are written
               help="UNet weights (auto: fp16 on CUDA, fp32 on CPU); the scheduler math stays fp32.")
 @click.option("--save_dir", type=click.Path(file_okay=False), default=None,
               help="Output folder [default: DDPM_results or DDIM_results, as in the handout].")
-@click.option("--cuda_graphs/--no_cuda_graphs", default=True, show_default=True,
-              help="Replay the UNet's calls as CUDA graphs (common.graphs; CUDA only): equal to eager in the GPU "
-                   "tests; H200, 10 faces x 1000 DDPM steps at 256 px: 49 s eager, 37 s.")
-@click.option("--compile/--no_compile", default=False, show_default=True,
-              help="Also torch.compile the UNet (common.compiled; CUDA only): ~40 s of compilation per batch size, "
-                   "then a faster UNet (H200: 1.8x at 256 px batch 10); worth it for runs of minutes.")
+@unet_speed_options("H200, 10 faces x 1000 DDPM steps at 256 px: 49 s eager, 37 s")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @user_errors
 def main(scheduler_name, num_inference_steps, eta, timestep_spacing, num_samples, batch_size, model, seed, device,

@@ -14,6 +14,7 @@ import click
 from click.core import ParameterSource
 
 from common.cli import CONTEXT_SETTINGS, UserError, finite, user_errors
+from common.compiled import unet_speed_options
 from common.gpu import PRECISION_CHOICES
 from distillation.guidance import METHODS
 from distillation.presets import PRESETS, resolve_settings
@@ -160,12 +161,7 @@ RUN_OPTIONS: tuple[Callable[[Any], Any], ...] = (
     click.option("--batch_size", type=click.IntRange(1, MAX_PROMPTS), default=32, show_default=True,
                  help=f"Prompts optimised together; more run in consecutive batches (at most {MAX_PROMPTS} per "
                       "run). VSD's LoRA is shared within a batch only."),
-    click.option("--cuda_graphs/--no_cuda_graphs", default=True, show_default=True,
-                 help="Replay the frozen UNet's calls as CUDA graphs (common.graphs; CUDA only, not VSD). Equal "
-                      "to eager in the GPU tests; SD 2.1 SDS step 52 -> 15 ms at 1 prompt on an H200."),
-    click.option("--compile/--no_compile", default=False, show_default=True,
-                 help="Also torch.compile the UNet (common.compiled; CUDA only, not VSD): ~40 s of compilation "
-                      "per batch size, then a 1.4-1.6x faster UNet (H200): worth it for runs of minutes."),
+    unet_speed_options("SD 2.1 SDS step 52 -> 15 ms at 1 prompt on an H200; not VSD, which stays eager"),
     click.option("--threads", type=click.IntRange(0, 1024), default=None,
                  help="CPU threads of torch (0: torch's default) [default: 1 for the embedded toy models, whose "
                       "tiny convolutions run fastest on one thread, 0 otherwise]."),

@@ -21,7 +21,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from common.cli import CONTEXT_SETTINGS, OneLineCommand, UserError, finite, user_errors
-from common.compiled import fast_unet
+from common.compiled import fast_unet, unet_speed_options
 from common.gpu import PRECISION_CHOICES, CudaTimer, get_device, make_generators, precision_dtype, seed_everything
 from common.images import UNIT, load_image, save_image
 from common.panels import save_labelled_grid
@@ -120,12 +120,7 @@ def check_batch_size(batch_size: int, size: int) -> None:
 @click.option("--precision", type=click.Choice(PRECISION_CHOICES), default="auto", show_default=True,
               help="UNet weights (auto: fp16 on CUDA, fp32 on CPU); the sampler math stays fp32.")
 @click.option("--save_dir", type=click.Path(file_okay=False), default="DPS_results", show_default=True)
-@click.option("--cuda_graphs/--no_cuda_graphs", default=True, show_default=True,
-              help="Replay the UNet's calls as CUDA graphs (common.graphs; CUDA only): equal to eager in the GPU "
-                   "tests; H200, 3 images x 1000 DPS steps at 256 px: 65 s eager, 33 s.")
-@click.option("--compile/--no_compile", default=False, show_default=True,
-              help="Also torch.compile the UNet (common.compiled; CUDA only): ~40 s of compilation per batch size, "
-                   "then a faster UNet (H200: 1.8x at 256 px batch 10); worth it for runs of minutes.")
+@unet_speed_options("H200, 3 images x 1000 DPS steps at 256 px: 65 s eager, 33 s")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @user_errors
 def main(task, images_dir, num_images, num_inference_steps, scale, eta, mask_type, sr_mode, kernel_size, blur_sigma,

@@ -23,16 +23,16 @@ A *mapping* is any object with ``forward_mapping(z [1, ...]) -> x [N, ...]`` and
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
 from common._broadcast import expand_as
-from common.divergence import Diverged, LazyChecks, check_bounded
+from common.divergence import LazyChecks, check_bounded
 from common.sampling import grid_alpha_bars
 from common.schedules import alpha_bar_at, inference_timesteps, make_betas, previous_timesteps
 from common.sync import SYNC_CASES, EpsFn, Mapping, sync_sample_loop, synchronize
@@ -227,30 +227,11 @@ class StepChecks(LazyChecks):
 
     def __init__(self, lag: int = 1, lazy_devices: tuple[str, ...] | None = None):
         super().__init__(lag, LAZY_DEVICES if lazy_devices is None else lazy_devices)
-        self._nonfinite = False  # set when the message of a NaN/inf verdict is built: the Diverged is ours
 
     def __call__(self, x: torch.Tensor, i: int, t: int) -> None:
-        with self._as_sample_error():
-            self.add(x, f"the sample x_t (t = {t})", i, STATE_BOUND, STATE_HINT, message=lambda: self._message(i, t))
-            self.poll()
-
-    def flush(self) -> None:
-        with self._as_sample_error():
-            super().flush()
-
-    def _message(self, i: int, t: int) -> str:
-        self._nonfinite = True
-        return _nonfinite_message(i, t)
-
-    @contextlib.contextmanager
-    def _as_sample_error(self) -> Iterator[None]:
-        self._nonfinite = False
-        try:
-            yield
-        except Diverged as err:
-            if self._nonfinite:  # NaN/inf: the one-line NonFiniteSampleError of check_step_finite
-                raise NonFiniteSampleError(str(err)) from None
-            raise
+        self.add(x, f"the sample x_t (t = {t})", i, STATE_BOUND, STATE_HINT, message=partial(_nonfinite_message, i, t),
+                 error=NonFiniteSampleError)
+        self.poll()
 
 
 def sample(mapping: Mapping, eps_fn: EpsFn, schedule: DDIMSchedule, x_T: torch.Tensor, sync: str = "x0",

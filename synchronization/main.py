@@ -15,7 +15,7 @@ import click
 import torch
 
 from common.cli import CONTEXT_SETTINGS, OneLineCommand, UserError, finite, user_errors
-from common.compiled import fast_unet
+from common.compiled import fast_unet, unet_speed_options
 from common.gpu import PRECISION_CHOICES, get_device, precision_dtype, seed_everything
 from common.images import save_gif, save_image
 from common.panels import save_labelled_grid
@@ -84,12 +84,7 @@ class SyncCommand(OneLineCommand):
 @click.option("--device", default="auto", show_default=True, help="auto, cuda, mps or cpu.")
 @click.option("--precision", type=click.Choice(PRECISION_CHOICES), default="auto", show_default=True,
               help="UNet/VAE weights: auto = fp16 on CUDA, fp32 on CPU; diffusion coefficients are always fp32.")
-@click.option("--cuda_graphs/--no_cuda_graphs", default=True, show_default=True,
-              help="Replay the UNet's calls as CUDA graphs (common.graphs; CUDA only): equal to eager in the GPU "
-                   "tests; H200, 41-view panorama x 50 steps: 10.6 s eager and graphs alike (not launch-bound).")
-@click.option("--compile/--no_compile", default=False, show_default=True,
-              help="Also torch.compile the UNet (common.compiled; CUDA only): ~40 s of compilation per batch size, "
-                   "then a faster UNet (H200: 1.8x at 256 px batch 10); worth it for runs of minutes.")
+@unet_speed_options("H200, 41-view panorama x 50 steps: 10.6 s eager and graphs alike (not launch-bound)")
 @click.option("--save_dir", default=None, type=click.Path(file_okay=False),
               help="Output folder [default: SAVE_TOP_DIR/TAG].")
 @click.option("--tag", default=None, help="Skeleton naming: write to SAVE_TOP_DIR/TAG [default: the app name].")
