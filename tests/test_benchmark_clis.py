@@ -25,6 +25,7 @@ OPTIONS = {
     "bench_gan": ["--device", "--warmup", "--steps", "--resolutions", "--precisions", "--ops", "--json", "Examples"],
     "bench_grading": ["--homework", "--jobs", "--submissions", "--json", "umich-hw5-gan", "Examples"],
     "bench_similarity": ["--homeworks", "--submissions", "--copies", "--noise", "--max-share", "--json", "Examples"],
+    "bench_unet_knobs": ["--rows", "--knobs", "--calls", "--profile", "--json", "compile-ro", "Examples"],
     "bench_cpu_toy": ["--model", "--random", "--widths", "--threads", "--wait_policies", "--reps", "--steps", "--json",
                       "Examples"],
 }
@@ -94,6 +95,10 @@ def test_help_lists_options(name: str) -> None:
     ("bench_similarity", ["--noise", "abc"], "expected comma-separated integers"),
     ("bench_similarity", ["--homeworks", "bogus"], "'bogus': choose from"),
     ("bench_similarity", ["--copies", "150"], "at most half"),
+    ("bench_unet_knobs", ["--rows", "sd21:0"], "is not model:batch"),
+    ("bench_unet_knobs", ["--rows", "unet:2"], "is not model:batch"),
+    ("bench_unet_knobs", ["--knobs", "eager,graphs+fp8"], "unknown knob in 'graphs+fp8'"),
+    ("bench_unet_knobs", ["--calls", "0"], "--calls"),
 ])
 def test_bad_values_are_one_line_errors(name: str, args: list[str], needle: str) -> None:
     assert_one_line_error(invoke(name, args), needle)
@@ -125,3 +130,8 @@ def test_tiny_cpu_smoke_rows_write_strict_json(name: str, args: list[str], row: 
     data = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in strict JSON"))
     assert data["device"] == "cpu" and len(data["rows"]) == 1
     assert data["rows"][0]["peak_mib"] is None and data["rows"][0]["graph_stats"] == {}
+
+
+def test_unet_knobs_without_cuda_says_so(monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert_one_line_error(invoke("bench_unet_knobs", []), "needs a CUDA GPU and none is available")
