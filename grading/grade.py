@@ -196,6 +196,16 @@ def _score_module(module, tree: Path, ref: Reference, work: Path, seed: int) -> 
     return scored
 
 
+def case_shares(points: float, weights: list[float]) -> list[float]:
+    """Each case's points: ``points`` split by ``weights``, rounded to 1e-6 so that the shares add up to ``points``
+    exactly (rounding every share up could award more than the task has; the last share takes the remainder)."""
+    total = sum(weights) or 1.0
+    shares = [round(points * w / total, 6) for w in weights]
+    if shares:
+        shares[-1] = round(points - sum(shares[:-1]), 6)
+    return shares
+
+
 def grade_task(task: Task, number: int, tree: Path, ref: Reference, extracted: Extracted, work: Path,
                seed: int, items: Path | None = None) -> list[TestResult]:
     """The tests of one task: every case scored against the reference (0 for all when a region is blocked)."""
@@ -208,9 +218,9 @@ def grade_task(task: Task, number: int, tree: Path, ref: Reference, extracted: E
             scored += [(c, CaseResult(0.0, "Not run: " + "; ".join(blocked))) for c in module.CASES]
         else:
             scored += _score_module(module, tree, ref, work, seed)
-    total = sum(c.points for c, _ in scored) or 1.0
-    tests = [_case_test(task, f"{number}.{k + 1}", c, task.points * c.points / total, r)
-             for k, (c, r) in enumerate(scored)]
+    shares = case_shares(task.points, [c.points for c, _ in scored])
+    tests = [_case_test(task, f"{number}.{k + 1}", c, share, r)
+             for k, ((c, r), share) in enumerate(zip(scored, shares))]
     # e2e hook (grading/e2e.py): the band tests of the end-to-end modules (toy run scored in this process, reported
     # CLIP score re-scored from ``items``); the implementation tests above are rescaled to the handout's share
     ctx = {"ref": ref, "tree": tree, "work": work, "seed": seed, "blocked": blocked, "items": items}

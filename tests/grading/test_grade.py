@@ -97,3 +97,19 @@ def test_missing_items_cost_ten_percent_each():
     tests = [TestResult("a", score=8, max_score=8), TestResult("b", score=2, max_score=8)]
     assert total_score(tests, kaist, 0) == 10 and total_score(tests, kaist, 2) == pytest.approx(8.0)
     assert total_score(tests, kaist, 20) == 0
+
+
+@pytest.mark.parametrize("points,weights", [(100 / 14, [1.0] * 7), (100 / 14, [2.0, 1.0, 1.0]), (100 / 3, [1.0] * 9),
+                                            (5.0, [0.3, 0.3, 0.4]), (7.0, [])])
+def test_case_shares_add_up_to_the_task_points_and_never_more(points, weights):
+    from grading.grade import case_shares
+
+    shares = case_shares(points, weights)
+    assert len(shares) == len(weights)
+    if weights:
+        assert round(sum(shares), 6) == round(points, 6)
+        # each share is the exact split up to the rounding of 1e-6 (the last one absorbs the remainder)
+        for share, w in zip(shares, weights):
+            assert abs(share - points * w / sum(weights)) <= 1e-6 * len(weights)
+    # summing per-test rounded shares, as the gate does, never lands above the homework's rounded points
+    assert round(sum(shares) * 6, 4) <= round(points * 6, 4) + 1e-9
