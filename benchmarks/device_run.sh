@@ -9,9 +9,10 @@
 # .whl/ holds diffusers-0.42.1, peft-0.21.2 (only installed where the image has none) and, for the tests that
 # import it, open_clip_torch with ftfy and wcwidth (all py3-none-any), fetched here with the device README's
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 ... -d .whl diffusers==0.42.1 \
-#       peft==0.21.2 open_clip_torch ftfy wcwidth
+#       peft==0.21.2 open_clip_torch ftfy wcwidth ninja   (ninja builds the gan/ops kernels)
 # The jobs with torch.compile spend ~40-70 s compiling per shape: all jobs need more than one call's 10 minutes,
-# so split them with JOBS, e.g. JOBS=pytest_gpu,distillation,ddpm_dps then JOBS=distillation_compile,sync.
+# so split them with JOBS, e.g. JOBS=pytest_common,pytest_distillation,pytest_gan,distillation then
+# JOBS=ddpm_dps,distillation_compile,sync.
 set -u
 OUT=${OUT:-$PWD/device-out}
 BUDGET=${BUDGET:-540}
@@ -52,6 +53,7 @@ job() {  # job NAME LIMIT_S CMD...: run CMD under timeout, keep its log, append 
             grep -E '^\||^(SD|[a-z-]+ UNet)' "$LOGS/$name.log"
             grep -E 'CudaGraphUNet|Warning|Error' "$LOGS/$name.log" | sort -u | head -n 8
         else
+            grep -E ' (PASSED|FAILED|ERROR|SKIPPED)' "$LOGS/$name.log" | sed -E 's/ +\[ *[0-9]+%\]$//'
             tail -n 25 "$LOGS/$name.log"
         fi
         echo
@@ -72,7 +74,7 @@ if ls .whl/*.whl >/dev/null 2>&1; then
     fi
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
         $wheels >"$LOGS/pip.log" 2>&1 || echo "pip install of .whl failed: see logs.tgz pip.log" | tee -a "$SUMMARY"
-    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} PATH=/tmp/site/bin:$PATH  # ninja for gan/ops
 else
     echo "no .whl/ carried: diffusers must already be installed" | tee -a "$SUMMARY"
 fi
@@ -80,10 +82,14 @@ python3 -c "import torch, diffusers, peft, click; print('torch', torch.__version
 'peft', peft.__version__, 'cuda', torch.cuda.is_available())" 2>&1 | tee -a "$SUMMARY"
 
 PY=${PY:-python3}
-PYTEST="$PY -m pytest -q -p no:cacheprovider -m gpu -rs --continue-on-collection-errors"  # open_clip: see top
+# -v: a test's line is logged when it ends, so a job cut short by its timeout still says what passed
+PYTEST="$PY -m pytest -v --tb=short --durations=5 -p no:cacheprovider -m gpu -rs --continue-on-collection-errors"
 B=benchmarks
-# 1. CUDA graphs and the compiled path equal eager; lazy checks never wait; VSD's fused call (GPU-marked tests)
-job pytest_gpu 120 $PYTEST tests/common tests/distillation tests/dps tests/synchronization
+# 1. CUDA graphs and the compiled path equal eager; lazy checks never wait; VSD's fused call; the gan/ops kernels
+#    equal their PyTorch reference (GPU-marked tests; test_compiled compiles ~10 tiny UNets, gan/ops builds ~60 s)
+job pytest_common 180 $PYTEST tests/common tests/toy
+job pytest_distillation 120 $PYTEST tests/distillation tests/dps tests/synchronization
+job pytest_gan 150 $PYTEST tests/gan
 # 2. SDS / VSD / ISM at batch 1 and 10, fp16 (auto), eager vs graphs (targets: SDS 1 <= 8 ms, 10 <= 4.5 ms per
 #    prompt-step; VSD <= 3x SDS; ISM <= 2.5x SDS; peak <= 24 GB)
 job distillation 90 $PY $B/bench_distillation.py --methods sds,vsd,ism --batches 1,10 --precisions auto \

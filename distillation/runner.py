@@ -183,8 +183,6 @@ class Run:
             raise ValueError("no prompts given")
         self.cfg, self.device = cfg, device
         self.guidance = Guidance.from_pipeline(pipe, t_min=cfg.t_min, t_max=cfg.t_max, w_schedule=cfg.w_schedule)
-        if cfg.loss_type != "vsd":  # VSD trains a LoRA inside the UNet: it stays eager
-            self.guidance.unet = fast_unet(self.guidance.unet, device, cfg.cuda_graphs, cfg.compile)
         self.generators = make_generators([it.seed(cfg.seed) for it in cfg.items])
         B = len(cfg.items)
         uncond = encode_prompts(pipe.tokenizer, pipe.text_encoder, [cfg.negative_prompt] * B, device)
@@ -212,6 +210,8 @@ class Run:
         groups = [{"params": list(self.rep.parameters()), "lr": cfg.lr}]
         if cfg.loss_type == "vsd":
             groups.append({"params": self.guidance.init_vsd(cfg.lora_rank), "lr": cfg.lora_lr})
+        # after the LoRA: a graph captures the adapter state it ran with (VSD's are keyed by it; no --compile)
+        self.guidance.unet = fast_unet(self.guidance.unet, device, cfg.cuda_graphs, cfg.compile)
         self.optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, cosine_warmup(cfg.warmup_steps, int(cfg.steps * 1.5)))

@@ -11,7 +11,9 @@ import torch
 
 from common.graphs import CudaGraphUNet, EagerCapture, adapter_state, maybe_graph, unwrap
 
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def needs_cuda(test):
+    """GPU-marked (benchmarks/device_run.sh runs `-m gpu`) and skipped without CUDA."""
+    return pytest.mark.gpu(pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")(test))
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 
 

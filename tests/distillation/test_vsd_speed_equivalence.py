@@ -12,7 +12,7 @@ import pytest
 import torch
 from distill_helpers import one_thread
 
-from common.graphs import CudaGraphUNet, EagerCapture, adapter_state
+from common.graphs import CudaGraphUNet, EagerCapture, adapter_state, unwrap
 from distillation.guidance import Guidance
 
 
@@ -114,3 +114,27 @@ def test_vsd_through_real_cuda_graphs_equals_the_formula(load_tiny_sd, monkeypat
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)  # the formulas' last-bit differences
     wrapped = compare(load_tiny_sd, "cuda", CudaGraphUNet, {"rtol": 1e-4, "atol": 1e-5})
     assert wrapped.stats == {"captures": 2, "replays": 4, "eager": 0}  # the mixed batch is sync-free: capturable
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_the_runner_replays_vsd_as_cuda_graphs_and_equals_its_eager_run(load_tiny_sd, monkeypatch):
+    """distillation.main's VSD with --cuda_graphs (the default) gives the eager run's images, LoRA and latents."""
+    from distillation.runner import Item, Run, RunConfig
+
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    device, results = torch.device("cuda"), {}
+    for graphs in (False, True):
+        cfg = RunConfig(loss_type="vsd", items=[Item("a red circle"), Item("a blue square")], steps=4, log_step=0,
+                        warmup_steps=0, lora_lr=1e-2, cuda_graphs=graphs)
+        job = Run(cfg, load_tiny_sd().to(device), device)
+        images = job.optimise(progress=False)
+        lora_b = [p.detach().flatten() for n, p in unwrap(job.guidance.unet).named_parameters() if "lora_B" in n]
+        results[graphs] = (images, job.rep.param.detach(), torch.cat(lora_b), job.guidance.unet)
+    (img_e, rep_e, lora_e, _), (img_g, rep_g, lora_g, unet_g) = results[False], results[True]
+    assert isinstance(unet_g, CudaGraphUNet) and unet_g.stats["replays"] > 0 and unet_g.stats["eager"] == 0
+    assert lora_e.abs().max() > 1e-4  # the LoRA trained (its B starts at zero)
+    torch.testing.assert_close(rep_g, rep_e, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(lora_g, lora_e, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(img_g, img_e, rtol=1e-4, atol=1e-4)

@@ -93,7 +93,9 @@ def test_failed_build_warns_once(monkeypatch):
 # ------------------------------------------------------------------------------------------------ CUDA
 
 
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def needs_cuda(test):
+    """GPU-marked (benchmarks/device_run.sh runs `-m gpu`) and skipped without CUDA."""
+    return pytest.mark.gpu(pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")(test))
 
 
 def _grads(fn, x, first_weight, second_weight):

@@ -137,6 +137,7 @@ def test_render_is_fast_enough_for_training():
     assert params["color"].shape == (512,)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu():
     specs = shapes.sample_specs(64, 11)
