@@ -11,6 +11,7 @@ import torch
 
 from common.graphs import CudaGraphUNet, EagerCapture, adapter_state, maybe_graph, unwrap
 
+
 def needs_cuda(test):
     """GPU-marked (benchmarks/device_run.sh runs `-m gpu`) and skipped without CUDA."""
     return pytest.mark.gpu(pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")(test))
