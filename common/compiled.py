@@ -56,8 +56,8 @@ def fast_unet(unet: torch.nn.Module, device: torch.device | str, cuda_graphs: bo
         return maybe_graph(unet, False, device)
     inner = unwrap(unet)
     if compile and not is_compiled(inner):
-        inner = compile_unet(inner, backend)
-    return maybe_graph(inner, cuda_graphs, device, **graph_kwargs)
+        return maybe_graph(compile_unet(inner, backend), cuda_graphs, device, **graph_kwargs)
+    return maybe_graph(unet, cuda_graphs, device, **graph_kwargs)  # keeps a CudaGraphUNet and its graphs
 
 
 def unet_speed_options(graphs_measured: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

@@ -93,7 +93,11 @@ def _mask(names: tuple[str, ...], device: torch.device, dtype: torch.dtype) -> t
     key = (names, device, dtype)
     if key not in _MASKS:  # a normal tensor even under inference_mode, so autograd may save it later
         with torch.inference_mode(False):
-            _MASKS[key] = torch.tensor([n != BASE for n in names], dtype=dtype).to(device)  # [N]
+            mask = torch.zeros(len(names), dtype=dtype, device=device)  # [N]
+            for i, name in enumerate(names):
+                if name != BASE:
+                    mask.narrow(0, i, 1).fill_(1)  # a kernel; mask[i] = 1 would copy from the host and wait
+            _MASKS[key] = mask
     return _MASKS[key]
 
 
