@@ -12,7 +12,7 @@
 #       peft==0.21.2 open_clip_torch ftfy wcwidth ninja   (ninja builds the gan/ops kernels)
 # The jobs with torch.compile spend ~40-70 s compiling per shape: all jobs need more than one call's 10 minutes,
 # so split them with JOBS, e.g. JOBS=pytest_common,pytest_distillation,pytest_gan,distillation then
-# JOBS=ddpm_dps,distillation_compile,sync.
+# JOBS=ddpm_ddim,dps,distillation_compile then JOBS=dps_compile,sync.
 set -u
 OUT=${OUT:-$PWD/device-out}
 BUDGET=${BUDGET:-540}
@@ -95,8 +95,13 @@ job pytest_gan 150 $PYTEST tests/gan
 job distillation 90 $PY $B/bench_distillation.py --methods sds,vsd,ism --batches 1,10 --precisions auto \
     --graphs eager,graphs --steps 10 --warmup 2 --json "$JSON/distillation.json"
 # 3. DDPM 1000 x 10 (<= 22 s), DDIM 50 x 10 (<= 1.2 s), DPS 1000 x 3 (<= 25 s): 100 steps timed, x10; + compile
-job ddpm_dps 170 $PY $B/bench_ddpm_dps.py --steps 100 --modes batched --precisions auto --graphs eager,graphs,compile \
-    --num_images 10 --dps_images 3 --json "$JSON/ddpm_dps.json"
+#    (DPS compiled on its own: compiling its backward as well takes ~2 minutes)
+job ddpm_ddim 150 $PY $B/bench_ddpm_dps.py --steps 100 --modes batched --precisions auto --graphs eager,graphs,compile \
+    --samplers DDPM,DDIM --num_images 10 --json "$JSON/ddpm_ddim.json"
+job dps 90 $PY $B/bench_ddpm_dps.py --steps 100 --modes batched --precisions auto --graphs eager,graphs \
+    --samplers DPS --dps_images 3 --json "$JSON/dps.json"
+job dps_compile 200 $PY $B/bench_ddpm_dps.py --samplers DPS --steps 30 --modes batched --precisions auto \
+    --graphs compile --dps_images 3 --json "$JSON/dps_compile.json"
 # 4. SDS under the compiled path (inductor inside CUDA graphs; the compilation is in the warm-up)
 job distillation_compile 150 $PY $B/bench_distillation.py --methods sds --batches 1,10 --precisions auto \
     --graphs compile --steps 20 --warmup 2 --json "$JSON/distillation_compile.json"

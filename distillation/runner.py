@@ -120,8 +120,8 @@ class RunConfig:
     # SDI authors' sqrt(1 - a_next) eps + sigma z (the default on real models, presets.py)
     ism_grid: str = "2d-sds"  # ISM inversion grid: 2d-sds (s - n delta_s) or luciddreamer (delta_s steps up to s)
     batch_size: int = 32  # prompts optimised together; more run in consecutive batches
-    cuda_graphs: bool = True  # replay the frozen UNet's calls as CUDA graphs (common.graphs; not VSD's LoRA)
-    compile: bool = False  # torch.compile the frozen UNet too (common.compiled; CUDA only, not VSD)
+    cuda_graphs: bool = True  # replay the UNet's calls as CUDA graphs (common.graphs; VSD too)
+    compile: bool = False  # torch.compile the UNet too (common.compiled; CUDA only, not VSD)
     threads: int = 0  # torch CPU threads (0: torch's default); the CLI default is 1 for toy models
     items: list[Item] = field(default_factory=list)
 
@@ -353,7 +353,7 @@ def check_items(cfg: RunConfig) -> None:
                         "--batch_size): split them into several runs")
     check_text(cfg.negative_prompt, "--negative_prompt")
     if cfg.compile and cfg.loss_type == "vsd":
-        raise UserError("--compile does not apply to vsd (its LoRA trains inside the UNet, which stays eager)")
+        raise UserError("--compile does not apply to vsd (its LoRA trains inside the UNet; CUDA graphs still apply)")
     keys = set()
     for it in cfg.items:
         if not it.prompt.strip():
