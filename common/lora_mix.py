@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from common.gpu import host_to_device
+
 BASE = "__base__"  # peft's name for "no adapter" in a mixed batch
 _ATTR = "_lora_mix_names"  # set on each hooked layer while a mixed batch is active (read by common.graphs)
 _CACHE = "_lora_mix_layers"  # (peft_config items, LoRA layers) cached on the model
@@ -93,11 +95,8 @@ def _mask(names: tuple[str, ...], device: torch.device, dtype: torch.dtype) -> t
     key = (names, device, dtype)
     if key not in _MASKS:  # a normal tensor even under inference_mode, so autograd may save it later
         with torch.inference_mode(False):
-            mask = torch.zeros(len(names), dtype=dtype, device=device)  # [N]
-            for i, name in enumerate(names):
-                if name != BASE:
-                    mask.narrow(0, i, 1).fill_(1)  # a kernel; mask[i] = 1 would copy from the host and wait
-            _MASKS[key] = mask
+            mask = torch.tensor([n != BASE for n in names], dtype=dtype)  # [N]
+            _MASKS[key] = host_to_device(mask, device)  # pinned: a GPU step does not wait for the copy
     return _MASKS[key]
 
 

@@ -95,15 +95,18 @@ def compare(load_tiny_sd, device: str, wrap, tol: dict):
     return wrapped
 
 
-def test_vsd_through_graphs_equals_the_formula_on_cpu(load_tiny_sd):
-    def wrap(unet):
-        return CudaGraphUNet(unet, capture=EagerCapture(lambda: adapter_state(unet)), device_types=("cpu",),
-                             make_graphed=lambda module, args, warmup: module)
+def cpu_graphs(unet: torch.nn.Module) -> CudaGraphUNet:
+    """The graph cache on a CPU: a stand-in capture that fails a replay in another adapter state than its
+    capture, and autograd calls through the module itself."""
+    return CudaGraphUNet(unet, capture=EagerCapture(lambda: adapter_state(unet)), device_types=("cpu",),
+                         make_graphed=lambda module, args, warmup: module)
 
+
+def test_vsd_through_graphs_equals_the_formula_on_cpu(load_tiny_sd):
     with one_thread():
         # eps_lora from the fused [3B] call vs a separate [B] call: float32 last-bit differences (other matmul
         # blocking, ~5e-7), ~5e-6 after an AdamW step (|g| ~ 0.7)
-        wrapped = compare(load_tiny_sd, "cpu", wrap, {"rtol": 1e-5, "atol": 1e-5})
+        wrapped = compare(load_tiny_sd, "cpu", cpu_graphs, {"rtol": 1e-5, "atol": 1e-5})
     # the fused [3B] call (pretrained CFG pair + eps_lora, mixed adapters, no grad) and the LoRA fit (autograd)
     assert wrapped.stats == {"captures": 2, "replays": 4, "eager": 0}
 
@@ -144,14 +147,10 @@ def test_the_runner_replays_vsd_through_the_graph_stand_in_and_equals_its_eager_
     replay in another adapter state than its capture would fail (CPU stand-in)."""
     import distillation.runner as runner
 
-    def stand_in(unet, device, cuda_graphs, compile=False):
-        return CudaGraphUNet(unet, capture=EagerCapture(lambda: adapter_state(unet)), device_types=("cpu",),
-                             make_graphed=lambda module, args, warmup: module)
-
     cpu = torch.device("cpu")
     with one_thread():
         eager = runner_vsd(load_tiny_sd, cpu, graphs=False)
-        monkeypatch.setattr(runner, "fast_unet", stand_in)
+        monkeypatch.setattr(runner, "fast_unet", lambda unet, device, cuda_graphs, compile=False: cpu_graphs(unet))
         graphed = runner_vsd(load_tiny_sd, cpu, graphs=True)
     assert graphed[3].stats == {"captures": 2, "replays": 8, "eager": 0}
     assert_runs_equal(eager, graphed, {"rtol": 1e-5, "atol": 1e-6})
