@@ -115,9 +115,22 @@ class Guidance(SDSMixin, VSDMixin, SDIMixin, PDSMixin, ISMMixin, DDSMixin):
         """w(t) [B] of the w-schedule (``self.w_schedule`` unless given)."""
         return weight(w_schedule or self.w_schedule, self.alpha_bar(t)).to(self.device)
 
-    def unet_eps(self, x_t: torch.Tensor, t: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
-        """eps_hat(x_t, t, y) of the UNet for [N] samples, in float32 (v-prediction converted to eps)."""
+    def unet_eps(self, x_t: torch.Tensor, t: torch.Tensor, embeddings: torch.Tensor,
+                 rows: torch.Tensor | None = None) -> torch.Tensor:
+        """eps_hat(x_t, t, y) of the UNet for [N] samples, in float32 (v-prediction converted to eps).
+
+        ``rows`` [N] bool: compute only those samples (one smaller UNet call; the others are 0), for ISM's
+        inversion chain, where samples that reached s sooner idle. Reading ``rows`` costs a host sync when N > 1.
+        """
         t = t.to(self.device)
+        if rows is not None and x_t.shape[0] > 1:
+            index = rows.to(self.device).nonzero().squeeze(1)  # [M] (the sync: M is the next call's batch)
+            if index.numel() < x_t.shape[0]:
+                out = torch.zeros(x_t.shape, dtype=torch.float32, device=x_t.device)
+                if index.numel():
+                    picked = [v.index_select(0, index) for v in (x_t, t, embeddings.to(x_t.device))]
+                    out.index_copy_(0, index, self.unet_eps(*picked))
+                return out
         out = self.unet(x_t.to(self.dtype), t, encoder_hidden_states=embeddings.to(self.dtype)).sample.float()
         if self.prediction_type == "v_prediction":
             out = eps_from_v(x_t.float(), out, self.alpha_bar(t))

@@ -225,3 +225,24 @@ def test_ism_default_inversion_prompt_is_the_guidance_attribute_then_uncond():
     assert unet.calls[0][1] == [-0.5, -0.5] and unet.calls[-1][1] == [0.25, 0.25, 1.0, 1.0]
     with pytest.raises(ValueError, match="inversion embeddings of shape"):
         guidance.get_ism_loss(x, emb, inversion_embeddings=torch.zeros(3, 3, 5))
+
+
+def test_a_batched_ism_chain_runs_only_the_rows_still_inverting_and_equals_each_single_run():
+    """Per-sample chain lengths (2d-sds: n = min(s // 200, 5) = 0, 3, 4 for t = 150, 700, 980): inversion step k
+    calls the UNet on the rows with n > k only (2, 2, 2, 1 rows), then eps_s on all 3 and one CFG call on 6; the
+    gradient of each row equals its own batch-1 run."""
+    t = torch.tensor([150, 700, 980])
+    gen = torch.Generator().manual_seed(6)
+    x, noise = torch.randn(3, C, H, H, generator=gen), torch.randn(3, C, H, H, generator=gen)
+    emb = torch.cat([torch.full((3, 3, 5), 0.25), torch.ones(3, 3, 5)])
+    unet = RecordingUNet()
+    guidance = Guidance(unet, None, A, w_schedule="lucid")
+    grad = grad_of(lambda v: guidance.get_ism_loss(v, emb, 7.5, t=t, noise=noise), x)
+    assert [c[2] for c in unet.calls] == [2, 2, 2, 1, 3, 6]
+    assert unet.calls[0][0] == [20, 100] and unet.calls[3][0] == [700]  # rows 1 and 2 at their own levels
+    for b in range(3):
+        row = slice(b, b + 1)
+        single = grad_of(lambda v, e=emb[[b, 3 + b]], r=row: guidance.get_ism_loss(v, e, 7.5, t=t[r], noise=noise[r]),
+                         x[row])
+        torch.testing.assert_close(grad[row], single, rtol=1e-5, atol=1e-6)
+    assert grad.abs().amin(dim=(1, 2, 3)).min() > 0  # every row got its own, non-zero update

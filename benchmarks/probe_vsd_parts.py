@@ -1,0 +1,163 @@
+"""GPU probe: where a VSD step's time goes (issue #19), part by part, on the SD 2.1 base UNet at 64x64 latents.
+
+For each batch B it times, eager and under ``common.graphs.CudaGraphUNet`` (ms per call, CUDA events):
+
+- ``sds[2B]``: the SDS step's one CFG call (no grad), the yardstick;
+- ``vsd[3B]``: VSD's no-grad call (pretrained CFG pair + LoRA prediction, ``common.lora_mix``);
+- ``fit[B]``: the LoRA fit, forward with grad + backward (LoRA weights float32, as ``init_vsd`` keeps them);
+- ``fit16[B]``: the same with float16 LoRA weights (what the float32 copy costs);
+- ``dx[B]``: a forward + backward to the input only, adapters off (the frozen UNet's backward alone);
+- ``fwd_grad[B]`` (eager only): the fit's forward with grad, no backward.
+
+``--profile`` prints the top CUDA kernels of one eager fit at the largest B (torch.profiler), so a slow backward
+names its kernels. Weights are random (they do not change the cost).
+
+    python benchmarks/probe_vsd_parts.py --batches 1,10 --profile
+    python benchmarks/probe_vsd_parts.py --device cpu --tiny --batches 1 --reps 1   # smoke run
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import _cli as bench  # noqa: E402
+from benchmarks.bench_distillation import SD21_BASE_UNET, TINY_UNET  # noqa: E402
+from common.gpu import CudaTimer  # noqa: E402
+from common.graphs import CudaGraphUNet  # noqa: E402
+from common.lora_mix import BASE, mixed_adapters  # noqa: E402
+
+
+def build(device: torch.device, dtype: torch.dtype, tiny: bool):
+    """SD 2.1 base UNet (``dtype``, frozen; ``tiny``: its smoke size) with a rank-4 peft LoRA on
+    to_q/k/v/out.0 in float32 (peft's own way: the activations are cast to float32 for it)."""
+    from diffusers import UNet2DConditionModel
+    from peft import LoraConfig
+
+    torch.manual_seed(0)
+    with torch.device(device):
+        unet = UNet2DConditionModel(**{**SD21_BASE_UNET, **(TINY_UNET if tiny else {})})
+    unet = unet.to(dtype).eval().requires_grad_(False)
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian",
+                                target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
+    lora = [p for p in unet.parameters() if p.requires_grad]
+    for p in lora:
+        p.data = p.data.float()
+    return unet, lora
+
+
+def timed(fn, reps: int, device: torch.device) -> float:
+    for _ in range(3):
+        fn()
+    with CudaTimer(device) as timer:
+        for _ in range(reps):
+            fn()
+    return timer.ms / reps
+
+
+def parts(unet, lora, B: int, graphs: bool, device: torch.device, reps: int) -> dict[str, float]:
+    """ms per call of each part (module doc) at batch B; the LoRA weights are float32 again afterwards."""
+    g, dtype = torch.Generator(device).manual_seed(0), unet.dtype
+    emb_dim = unet.config.cross_attention_dim
+    x = torch.randn(B, 4, 64, 64, device=device, generator=g, dtype=dtype)
+    emb = torch.randn(B, 77, emb_dim, device=device, generator=g, dtype=dtype)
+    t = torch.full((B,), 500, device=device, dtype=torch.long)
+    noise = torch.randn(B, 4, 64, 64, device=device, generator=g)
+    call = CudaGraphUNet(unet) if graphs else unet
+
+    def sds():
+        with torch.no_grad():
+            return call(torch.cat([x, x]), torch.cat([t, t]), encoder_hidden_states=torch.cat([emb, emb])).sample
+
+    def vsd3():
+        with torch.no_grad(), mixed_adapters(unet, [BASE] * (2 * B) + ["default"] * B):
+            return call(torch.cat([x, x, x]), torch.cat([t, t, t]),
+                        encoder_hidden_states=torch.cat([emb, emb, emb])).sample
+
+    def fit():
+        with torch.enable_grad():
+            out = call(x, t, encoder_hidden_states=emb).sample
+            ((out.float() - noise) ** 2).mean().backward()
+
+    def fwd_grad():
+        with torch.enable_grad():
+            return call(x, t, encoder_hidden_states=emb).sample
+
+    def dx():
+        xi = x.clone().requires_grad_(True)
+        with torch.enable_grad():
+            out = call(xi, t, encoder_hidden_states=emb).sample
+            ((out.float() - noise) ** 2).mean().backward()
+
+    row = {"sds[2B]": timed(sds, reps, device), "vsd[3B]": timed(vsd3, reps, device),
+           "fit[B]": timed(fit, reps, device)}
+    if not graphs:
+        row["fwd_grad[B]"] = timed(fwd_grad, reps, device)
+    for p in lora:
+        p.data = p.data.to(dtype)
+    if graphs:
+        call.reset()
+    row["fit16[B]"] = timed(fit, reps, device)
+    for p in lora:
+        p.data = p.data.float()
+        p.requires_grad_(False)
+    unet.disable_adapters()
+    if graphs:
+        call.reset()
+    row["dx[B]"] = timed(dx, reps, device)
+    unet.enable_adapters()
+    for p in lora:
+        p.requires_grad_(True)
+    return row
+
+
+def profile(unet, B: int, device: torch.device) -> None:
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    x = torch.randn(B, 4, 64, 64, device=device, dtype=unet.dtype)
+    emb = torch.randn(B, 77, unet.config.cross_attention_dim, device=device, dtype=unet.dtype)
+    t = torch.full((B,), 500, device=device, dtype=torch.long)
+    for _ in range(2):
+        unet(x, t, encoder_hidden_states=emb).sample.float().square().mean().backward()
+    cuda = device.type == "cuda"
+    with torch_profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
+        unet(x, t, encoder_hidden_states=emb).sample.float().square().mean().backward()
+        if cuda:
+            torch.cuda.synchronize(device)
+    print(f"top kernels of one eager LoRA fit (forward with grad + backward), B={B}:")
+    print(prof.key_averages().table(sort_by="cuda_time_total" if cuda else "cpu_time_total", row_limit=25,
+                                    max_name_column_width=90))
+
+
+@bench.bench_command(epilog=__doc__.split("\n\n")[-1])
+@click.option("--batches", type=bench.CommaInts(1), default="1,10", show_default=True, help="Prompts per step.")
+@click.option("--reps", type=click.IntRange(1, 1000), default=10, show_default=True, help="Timed calls per part.")
+@click.option("--profile/--no-profile", "do_profile", default=False, show_default=True,
+              help="Top CUDA kernels of one eager fit at the largest batch.")
+@click.option("--device", "device_name", default="cuda", show_default=True, help="Torch device.")
+@click.option("--tiny/--full", default=False, show_default=True, help="Smoke-size UNet (with --device cpu).")
+def main(batches: list[int], reps: int, do_profile: bool, device_name: str, tiny: bool) -> None:
+    """Time the parts of a VSD step (ms per call): SDS's call, VSD's [3B] call, the LoRA fit and its pieces."""
+    device = bench.bench_device(device_name, tiny, "--tiny")
+    bench.import_diffusers()
+    unet, lora = build(device, torch.float16 if device.type == "cuda" else torch.float32, tiny)
+    print("| B | mode | " + " | ".join(["sds[2B]", "vsd[3B]", "fit[B]", "fwd_grad[B]", "fit16[B]", "dx[B]"]) + " |")
+    print("|---|---|---|---|---|---|---|---|")
+    for B in batches:
+        for graphs in (False, True):
+            row = parts(unet, lora, B, graphs, device, reps)
+            cells = [f"{row[k]:.1f}" if k in row else "-" for k in
+                     ("sds[2B]", "vsd[3B]", "fit[B]", "fwd_grad[B]", "fit16[B]", "dx[B]")]
+            print(f"| {B} | {'graphs' if graphs else 'eager'} | " + " | ".join(cells) + " |", flush=True)
+    if do_profile:
+        profile(unet, max(batches), device)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""common.lora_precision: a peft LoRA in a bf16 / fp16 model computes in that dtype (no float32 cast of the
+activations) while its trainable weights stay float32: y = W x + b + s B16 (A16 x) with A16 = A.to(dtype),
+written out here with explicit casts (Hu et al. 2022, Eq. 3); the gradient reaches the float32 masters; an
+in-place optimiser update is seen by the next call; mixed-adapter batches still gate it per sample."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from common.lora_mix import BASE, mixed_adapters
+from common.lora_precision import compute_lora_in, lora_compute_dtype
+
+LOW = torch.bfloat16  # CPU matmuls in bf16 are native; fp16 goes the same code path
+
+
+class Two(torch.nn.Module):
+    """x [N, 3] -> lin(x) [N, 4]."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(3, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(x)
+
+
+def low_model():
+    """A bf16 Linear with a float32 peft LoRA (r = 2, alpha = 4: scaling 2) whose B is not zero."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    torch.manual_seed(0)
+    model = inject_adapter_in_model(LoraConfig(r=2, lora_alpha=4, target_modules=["lin"]), Two())
+    model.lin.base_layer.to(LOW)
+    with torch.no_grad():
+        model.lin.lora_B["default"].weight.normal_()
+    return model
+
+
+def masters(model):
+    layer = model.lin
+    return (layer.lora_A["default"].parametrizations.weight.original,
+            layer.lora_B["default"].parametrizations.weight.original)
+
+
+def by_hand(model, x: torch.Tensor, A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    base = model.lin.base_layer
+    return F.linear(x, base.weight, base.bias) + F.linear(F.linear(x, A.to(LOW)), B.to(LOW)) * 2
+
+
+def input_dtypes(model, x: torch.Tensor) -> list[torch.dtype]:
+    """The dtype lora_A sees its input in (peft casts x to lora_A's weight dtype first)."""
+    seen: list[torch.dtype] = []
+    handle = model.lin.lora_A["default"].register_forward_pre_hook(lambda m, args: seen.append(args[0].dtype))
+    model(x)
+    handle.remove()
+    return seen
+
+
+def test_the_lora_computes_in_bf16_and_its_float32_masters_get_the_gradient():
+    model = low_model()
+    x = torch.randn(5, 3).to(LOW)
+    assert input_dtypes(model, x) == [torch.float32]  # peft's own way: the activations cast to float32
+    params = compute_lora_in(model, LOW)
+    A, B = masters(model)
+    assert [p.dtype for p in params] == [torch.float32] * 2 and {id(p) for p in params} == {id(A), id(B)}
+    assert all(p.requires_grad for p in params) and lora_compute_dtype(model) == LOW
+    assert input_dtypes(model, x) == [LOW]
+    y = model(x)
+    assert y.dtype == LOW
+    A_ref, B_ref = A.detach().clone().requires_grad_(True), B.detach().clone().requires_grad_(True)
+    expected = by_hand(model, x, A_ref, B_ref)
+    torch.testing.assert_close(y, expected, rtol=0, atol=0)  # the same bf16 ops
+    y.float().square().sum().backward()
+    expected.float().square().sum().backward()
+    assert A.grad.dtype == torch.float32 and A.grad.abs().max() > 0 and B.grad.abs().max() > 0
+    torch.testing.assert_close(A.grad, A_ref.grad, rtol=0, atol=0)
+    torch.testing.assert_close(B.grad, B_ref.grad, rtol=0, atol=0)
+
+
+def test_an_in_place_update_of_the_master_is_seen_by_the_next_call():
+    model = low_model()
+    params = compute_lora_in(model, LOW)
+    x = torch.randn(5, 3).to(LOW)
+    before = model(x).detach()
+    opt = torch.optim.SGD(params, lr=0.5)
+    model(x).float().sum().backward()
+    opt.step()
+    A, B = masters(model)
+    after = model(x).detach()
+    assert (after - before).abs().max() > 1e-2
+    torch.testing.assert_close(after, by_hand(model, x, A.detach(), B.detach()), rtol=0, atol=0)
+
+
+def test_mixed_adapter_batches_gate_the_low_precision_lora_per_sample():
+    model = low_model()
+    compute_lora_in(model, LOW)
+    A, B = (p.detach() for p in masters(model))
+    x = torch.randn(4, 3).to(LOW)
+    names = [BASE, "default", "default", BASE]
+    with torch.no_grad(), mixed_adapters(model, names):
+        y = model(x)
+        plain = F.linear(x, model.lin.base_layer.weight, model.lin.base_layer.bias)
+    with torch.no_grad():
+        lora = by_hand(model, x, A, B)
+    for i, name in enumerate(names):
+        torch.testing.assert_close(y[i], (lora if name != BASE else plain)[i], rtol=0, atol=0)
+    assert (lora - plain).abs().max() > 1e-2
+
+
+def test_float32_is_a_plain_float32_lora_again_and_a_model_without_one_is_refused():
+    model = low_model()
+    compute_lora_in(model, LOW)
+    params = compute_lora_in(model, torch.float32)  # re-targeted: the parametrization goes, float32 stays
+    layer = model.lin
+    assert not hasattr(layer.lora_A["default"], "parametrizations")
+    assert params == [layer.lora_A["default"].weight, layer.lora_B["default"].weight]
+    assert lora_compute_dtype(model) == torch.float32 and lora_compute_dtype(Two()) is None
+    with pytest.raises(ValueError, match="no peft LoRA"):
+        compute_lora_in(Two(), LOW)
