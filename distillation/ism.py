@@ -53,11 +53,10 @@ def ism_gradient(guidance: Guidance, x: torch.Tensor, text_embeddings: torch.Ten
     noise [B, C, h, w], t_start [B] (:func:`inversion_start`), inversion_embeddings [B, L, D] (the empty prompt:
     "0" in eps(., ., 0)). s = t - delta_t; x_s comes from add_noise(x, eps, t_start) and DDIM inversion steps
     (``common.ddim.ddim_inversion_step``) on tau_k = min(t_start + k delta_s, s) with eps(x, tau_k, 0); x_t is one
-    more inversion step s -> t with eps_s = eps(x_s, s, 0). Samples that reach s sooner idle (exact copies; the
-    UNet call of an inversion step runs only the samples still inverting: ``unet_eps(..., rows=...)``), so a
+    more inversion step s -> t with eps_s = eps(x_s, s, 0). Samples that reach s sooner idle (exact copies), so a
     batch equals its single runs. w = ``guidance.weight(t)`` (sqrt((1 - alpha_bar_t) / alpha_bar_t) with
-    ``w_schedule="lucid"``). UNet calls: one per inversion step (the rows still inverting) and eps_s (batch B),
-    one CFG call (2B) at t.
+    ``w_schedule="lucid"``). UNet calls: one per inversion step (B rows; on a CPU only the rows still inverting,
+    ``unet_eps(..., rows=...)``) and eps_s (B), one CFG call (2B) at t.
     Returns (g, x_t, eps_t), all [B, C, h, w].
     """
     # TODO: x_s (inversion from t_start), eps_s, x_t (inversion s -> t), eps_t (CFG), g = w(t) (eps_t - eps_s)
