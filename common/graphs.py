@@ -150,14 +150,13 @@ class CudaGraphUNet(torch.nn.Module):
     """A UNet that replays CUDA graphs of its calls (same call signature and ``.sample`` output as diffusers).
 
     ``warmup`` eager calls on a side stream precede each capture; at most ``max_graphs`` signatures are kept
-    (further ones run eagerly; 16: ISM's inversion chain at 10 prompts calls on 1-10 rows, + eps_s and CFG).
-    ``capture`` / ``make_graphed`` / ``device_types`` exist for tests (a fake capture on CPU exercises the
-    cache); ``state_fn`` adds caller state to the key. Attributes the wrapper does not have (``config``,
-    ``dtype``, ``disable_adapters``, ``add_adapter`` ...) are the UNet's.
+    (further ones run eagerly). ``capture`` / ``make_graphed`` / ``device_types`` exist for tests (a fake
+    capture on CPU exercises the cache); ``state_fn`` adds caller state to the key. Attributes the wrapper does
+    not have (``config``, ``dtype``, ``disable_adapters``, ``add_adapter`` ...) are the UNet's.
     """
 
     def __init__(self, unet: torch.nn.Module, enabled: bool = True, autograd: bool = True, warmup: int = 2,
-                 max_graphs: int = 16, capture: Capture | None = None, make_graphed: Callable | None = None,
+                 max_graphs: int = 8, capture: Capture | None = None, make_graphed: Callable | None = None,
                  device_types: tuple[str, ...] = ("cuda",), state_fn: Callable[[], Hashable] | None = None):
         super().__init__()
         self.unet = unet
