@@ -28,6 +28,7 @@ import torch
 from common.cfg import cfg_combine, split_cfg_batch
 from common.divergence import LazyChecks
 from common.gpu import host_to_device, randn_per_sample
+from common.lora_precision import LoraMasters
 from common.schedules import alpha_bar_at, make_alphas_cumprod, make_betas
 from common.tweedie import eps_from_v
 from distillation.dds import DDSMixin
@@ -89,6 +90,7 @@ class Guidance(SDSMixin, VSDMixin, SDIMixin, PDSMixin, ISMMixin, DDSMixin):
         self.aux: dict[str, torch.Tensor] = {}
         self.sdi_target: torch.Tensor | None = None
         self.lora_params: list[torch.nn.Parameter] = []
+        self.lora_masters: LoraMasters | None = None  # set by init_vsd: float32 masters of a low-precision LoRA
         # None: a NaN/inf update raises NonFiniteUpdate at once; the runner sets a LazyChecks (queued, read a
         # step late, so a GPU step never waits) and the step its checks are named after
         self.checks: LazyChecks | None = None
@@ -125,6 +127,8 @@ class Guidance(SDSMixin, VSDMixin, SDIMixin, PDSMixin, ISMMixin, DDSMixin):
         456 ms per step), so there every row runs.
         """
         t = t.to(self.device)
+        if self.lora_masters is not None:
+            self.lora_masters.push()  # the last optimiser step into the LoRA layers (a no-op if unchanged)
         if rows is not None and x_t.shape[0] > 1 and rows.device.type == "cpu":
             index = rows.nonzero().squeeze(1)  # [M]: the batch of the call
             if index.numel() < x_t.shape[0]:

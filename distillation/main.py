@@ -161,7 +161,7 @@ RUN_OPTIONS: tuple[Callable[[Any], Any], ...] = (
     click.option("--batch_size", type=click.IntRange(1, MAX_PROMPTS), default=32, show_default=True,
                  help=f"Prompts optimised together; more run in consecutive batches (at most {MAX_PROMPTS} per "
                       "run). VSD's LoRA is shared within a batch only."),
-    unet_speed_options("H200, SD 2.1, 1 prompt: SDS step 33 -> 11.5 ms, VSD 201 -> 51 ms"),
+    unet_speed_options("H200, SD 2.1, 1 prompt: SDS step 33 -> 11.5 ms, VSD 201 -> 42 ms"),
     click.option("--threads", type=click.IntRange(0, 1024), default=None,
                  help="CPU threads of torch (0: torch's default) [default: 1 for the embedded toy models, whose "
                       "tiny convolutions run fastest on one thread, 0 otherwise]."),

@@ -132,7 +132,7 @@ def runner_vsd(load_tiny_sd, device: torch.device, graphs: bool, precision: str 
     images = job.optimise(progress=False)
     lora_b = [p.detach().flatten() for n, p in unwrap(job.guidance.unet).named_parameters() if "lora_B" in n]
     assert {p.dtype for p in job.guidance.lora_params} == {torch.float32}  # AdamW's masters, whatever computes
-    assert lora_compute_dtype(unwrap(job.guidance.unet)) == job.guidance.dtype
+    assert lora_compute_dtype(unwrap(job.guidance.unet)) == job.guidance.dtype  # LoraMasters: computed in it
     return images, job.rep.param.detach(), torch.cat(lora_b), job.guidance.unet
 
 
