@@ -107,6 +107,10 @@ job dps_compile 200 $PY $B/bench_ddpm_dps.py --samplers DPS --steps 30 --modes b
 # 4. SDS under the compiled path (inductor inside CUDA graphs; the compilation is in the warm-up)
 job distillation_compile 150 $PY $B/bench_distillation.py --methods sds --batches 1,10 --precisions auto \
     --graphs compile --steps 20 --warmup 2 --json "$JSON/distillation_compile.json"
+# 4b. VSD's toy quality bar on the GPU: fp16 (auto, the LoRA computed in fp16 on float32 masters) and fp32
+job toy_vsd_fp16 240 $PY -m distillation.measure_toy --methods vsd --n 30 --device cuda --no-timing
+job toy_vsd_fp32 240 $PY -m distillation.measure_toy --methods vsd --n 30 --device cuda --no-timing \
+    --set precision=fp32
 # 5. wide panorama 41 views x 50 steps, decode included (<= 5 s); eager = graphs in the first GPU run
 job sync 150 $PY $B/bench_sync.py --modes all --precisions auto --graphs graphs,compile --json "$JSON/sync.json"
 
