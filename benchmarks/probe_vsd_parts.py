@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import _cli as bench  # noqa: E402
 from benchmarks.bench_distillation import SD21_BASE_UNET, TINY_UNET  # noqa: E402
-from common.gpu import CudaTimer  # noqa: E402
+from benchmarks.bench_unet_knobs import time_call as timed  # noqa: E402
 from common.graphs import CudaGraphUNet  # noqa: E402
 from common.lora_mix import BASE, mixed_adapters  # noqa: E402
 
@@ -49,15 +49,6 @@ def build(device: torch.device, dtype: torch.dtype, tiny: bool):
     for p in lora:
         p.data = p.data.float()
     return unet, lora
-
-
-def timed(fn, reps: int, device: torch.device) -> float:
-    for _ in range(3):
-        fn()
-    with CudaTimer(device) as timer:
-        for _ in range(reps):
-            fn()
-    return timer.ms / reps
 
 
 def parts(unet, lora, B: int, graphs: bool, device: torch.device, reps: int) -> dict[str, float]:
@@ -135,7 +126,7 @@ def profile(unet, B: int, device: torch.device) -> None:
                                     max_name_column_width=90))
 
 
-@bench.bench_command(epilog=__doc__.split("\n\n")[-1])
+@bench.bench_command()
 @click.option("--batches", type=bench.CommaInts(1), default="1,10", show_default=True, help="Prompts per step.")
 @click.option("--reps", type=click.IntRange(1, 1000), default=10, show_default=True, help="Timed calls per part.")
 @click.option("--profile/--no-profile", "do_profile", default=False, show_default=True,
@@ -143,7 +134,13 @@ def profile(unet, B: int, device: torch.device) -> None:
 @click.option("--device", "device_name", default="cuda", show_default=True, help="Torch device.")
 @click.option("--tiny/--full", default=False, show_default=True, help="Smoke-size UNet (with --device cpu).")
 def main(batches: list[int], reps: int, do_profile: bool, device_name: str, tiny: bool) -> None:
-    """Time the parts of a VSD step (ms per call): SDS's call, VSD's [3B] call, the LoRA fit and its pieces."""
+    """Time the parts of a VSD step (ms per call): sds[2B], vsd[3B], fit[B], fwd_grad[B], fit16[B], dx[B].
+
+    \b
+    Examples:
+      python benchmarks/probe_vsd_parts.py --batches 1,10 --profile
+      python benchmarks/probe_vsd_parts.py --device cpu --tiny --batches 1 --reps 1   # smoke run
+    """
     device = bench.bench_device(device_name, tiny, "--tiny")
     bench.import_diffusers()
     unet, lora = build(device, torch.float16 if device.type == "cuda" else torch.float32, tiny)

@@ -26,6 +26,7 @@ OPTIONS = {
     "bench_grading": ["--homework", "--jobs", "--submissions", "--json", "umich-hw5-gan", "Examples"],
     "bench_similarity": ["--homeworks", "--submissions", "--copies", "--noise", "--max-share", "--json", "Examples"],
     "bench_unet_knobs": ["--rows", "--knobs", "--calls", "--profile", "--json", "compile-ro", "Examples"],
+    "probe_vsd_parts": ["--batches", "--reps", "--profile", "--device", "--tiny", "fit16", "Examples"],
     "bench_cpu_toy": ["--model", "--random", "--widths", "--threads", "--wait_policies", "--reps", "--steps", "--json",
                       "Examples"],
 }
@@ -74,6 +75,8 @@ def test_help_lists_options(name: str) -> None:
 
 @pytest.mark.parametrize("name,args,needle", [
     ("bench_distillation", ["--methods", "sds,bogus"], "'bogus': choose from sds, vsd"),
+    ("probe_vsd_parts", ["--batches", "0"], "expected integers >= 1"),
+    ("probe_vsd_parts", ["--device", "cpu"], "pass --device cpu --tiny"),
     ("bench_distillation", ["--precisions", "fp8"], "'fp8': choose from auto, fp32"),
     ("bench_distillation", ["--batches", "1,0"], "expected integers >= 1"),
     ("bench_distillation", ["--graphs", "compiled"], "choose from eager, graphs"),
