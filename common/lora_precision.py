@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import torch
 
+from common.lora_mix import lora_layers
+
 
 def lora_weights(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     """The lora_A / lora_B weights (one pair per adapter) of every peft LoRA layer in ``model``."""
-    from common.lora_mix import lora_layers
-
     return [sub.weight for layer in lora_layers(model) for table in (layer.lora_A, layer.lora_B)
             for sub in table.values()]
 
@@ -41,7 +41,6 @@ class LoraMasters:
         weights = [w for w in lora_weights(model) if w.requires_grad]
         if not weights:
             raise ValueError("LoraMasters: the model has no trainable peft LoRA weights")
-        self.dtype = dtype
         if dtype == torch.float32:
             for w in weights:
                 w.data = w.data.float()
