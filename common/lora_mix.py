@@ -1,15 +1,17 @@
 """Mixed-adapter batches for a peft LoRA inside a diffusers model: one forward, the LoRA on some samples only.
 
 A peft LoRA layer computes y = W x + s B(A(x)) (Hu et al. 2022, Eq. 3; peft ``lora.Linear`` / ``lora.Conv2d``,
-B without bias). Inside :func:`mixed_adapters` a forward hook multiplies A(x) [N, ..., r] by a per-sample 0/1
-mask, so sample i gets W x_i exactly (``"__base__"``, as with the adapters disabled) or W x_i + s B A x_i (the
-adapter). Why not peft's own ``adapter_names=[...]`` mixed batch: its ``_mixed_batch_forward`` indexes with
-Python lists (``x[[0, 2]]``), i.e. an implicit blocking host-to-device copy, a CUDA stream sync, two per LoRA
-layer (NVIDIA, "sync-free code: indexing tensors"), which CUDA graphs cannot capture either. Here the LoRA runs
-on all N samples (rank r: a few % of the layer's cost) and the mask lives on the device, made once per
-(names, device, dtype) and kept (so a CUDA graph that read it reads the same memory at every replay).
+B without bias). Inside :func:`mixed_adapters` each LoRA layer runs y = W x on the whole batch and adds
+s B(A(x)) in place on the contiguous runs of samples named by the adapter only, so sample i gets W x_i exactly
+(``"__base__"``, as with the adapters disabled) or W x_i + s B A x_i. The runs are Python slices fixed when the
+block opens: nothing is indexed on the device and nothing is copied to it. Why not peft's own
+``adapter_names=[...]`` mixed batch: its ``_mixed_batch_forward`` indexes with Python lists (``x[[0, 2]]``), i.e.
+an implicit blocking host-to-device copy, a CUDA stream sync, two per LoRA layer (NVIDIA, "sync-free code:
+indexing tensors"), which CUDA graphs cannot capture either. Why not the whole batch through the LoRA times a 0/1
+mask (this module's first version): VSD's [3B] call then ran the LoRA on the 2B pretrained rows for nothing.
 Contract: the adapters enabled with ``adapter`` the only active one, unmerged, plain LoRA (no DoRA or other
-variant, no LoRA bias), peft Linear/Conv layers; the first dimension of every hooked layer's input is the batch.
+variant, no LoRA bias), peft Linear/Conv layers whose base layer does not keep its output for the backward pass
+(nn.Linear, nn.Conv*); the first dimension of every LoRA layer's input is the batch.
 """
 
 from __future__ import annotations
@@ -22,12 +24,9 @@ from typing import Any
 
 import torch
 
-from common.gpu import host_to_device
-
 BASE = "__base__"  # peft's name for "no adapter" in a mixed batch
-_ATTR = "_lora_mix_names"  # set on each hooked layer while a mixed batch is active (read by common.graphs)
+_ATTR = "_lora_mix_names"  # set on each LoRA layer while a mixed batch is active (read by common.graphs)
 _CACHE = "_lora_mix_layers"  # (peft_config items, LoRA layers) cached on the model
-_MASKS: dict[tuple, torch.Tensor] = {}  # (names, device, dtype) -> mask [N]; never freed, never written
 
 
 def _cache(model: torch.nn.Module) -> dict | None:
@@ -91,27 +90,43 @@ def active_names(layer: torch.nn.Module) -> tuple[str, ...] | None:
     return layer.__dict__.get(_ATTR)
 
 
-def _mask(names: tuple[str, ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    key = (names, device, dtype)
-    if key not in _MASKS:  # a normal tensor even under inference_mode, so autograd may save it later
-        with torch.inference_mode(False):
-            mask = torch.tensor([n != BASE for n in names], dtype=dtype)  # [N]
-            _MASKS[key] = host_to_device(mask, device)  # pinned: a GPU step does not wait for the copy
-    return _MASKS[key]
+def _runs(names: tuple[str, ...]) -> list[tuple[int, int]]:
+    """[(start, stop)]: the maximal runs of consecutive samples that get the adapter (not ``BASE``)."""
+    runs: list[tuple[int, int]] = []
+    for i, name in enumerate(names):
+        if name == BASE:
+            continue
+        if runs and runs[-1][1] == i:
+            runs[-1] = (runs[-1][0], i + 1)
+        else:
+            runs.append((i, i + 1))
+    return runs
 
 
-def _gate(module: torch.nn.Module, args: tuple, out: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """A(x) [N, ..., r] times the mask [N] (broadcast over every other dimension)."""
-    if out.shape[0] != mask.shape[0]:
-        raise ValueError(f"mixed adapter batch: {mask.shape[0]} adapter names for a batch of {out.shape[0]}")
-    return out * mask.view(-1, *([1] * (out.dim() - 1)))
+def _mixed_forward(layer: torch.nn.Module, x: torch.Tensor, *args: Any, adapter: str, n: int,
+                   runs: list[tuple[int, int]], **kwargs: Any) -> torch.Tensor:
+    """peft's LoRA forward, y = W x + s B(A(dropout(x))), with the LoRA term on the rows of ``runs`` only.
+
+    x [N, ...]; the base layer's output [N, ...] gets s B A x_i added in place on those rows (its own dtype,
+    the LoRA computed in the LoRA weights' dtype as peft casts it).
+    """
+    if x.shape[0] != n:
+        raise ValueError(f"mixed adapter batch: {n} adapter names for a batch of {x.shape[0]}")
+    y = layer.base_layer(x, *args, **kwargs)
+    lora_a, lora_b = layer.lora_A[adapter], layer.lora_B[adapter]
+    dropout, scaling = layer.lora_dropout[adapter], layer.scaling[adapter]
+    for start, stop in runs:
+        x_run = x[start:stop].to(lora_a.weight.dtype)
+        y[start:stop] += (lora_b(lora_a(dropout(x_run))) * scaling).to(y.dtype)
+    return y
 
 
 @contextlib.contextmanager
 def mixed_adapters(model: torch.nn.Module, adapter_names: Sequence[str]) -> Iterator[None]:
     """Inside the block every peft LoRA layer of ``model`` runs sample i with ``adapter_names[i]`` (``BASE`` or
-    the one active adapter). The hooks and the marker :func:`active_names` reads are removed on exit, also on
-    an error. Raises ValueError without LoRA layers or outside the contract (module doc), RuntimeError nested.
+    the one active adapter). The layers' mixed forwards and the marker :func:`active_names` reads are removed
+    on exit, also on an error. Raises ValueError without LoRA layers or outside the contract (module doc),
+    RuntimeError nested.
     """
     names = tuple(adapter_names)
     adapters = set(names) - {BASE}
@@ -124,18 +139,15 @@ def mixed_adapters(model: torch.nn.Module, adapter_names: Sequence[str]) -> Iter
         raise ValueError(f"mixed adapter batch: {reason}")
     if any(active_names(m) is not None for m in layers):
         raise RuntimeError("mixed_adapters blocks do not nest")
-    handles: list[Any] = []
+    mixed = partial(_mixed_forward, adapter=adapter, n=len(names), runs=_runs(names))
     try:
         for m in layers:
-            lora_a = m.lora_A[adapter]
-            mask = _mask(names, lora_a.weight.device, lora_a.weight.dtype)
-            handles.append(lora_a.register_forward_hook(partial(_gate, mask=mask)))
+            m.__dict__["forward"] = partial(mixed, m)  # an instance attribute: nn.Module.__call__ runs it
             m.__dict__[_ATTR] = names
         yield
     finally:
-        for h in handles:
-            h.remove()
         for m in layers:
+            m.__dict__.pop("forward", None)
             m.__dict__.pop(_ATTR, None)
 
 

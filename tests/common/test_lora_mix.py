@@ -1,7 +1,7 @@
 """common.lora_mix: a mixed-adapter batch gives each sample its own LoRA, y_i = W x_i + b (+ s B A x_i for the
 samples named by the adapter; Hu et al. 2022, Eq. 3), computed here from the weights, in eval and in training
-mode, with gradients; the hooks go away on exit and on an error; a wrong batch, nesting, a second adapter name,
-disabled adapters and a model without a LoRA are refused."""
+mode, with gradients; the LoRA runs on the adapter's rows only; the mixed forwards go away on exit and on an error;
+a wrong batch, nesting, a second adapter name, disabled adapters and a model without a LoRA are refused."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def closed_form(layer, x: torch.Tensor, use_lora: bool) -> torch.Tensor:
     return torch.relu(y + (4 / 2) * (x @ A.T) @ B.T if use_lora else y)  # scaling = alpha / r
 
 
-def test_each_sample_gets_its_adapter_and_the_hooks_go_away():
+def test_each_sample_gets_its_adapter_and_the_mixed_forward_goes_away():
     model, layer = with_lora()
     x = torch.randn(5, 3)
     names = [BASE, "default", BASE, "default", "default"]
@@ -51,8 +51,21 @@ def test_each_sample_gets_its_adapter_and_the_hooks_go_away():
     expected = torch.stack([closed_form(layer, x[i], n == "default") for i, n in enumerate(names)])
     torch.testing.assert_close(y, expected, rtol=1e-6, atol=1e-6)
     assert (closed_form(layer, x, True) - closed_form(layer, x, False)).abs().max() > 1e-2
-    assert active_names(layer) is None and not layer.lora_A["default"]._forward_hooks
+    assert active_names(layer) is None and "forward" not in layer.__dict__
     torch.testing.assert_close(model(x), closed_form(layer, x, True), rtol=1e-6, atol=1e-6)  # plain call again
+
+
+def test_the_lora_runs_on_the_adapter_rows_only():
+    model, layer = with_lora()
+    seen = []
+    layer.lora_A["default"].register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[0]))
+    names = [BASE, BASE, "default", "default", BASE, "default"]
+    with torch.no_grad(), mixed_adapters(model, names):
+        y = model(torch.randn(6, 3))
+    assert seen == [2, 1] and y.shape == (6, 4)  # runs [2:4] and [5:6]; the BASE rows never enter A
+    with torch.no_grad(), mixed_adapters(model, [BASE] * 3):
+        model(torch.randn(3, 3))
+    assert seen == [2, 1]
 
 
 def test_training_mode_and_gradients_follow_the_mask():
@@ -60,7 +73,7 @@ def test_training_mode_and_gradients_follow_the_mask():
     model.train()  # lora_dropout = 0: training mode changes nothing
     x = torch.randn(4, 3)
     names = ["default", BASE, BASE, "default"]
-    with torch.inference_mode(), mixed_adapters(model, names):  # the mask made here is reused with autograd below
+    with torch.inference_mode(), mixed_adapters(model, names):  # then the same block with autograd
         model(x)
     with mixed_adapters(model, names):
         y = model(x)
@@ -77,12 +90,12 @@ def test_training_mode_and_gradients_follow_the_mask():
     assert B.grad.abs().max() > 0
 
 
-def test_hooks_are_removed_after_an_error_and_misuse_is_refused():
+def test_mixed_forwards_are_removed_after_an_error_and_misuse_is_refused():
     model, layer = with_lora()
     with pytest.raises(ValueError, match="2 adapter names for a batch of 3"), torch.no_grad():
         with mixed_adapters(model, [BASE] * 2):
             model(torch.randn(3, 3))
-    assert active_names(layer) is None and not layer.lora_A["default"]._forward_hooks
+    assert active_names(layer) is None and "forward" not in layer.__dict__
     with mixed_adapters(model, [BASE]), pytest.raises(RuntimeError, match="nest"):
         with mixed_adapters(model, [BASE]):
             pass
