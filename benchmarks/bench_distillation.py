@@ -65,9 +65,9 @@ def loss_fn(guidance: Guidance, method: str, x: torch.Tensor, emb: torch.Tensor,
 
 
 def bench_one(guidance: Guidance, method: str, batch: int, steps: int, warmup: int,
-              pixel: bool) -> tuple[float, float, float]:
+              pixel: bool) -> tuple[float, float, float, float]:
     """(ms per step, peak allocated MiB, peak reserved MiB) over ``steps`` steps after ``warmup`` steps (graph
-    captures happen in the warm-up)."""
+    captures and compilations happen in the warm-up), and the warm-up's seconds."""
     device = guidance.device
     g = torch.Generator(device).manual_seed(0)
     emb = torch.randn(2 * batch, 77, 1024, device=device, generator=g)
@@ -90,8 +90,9 @@ def bench_one(guidance: Guidance, method: str, batch: int, steps: int, warmup: i
         opt.step()
         guidance.checks.poll()
 
-    for i in range(warmup):
-        step(i)
+    with CudaTimer(device) as warm:  # wall clock: a compilation keeps the GPU idle inside the timed window
+        for i in range(warmup):
+            step(i)
     guidance.sdi_target = None
     bench.reset_memory(device)
     with CudaTimer(device) as timer:
@@ -99,7 +100,7 @@ def bench_one(guidance: Guidance, method: str, batch: int, steps: int, warmup: i
             step(i)
     guidance.checks.flush()
     guidance.checks = guidance.check_step = None
-    return (timer.ms / steps, *bench.peak_memory(device))
+    return (timer.ms / steps, *bench.peak_memory(device), warm.ms / 1e3)
 
 
 def build_models(device: torch.device, dtype: torch.dtype, tiny: bool, channels_last: bool):
@@ -127,31 +128,34 @@ def run_method(unet, vae, method: str, label: str, modes: list[str], batches: li
         for batch in batches:
             for pix in (False, True) if (pixel and method == "sds") else (False,):
                 guidance.unet = bench.wrap_unet(unet, mode)  # fresh graphs per row
-                ms, alloc, reserved = bench_one(guidance, method, batch, steps,
+                ms, alloc, reserved, warm_s = bench_one(guidance, method, batch, steps,
                                                 max(warmup, 1) if mode != "eager" else warmup, pix)
                 stats = guidance.unet.stats if mode != "eager" else {}
                 guidance.unet = unet
                 rows.append({"method": method + ("-pixel" if pix else ""), "batch": batch, "precision": label,
                              "mode": mode, "ms_per_step": ms, "ms_per_prompt": ms / batch, "peak_mib": alloc,
-                             "reserved_mib": reserved, "graph_stats": stats})
+                             "reserved_mib": reserved, "warmup_s": warm_s, "graph_stats": stats})
                 r = rows[-1]
                 print(f"{r['method']:<10} B={batch:<3} {label:<9} {mode:<6} {ms:9.1f} ms/step {ms / batch:8.1f} "
-                      f"ms/prompt  {bench.mib(alloc):>7} MiB  {bench.mib(reserved):>7} MiB reserved  {stats or ''}",
+                      f"ms/prompt  {bench.mib(alloc):>7} MiB  {bench.mib(reserved):>7} MiB reserved  "
+                      f"warm-up {warm_s:.1f} s  {stats or ''}",
                       flush=True)
     return rows
 
 
 def print_table(rows: list[dict], device: torch.device) -> None:
-    """The markdown table; ``x SDS`` = ms/step over SDS's at the same batch, precision and mode."""
+    """The markdown table; ``x SDS`` = ms/step over SDS's at the same batch, precision and mode; ``warm-up s``
+    the untimed warm-up steps (graph captures, ``--graphs compile``'s compilation)."""
     sds = {(r["batch"], r["precision"], r["mode"]): r["ms_per_step"] for r in rows if r["method"] == "sds"}
-    print(f"\n| method | batch | precision | mode | ms/step | ms/prompt | x SDS | peak MiB | reserved MiB |  "
-          f"({bench.device_name(device)}, torch {torch.__version__})")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("\n| method | batch | precision | mode | ms/step | ms/prompt | x SDS | peak MiB | reserved MiB | warm-up s "
+          f"|  ({bench.device_name(device)}, torch {torch.__version__})")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         base = sds.get((r["batch"], r["precision"], r["mode"]))
         ratio = f"{r['ms_per_step'] / base:.2f}" if base else "-"
         print(f"| {r['method']} | {r['batch']} | {r['precision']} | {r['mode']} | {r['ms_per_step']:.1f} | "
-              f"{r['ms_per_prompt']:.2f} | {ratio} | {bench.mib(r['peak_mib'])} | {bench.mib(r['reserved_mib'])} |")
+              f"{r['ms_per_prompt']:.2f} | {ratio} | {bench.mib(r['peak_mib'])} | {bench.mib(r['reserved_mib'])} | "
+              f"{r['warmup_s']:.1f} |")
 
 
 @bench.bench_command()

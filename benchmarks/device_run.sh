@@ -107,6 +107,12 @@ job dps_compile 200 $PY $B/bench_ddpm_dps.py --samplers DPS --steps 30 --modes b
 # 4. SDS under the compiled path (inductor inside CUDA graphs; the compilation is in the warm-up)
 job distillation_compile 150 $PY $B/bench_distillation.py --methods sds --batches 1,10 --precisions auto \
     --graphs compile --steps 20 --warmup 2 --json "$JSON/distillation_compile.json"
+# 4a. what --compile costs a second run: the same compiled SDS row twice, each in a fresh process; the second
+#     finds inductor's on-disk caches (/tmp/torchinductor_$USER) warm ("warm-up s" column)
+for pass in cold warm; do
+    job compile_$pass 150 $PY $B/bench_distillation.py --methods sds --batches 1 --precisions auto --graphs compile \
+        --steps 5 --warmup 2 --json "$JSON/compile_$pass.json"
+done
 # 4b. VSD's toy quality bar on the GPU: fp16 (auto, the LoRA computed in fp16 on float32 masters) and fp32
 job toy_vsd_fp16 240 $PY -m distillation.measure_toy --methods vsd --n 30 --device cuda --no-timing
 job toy_vsd_fp32 240 $PY -m distillation.measure_toy --methods vsd --n 30 --device cuda --no-timing \
