@@ -68,8 +68,9 @@ def unet_speed_options(graphs_measured: str) -> Callable[[Callable[..., Any]], C
                                f"in the GPU tests; {graphs_measured}.")
     compiled = click.option("--compile/--no_compile", default=False, show_default=True,
                             help="Also torch.compile the UNet (common.compiled; CUDA only): ~40 s of compilation "
-                                 "per batch size, then a faster UNet (H200: 1.8x at 256 px batch 10); worth it for "
-                                 "runs of minutes.")
+                                 "per batch size on a machine's first run, ~8 s on later ones (inductor's on-disk "
+                                 "cache), then a faster UNet (H200: 1.8x at 256 px batch 10); worth it for runs of "
+                                 "minutes.")
     return lambda command: graphs(compiled(command))
 
 
