@@ -28,6 +28,7 @@ import torch
 from common.cfg import cfg_combine, split_cfg_batch
 from common.divergence import LazyChecks
 from common.gpu import host_to_device, randn_per_sample
+from common.graphs import CudaGraphUNet
 from common.lora_precision import LoraMasters
 from common.schedules import alpha_bar_at, make_alphas_cumprod, make_betas
 from common.tweedie import eps_from_v
@@ -107,11 +108,11 @@ class Guidance(SDSMixin, VSDMixin, SDIMixin, PDSMixin, ISMMixin, DDSMixin):
 
     def alpha_bar(self, t: torch.Tensor) -> torch.Tensor:
         """alpha_bar_t for t [B] (float32 [B]); t = -1 gives 1."""
-        return alpha_bar_at(self.alphas_cumprod, t.to(self.device))
+        return alpha_bar_at(self.alphas_cumprod, host_to_device(t, self.device))
 
     def beta(self, t: torch.Tensor) -> torch.Tensor:
         """The training schedule's one-step beta_t for t [B] (float32 [B])."""
-        return self.betas[t.to(self.device)]
+        return self.betas[host_to_device(t, self.device)]
 
     def weight(self, t: torch.Tensor, w_schedule: str | None = None) -> torch.Tensor:
         """w(t) [B] of the w-schedule (``self.w_schedule`` unless given)."""
@@ -121,26 +122,41 @@ class Guidance(SDSMixin, VSDMixin, SDIMixin, PDSMixin, ISMMixin, DDSMixin):
                  rows: torch.Tensor | None = None) -> torch.Tensor:
         """eps_hat(x_t, t, y) of the UNet for [N] samples, in float32 (v-prediction converted to eps).
 
-        ``rows`` [N] bool: compute only those samples (one smaller UNet call; the others are 0), for ISM's
-        inversion chain, where samples that reached s sooner idle. Only where ``rows`` lives on the CPU: on CUDA
-        its count would make the CPU wait for the GPU at every call (an H200, eager ISM at 10 prompts: 201 ->
-        456 ms per step), so there every row runs.
+        t [N] on the device or the host (copied without making the CPU wait). ``rows`` [N] bool on the host:
+        compute only those samples (one smaller UNet call; the others are 0), for ISM's inversion chain, where
+        samples that reached s sooner idle; a UNet that replays CUDA graphs gets the call padded with idle rows
+        to a power of two (:func:`graph_rows`), so the chain needs a handful of graphs, not one per count.
+        ``rows`` on the device is ignored (every row runs): its count would make the CPU wait for the GPU at
+        every call (an H200, eager ISM at 10 prompts: 201 -> 456 ms per step).
         """
-        t = t.to(self.device)
+        t = host_to_device(t, self.device)
         if self.lora_masters is not None:
             self.lora_masters.push()  # the last optimiser step into the LoRA layers (a no-op if unchanged)
         if rows is not None and x_t.shape[0] > 1 and rows.device.type == "cpu":
-            index = rows.nonzero().squeeze(1)  # [M]: the batch of the call
-            if index.numel() < x_t.shape[0]:
+            index = rows.nonzero().squeeze(1)  # [M]: the rows that run
+            m = index.numel()
+            if m < x_t.shape[0]:
                 out = torch.zeros(x_t.shape, dtype=torch.float32, device=x_t.device)
-                if index.numel():
+                if m:
+                    if self.replays_graphs(x_t):
+                        index = torch.cat([index, (~rows).nonzero().squeeze(1)])[:graph_rows(m, x_t.shape[0])]
+                    index = host_to_device(index, x_t.device)
                     picked = [v.index_select(0, index) for v in (x_t, t, embeddings.to(x_t.device))]
-                    out.index_copy_(0, index, self.unet_eps(*picked))
+                    out.index_copy_(0, index[:m], self.unet_eps(*picked)[:m])
                 return out
         out = self.unet(x_t.to(self.dtype), t, encoder_hidden_states=embeddings.to(self.dtype)).sample.float()
         if self.prediction_type == "v_prediction":
             out = eps_from_v(x_t.float(), out, self.alpha_bar(t))
         return out
+
+    def on_device(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` on the model's device; from the host without making the CPU wait (``common.gpu.host_to_device``)."""
+        return host_to_device(x, self.device)
+
+    def replays_graphs(self, x: torch.Tensor) -> bool:
+        """Whether the UNet replays CUDA graphs for inputs like ``x`` (a wrapper that is on, on x's device)."""
+        unet = self.unet
+        return isinstance(unet, CudaGraphUNet) and unet.enabled and x.device.type in unet.device_types
 
     def predict_eps(self, x_t: torch.Tensor, t: torch.Tensor, text_embeddings: torch.Tensor,
                     guidance_scale: float | torch.Tensor) -> torch.Tensor:
@@ -155,16 +171,23 @@ class Guidance(SDSMixin, VSDMixin, SDIMixin, PDSMixin, ISMMixin, DDSMixin):
             return torch.randn(like.shape, device=like.device, dtype=torch.float32)
         return randn_per_sample(tuple(like.shape[1:]), list(generators), device=like.device, dtype=torch.float32)
 
-    def randint(self, low: int, high: int, n: int, generators: Sequence[torch.Generator] | None) -> torch.Tensor:
-        """Integers in [low, high] ([n] long), one per sample from its own generator."""
+    def randint(self, low: int, high: int, n: int, generators: Sequence[torch.Generator] | None,
+                host: bool = False) -> torch.Tensor:
+        """Integers in [low, high] ([n] long), one per sample from its own generator; ``host``: left on the CPU
+        where they are drawn there (CPU generators, or none: the global CPU generator)."""
         if generators is None:
-            return torch.randint(low, high + 1, (n,), device=self.device)
+            return torch.randint(low, high + 1, (n,), device="cpu" if host else self.device)
         draws = torch.cat([torch.randint(low, high + 1, (1,), generator=g, device=g.device) for g in generators])
-        return host_to_device(draws, self.device)  # CPU draws to CUDA: pinned, non-blocking
+        return draws if host else host_to_device(draws, self.device)  # to CUDA: pinned, non-blocking
 
-    def draw_t(self, n: int, t: torch.Tensor | None, generators: Sequence[torch.Generator] | None) -> torch.Tensor:
-        """t [n] long on the device: the given one, else t ~ U[t_min, t_max] (one draw per sample)."""
-        return self.randint(self.t_min, self.t_max, n, generators) if t is None else t.to(self.device)
+    def draw_t(self, n: int, t: torch.Tensor | None, generators: Sequence[torch.Generator] | None,
+               host: bool = False) -> torch.Tensor:
+        """t [n] long on the device: the given one, else t ~ U[t_min, t_max] (one draw per sample). ``host``: a
+        t on the CPU stays there (given, or drawn there: :meth:`randint`), so schedule arithmetic on it, such as
+        ISM's inversion grid, never waits for the GPU."""
+        if t is None:
+            return self.randint(self.t_min, self.t_max, n, generators, host)
+        return t if host and t.device.type == "cpu" else t.to(self.device)
 
     def draw_noise(self, like: torch.Tensor, noise: torch.Tensor | None,
                    generators: Sequence[torch.Generator] | None) -> torch.Tensor:
@@ -189,3 +212,8 @@ def encode_prompts(tokenizer: Any, text_encoder: torch.nn.Module, prompts: Seque
                     truncation=True, return_tensors="pt").input_ids
     with torch.no_grad():
         return text_encoder(ids.to(text_encoder.device))[0].float().to(device)
+
+
+def graph_rows(m: int, n: int) -> int:
+    """The rows of a call for m of n samples under CUDA graphs: the next power of two >= m, at most n."""
+    return min(n, 1 << (m - 1).bit_length())

@@ -55,8 +55,9 @@ def ism_gradient(guidance: Guidance, x: torch.Tensor, text_embeddings: torch.Ten
     (``common.ddim.ddim_inversion_step``) on tau_k = min(t_start + k delta_s, s) with eps(x, tau_k, 0); x_t is one
     more inversion step s -> t with eps_s = eps(x_s, s, 0). Samples that reach s sooner idle (exact copies), so a
     batch equals its single runs. w = ``guidance.weight(t)`` (sqrt((1 - alpha_bar_t) / alpha_bar_t) with
-    ``w_schedule="lucid"``). UNet calls: one per inversion step (B rows; on a CPU only the rows still inverting,
-    ``unet_eps(..., rows=...)``) and eps_s (B), one CFG call (2B) at t.
+    ``w_schedule="lucid"``). UNet calls: one per inversion step (the rows still inverting, ``unet_eps(...,
+    rows=...)``, where t is on the host; B rows where it is on the GPU), eps_s (B), one CFG call (2B) at t.
+    t and t_start on the host keep the grid's arithmetic (n_steps, the rows) off the GPU: nothing waits for it.
     Returns (g, x_t, eps_t), all [B, C, h, w].
     """
     # TODO: x_s (inversion from t_start), eps_s, x_t (inversion s -> t), eps_t (CFG), g = w(t) (eps_t - eps_s)
@@ -66,9 +67,10 @@ def ism_gradient(guidance: Guidance, x: torch.Tensor, text_embeddings: torch.Ten
     n_steps = int(((s - t_start + delta_s - 1) // delta_s).max())  # ceil((s - t_start) / delta_s)
     for k in range(n_steps):
         tau, tau_next = torch.minimum(t_start + k * delta_s, s), torch.minimum(t_start + (k + 1) * delta_s, s)
-        eps_hat = guidance.unet_eps(x_s, tau, inversion_embeddings, rows=tau_next > tau)  # the rows still inverting
+        moving = tau_next > tau  # [B] bool: the rows still inverting
+        eps_hat = guidance.unet_eps(x_s, tau, inversion_embeddings, rows=moving)
         stepped = ddim_inversion_step(x_s, eps_hat, guidance.alpha_bar(tau), guidance.alpha_bar(tau_next))
-        x_s = torch.where((tau_next > tau).view(-1, 1, 1, 1), stepped, x_s)
+        x_s = torch.where(guidance.on_device(moving).view(-1, 1, 1, 1), stepped, x_s)
     eps_s = guidance.unet_eps(x_s, s, inversion_embeddings)  # eps(x_s, s, 0)
     x_t = ddim_inversion_step(x_s, eps_s, guidance.alpha_bar(s), guidance.alpha_bar(t))
     eps_t = guidance.predict_eps(x_t, t, text_embeddings, guidance_scale)
@@ -111,7 +113,7 @@ class ISMMixin:
         if grid not in GRIDS:
             raise ValueError(f"unknown ISM grid {grid!r}; choose one of {', '.join(GRIDS)}")
         inv_emb = self.ism_inversion_embeddings(text_embeddings, inversion_embeddings)
-        t = self.draw_t(latents.shape[0], t, generators)
+        t = self.draw_t(latents.shape[0], t, generators, host=True)  # the grid's arithmetic stays on the host
         noise = self.draw_noise(latents, noise, generators)
         t_start = inversion_start(t, delta_t, delta_s, inv_steps, grid)
         with torch.no_grad():

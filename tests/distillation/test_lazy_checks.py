@@ -107,13 +107,16 @@ def test_a_healthy_run_is_unchanged_by_lazy_checks(forced_lazy, load_tiny_sd, mo
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("loss_type", ["sds", "pds", "vsd"])
+@pytest.mark.parametrize("loss_type", ["sds", "pds", "vsd", "ism"])
 def test_gpu_steps_never_wait_for_the_gpu(load_tiny_sd, loss_type):
-    """Sync-debug mode "error": a read (.item(), bool(t), .tolist()) or a pageable copy inside a step raises."""
+    """Sync-debug mode "error": a read (.item(), bool(t), .tolist()) or a pageable copy inside a step raises.
+    ISM runs two prompts, so its inversion chain calls the UNet on the rows still inverting (host t)."""
     device = torch.device("cuda")
     src = torch.rand(3, 16, 16) * 2 - 1
-    cfg = RunConfig(loss_type=loss_type, items=[Item("a red circle", "a blue circle", src_image=src)], steps=4,
-                    log_step=0, warmup_steps=0)
+    items = [Item("a red circle", "a blue circle", src_image=src)]
+    if loss_type == "ism":
+        items.append(Item("a green square", "a blue circle", src_image=src))
+    cfg = RunConfig(loss_type=loss_type, items=items, steps=4, log_step=0, warmup_steps=0)
     job = Run(cfg, load_tiny_sd().to(device), device)
     checks = LazyChecks()
     job.guidance.checks = checks

@@ -246,3 +246,29 @@ def test_a_batched_ism_chain_runs_only_the_rows_still_inverting_and_equals_each_
                          x[row])
         torch.testing.assert_close(grad[row], single, rtol=1e-5, atol=1e-6)
     assert grad.abs().amin(dim=(1, 2, 3)).min() > 0  # every row got its own, non-zero update
+
+
+def test_under_cuda_graphs_the_ism_chain_pads_its_calls_to_powers_of_two_and_changes_nothing():
+    """Chain lengths n = 0, 3, 4, 1, 2 (t = 150, 700, 980, 300, 500): inversion step k runs the rows with n > k
+    (4, 3, 2, 1 rows); a UNet that replays graphs gets them padded with idle rows to 4, 4, 2, 1 (few graph
+    sizes), and the gradient equals the unpadded run's. ``graph_rows`` is the next power of two, at most n."""
+    from common.graphs import CudaGraphUNet, EagerCapture
+    from distillation.guidance import graph_rows
+
+    assert [graph_rows(m, 10) for m in (1, 2, 3, 5, 8, 9, 10)] == [1, 2, 4, 8, 8, 10, 10] and graph_rows(3, 3) == 3
+    t = torch.tensor([150, 700, 980, 300, 500])
+    gen = torch.Generator().manual_seed(7)
+    x, noise = torch.randn(5, C, H, H, generator=gen), torch.randn(5, C, H, H, generator=gen)
+    emb = torch.cat([torch.full((5, 3, 5), 0.25), torch.ones(5, 3, 5)])
+    runs, capture = {}, EagerCapture()
+    for graphs in (False, True):
+        unet = RecordingUNet()
+        wrapped = CudaGraphUNet(unet, capture=capture, device_types=("cpu",)) if graphs else unet
+        guidance = Guidance(wrapped, None, A, w_schedule="lucid")
+        assert guidance.replays_graphs(x) == graphs
+        runs[graphs] = (grad_of(lambda v, g=guidance: g.get_ism_loss(v, emb, 7.5, t=t, noise=noise), x),
+                        [c[2] for c in unet.calls])
+    assert runs[False][1] == [4, 3, 2, 1, 5, 10]
+    # with graphs each new size is captured (one call) and replayed (one more): 4 4, 4, 2 2, 1 1, 5 5, 10 10
+    assert runs[True][1] == [4, 4, 4, 2, 2, 1, 1, 5, 5, 10, 10] and capture.calls == 5
+    torch.testing.assert_close(runs[True][0], runs[False][0], rtol=1e-6, atol=1e-7)
