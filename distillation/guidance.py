@@ -173,8 +173,8 @@ class Guidance(SDSMixin, VSDMixin, SDIMixin, PDSMixin, ISMMixin, DDSMixin):
 
     def randint(self, low: int, high: int, n: int, generators: Sequence[torch.Generator] | None,
                 host: bool = False) -> torch.Tensor:
-        """Integers in [low, high] ([n] long), one per sample from its own generator; ``host``: left on the CPU
-        where they are drawn there (CPU generators, or none: the global CPU generator)."""
+        """Integers in [low, high] ([n] long), one per sample from its own generator. ``host``: returned where
+        they are drawn, i.e. on the CPU for CPU generators or none (then the global CPU generator)."""
         if generators is None:
             return torch.randint(low, high + 1, (n,), device="cpu" if host else self.device)
         draws = torch.cat([torch.randint(low, high + 1, (1,), generator=g, device=g.device) for g in generators])
