@@ -5,7 +5,7 @@ A Stable Diffusion UNet forward launches ~2k small kernels; at batch 1 the GPU w
 Guide, "CUDA Graphs"; ``torch.cuda.CUDAGraph``) records the kernels of one call on static buffers; a replay
 reruns them on whatever the buffers hold. :class:`CudaGraphUNet` wraps a UNet with the diffusers call signature
 ``(sample, timestep, encoder_hidden_states=None, **kwargs) -> .sample`` and keeps one graph per signature
-(shapes, dtypes, devices, non-tensor arguments, train/eval, peft adapter state, mixed-adapter hooks):
+(shapes, dtypes, devices, non-tensor arguments, train/eval, peft adapter state, mixed-adapter blocks):
 
 * no gradient needed (``torch.no_grad``: SDS-style losses, DDPM/DDIM sampling, synchronization): a plain graph;
 * a gradient through the UNet (DPS's grad w.r.t. x_t, VSD's LoRA fit): ``torch.cuda.make_graphed_callables``

@@ -84,7 +84,7 @@ class VSDMixin:
 
         eps_pre = eps_u + s (eps_c - eps_u) of the pretrained model (adapters off), eps_lora the LoRA model's
         conditional prediction (no CFG). ONE UNet call on [3B] = cat(x_t, x_t, x_t) with cat(uncond, cond, cond)
-        and per-sample adapters [base] * 2B + [lora] * B (:mod:`common.lora_mix`: the LoRA gated per sample); like
+        and per-sample adapters [base] * 2B + [lora] * B (:mod:`common.lora_mix`: the LoRA on its B rows only); like
         ``unet_eps``: UNet dtype in, float32 out, v-prediction converted. Without a peft LoRA that supports mixed
         batches: the two calls (``disable_adapters`` + ``predict_eps``, ``enable_adapters`` + ``unet_eps``),
         same results. The adapters are enabled afterwards.
