@@ -245,9 +245,8 @@ class Run:
                                   inversion_guidance_scale=cfg.inversion_guidance_scale,
                                   inversion_eta=cfg.inversion_eta, inversion_form=cfg.sdi_inversion_form,
                                   generators=gens)
-        if cfg.loss_type == "ism":
-            t_host = self.t_table[step]  # [B] on the host: ISM's inversion grid is computed there, no GPU wait
-            return g.get_ism_loss(latents, self.text_embeddings, s, t=t_host, delta_t=cfg.ism_delta_t,
+        if cfg.loss_type == "ism":  # t from the host table: ISM's inversion grid is CPU arithmetic, no GPU wait
+            return g.get_ism_loss(latents, self.text_embeddings, s, t=self.t_table[step], delta_t=cfg.ism_delta_t,
                                   delta_s=cfg.ism_delta_s, inv_steps=cfg.ism_inv_steps, grid=cfg.ism_grid,
                                   generators=gens)
         if cfg.loss_type == "pds":
