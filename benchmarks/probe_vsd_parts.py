@@ -7,7 +7,11 @@ For each batch B it times, eager and under ``common.graphs.CudaGraphUNet`` (ms p
 - ``fit[B]``: the LoRA fit, forward with grad + backward (LoRA weights float32, as ``init_vsd`` keeps them);
 - ``fit16[B]``: the same with float16 LoRA weights (what the float32 copy costs);
 - ``dx[B]``: a forward + backward to the input only, adapters off (the frozen UNet's backward alone);
-- ``fwd_grad[B]`` (eager only): the fit's forward with grad, no backward.
+- ``fwd_grad[B]`` (eager only): the fit's forward with grad, no backward;
+- ``vsd16[3B]``: ``vsd[3B]`` with float16 LoRA weights (``common.lora_precision.LoraMasters``' layers);
+- ``fused16[4B]``: the [3B] call and the fit as ONE forward with grad on [4B] (adapters on the last 2B rows) and a
+  backward from the fit's B rows only, float16 LoRA: whether one call beats ``vsd16[3B]`` + ``fit16[B]`` where
+  calls are latency-bound (1 prompt), at the price of a backward through all 4B rows.
 
 ``--profile`` prints the top CUDA kernels of one eager fit at the largest B (torch.profiler), so a slow backward
 names its kernels. Weights are random (they do not change the cost).
@@ -75,6 +79,12 @@ def parts(unet, lora, B: int, graphs: bool, device: torch.device, reps: int) -> 
             out = call(x, t, encoder_hidden_states=emb).sample
             ((out.float() - noise) ** 2).mean().backward()
 
+    def fused():
+        with torch.enable_grad(), mixed_adapters(unet, [BASE] * (2 * B) + ["default"] * (2 * B)):
+            out = call(torch.cat([x, x, x, x]), torch.cat([t, t, t, t]),
+                       encoder_hidden_states=torch.cat([emb, emb, emb, emb])).sample
+            ((out[3 * B:].float() - noise) ** 2).mean().backward()
+
     def fwd_grad():
         with torch.enable_grad():
             return call(x, t, encoder_hidden_states=emb).sample
@@ -94,6 +104,8 @@ def parts(unet, lora, B: int, graphs: bool, device: torch.device, reps: int) -> 
     if graphs:
         call.reset()
     row["fit16[B]"] = timed(fit, reps, device)
+    row["vsd16[3B]"] = timed(vsd3, reps, device)
+    row["fused16[4B]"] = timed(fused, reps, device)
     for p in lora:
         p.data = p.data.float()
         p.requires_grad_(False)
@@ -134,7 +146,8 @@ def profile(unet, B: int, device: torch.device) -> None:
 @click.option("--device", "device_name", default="cuda", show_default=True, help="Torch device.")
 @click.option("--tiny/--full", default=False, show_default=True, help="Smoke-size UNet (with --device cpu).")
 def main(batches: list[int], reps: int, do_profile: bool, device_name: str, tiny: bool) -> None:
-    """Time the parts of a VSD step (ms per call): sds[2B], vsd[3B], fit[B], fwd_grad[B], fit16[B], dx[B].
+    """Time the parts of a VSD step (ms per call): sds[2B], vsd[3B], fit[B], fwd_grad[B], fit16[B], vsd16[3B],
+    fused16[4B], dx[B].
 
     \b
     Examples:
@@ -144,13 +157,13 @@ def main(batches: list[int], reps: int, do_profile: bool, device_name: str, tiny
     device = bench.bench_device(device_name, tiny, "--tiny")
     bench.import_diffusers()
     unet, lora = build(device, torch.float16 if device.type == "cuda" else torch.float32, tiny)
-    print("| B | mode | " + " | ".join(["sds[2B]", "vsd[3B]", "fit[B]", "fwd_grad[B]", "fit16[B]", "dx[B]"]) + " |")
-    print("|---|---|---|---|---|---|---|---|")
+    columns = ("sds[2B]", "vsd[3B]", "fit[B]", "fwd_grad[B]", "fit16[B]", "vsd16[3B]", "fused16[4B]", "dx[B]")
+    print("| B | mode | " + " | ".join(columns) + " |")
+    print("|---|---|" + "---|" * len(columns))
     for B in batches:
         for graphs in (False, True):
             row = parts(unet, lora, B, graphs, device, reps)
-            cells = [f"{row[k]:.1f}" if k in row else "-" for k in
-                     ("sds[2B]", "vsd[3B]", "fit[B]", "fwd_grad[B]", "fit16[B]", "dx[B]")]
+            cells = [f"{row[k]:.1f}" if k in row else "-" for k in columns]
             print(f"| {B} | {'graphs' if graphs else 'eager'} | " + " | ".join(cells) + " |", flush=True)
     if do_profile:
         profile(unet, max(batches), device)
