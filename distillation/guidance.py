@@ -108,11 +108,11 @@ class Guidance(SDSMixin, VSDMixin, SDIMixin, PDSMixin, ISMMixin, DDSMixin):
 
     def alpha_bar(self, t: torch.Tensor) -> torch.Tensor:
         """alpha_bar_t for t [B] (float32 [B]); t = -1 gives 1."""
-        return alpha_bar_at(self.alphas_cumprod, host_to_device(t, self.device))
+        return alpha_bar_at(self.alphas_cumprod, self.on_device(t))
 
     def beta(self, t: torch.Tensor) -> torch.Tensor:
         """The training schedule's one-step beta_t for t [B] (float32 [B])."""
-        return self.betas[host_to_device(t, self.device)]
+        return self.betas[self.on_device(t)]
 
     def weight(self, t: torch.Tensor, w_schedule: str | None = None) -> torch.Tensor:
         """w(t) [B] of the w-schedule (``self.w_schedule`` unless given)."""
@@ -129,7 +129,7 @@ class Guidance(SDSMixin, VSDMixin, SDIMixin, PDSMixin, ISMMixin, DDSMixin):
         ``rows`` on the device is ignored (every row runs): its count would make the CPU wait for the GPU at
         every call (an H200, eager ISM at 10 prompts: 201 -> 456 ms per step).
         """
-        t = host_to_device(t, self.device)
+        t = self.on_device(t)
         if self.lora_masters is not None:
             self.lora_masters.push()  # the last optimiser step into the LoRA layers (a no-op if unchanged)
         if rows is not None and x_t.shape[0] > 1 and rows.device.type == "cpu":
