@@ -94,8 +94,9 @@ job pytest_gan 150 $PYTEST tests/gan
 #    prompt-step; VSD <= 3x SDS; ISM <= 2.5x SDS; peak <= 24 GB)
 job distillation 150 $PY $B/bench_distillation.py --methods sds,vsd,ism --batches 1,10 --precisions auto \
     --graphs eager,graphs --steps 10 --warmup 2 --json "$JSON/distillation.json"
-# 2b. where a VSD step's time goes: SDS's call, VSD's [3B] call, the LoRA fit (+ top kernels of its backward)
-job probe_vsd 150 $PY $B/probe_vsd_parts.py --batches 1,10 --profile
+# 2b. where a VSD step's time goes: SDS's call, VSD's [3B] call, the LoRA fit (+ top kernels of its backward);
+#     PROBE_ARGS replaces its options (e.g. PROBE_ARGS="--batches 1 --modes graphs")
+job probe_vsd 150 $PY $B/probe_vsd_parts.py ${PROBE_ARGS:---batches 1,10 --profile}
 # 3. DDPM 1000 x 10 (<= 22 s), DDIM 50 x 10 (<= 1.2 s), DPS 1000 x 3 (<= 25 s): 100 steps timed, x10; + compile
 #    (DPS compiled on its own: compiling its backward as well takes ~2 minutes)
 job ddpm_ddim 150 $PY $B/bench_ddpm_dps.py --steps 100 --modes batched --precisions auto --graphs eager,graphs,compile \

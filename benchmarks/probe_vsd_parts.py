@@ -11,7 +11,10 @@ For each batch B it times, eager and under ``common.graphs.CudaGraphUNet`` (ms p
 - ``vsd16[3B]``: ``vsd[3B]`` with float16 LoRA weights (``common.lora_precision.LoraMasters``' layers);
 - ``fused16[4B]``: the [3B] call and the fit as ONE forward with grad on [4B] (adapters on the last 2B rows) and a
   backward from the fit's B rows only, float16 LoRA: whether one call beats ``vsd16[3B]`` + ``fit16[B]`` where
-  calls are latency-bound (1 prompt), at the price of a backward through all 4B rows.
+  calls are latency-bound (1 prompt), at the price of a backward through all 4B rows;
+- ``overlap16``: ``vsd16[3B]`` on the current stream while ``fit16[B]`` (forward + backward) runs on a side stream,
+  joined at the end; ``ovfwd16``: only the fit's forward on the side stream, its backward after the join. Whether
+  two latency-bound calls share the GPU (they read the same LoRA weights and write nothing the other reads).
 
 ``--profile`` prints the top CUDA kernels of one eager fit at the largest B (torch.profiler), so a slow backward
 names its kernels. Weights are random (they do not change the cost).
@@ -64,6 +67,7 @@ def parts(unet, lora, B: int, graphs: bool, device: torch.device, reps: int) -> 
     t = torch.full((B,), 500, device=device, dtype=torch.long)
     noise = torch.randn(B, 4, 64, 64, device=device, generator=g)
     call = CudaGraphUNet(unet) if graphs else unet
+    side = torch.cuda.Stream(device) if device.type == "cuda" else None
 
     def sds():
         with torch.no_grad():
@@ -85,6 +89,23 @@ def parts(unet, lora, B: int, graphs: bool, device: torch.device, reps: int) -> 
                        encoder_hidden_states=torch.cat([emb, emb, emb, emb])).sample
             ((out[3 * B:].float() - noise) ** 2).mean().backward()
 
+    def overlapped(full: bool):
+        def run():
+            if device.type != "cuda":
+                return vsd3(), fit()
+            main = torch.cuda.current_stream(device)
+            side.wait_stream(main)
+            with torch.cuda.stream(side), torch.enable_grad():
+                loss = ((call(x, t, encoder_hidden_states=emb).sample.float() - noise) ** 2).mean()
+                if full:  # autograd.grad: no AccumulateGrad node of the main stream in the side stream's backward
+                    grads = torch.autograd.grad(loss, lora)
+            vsd3()
+            main.wait_stream(side)
+            if not full:
+                grads = torch.autograd.grad(loss, lora)
+            return grads
+        return run
+
     def fwd_grad():
         with torch.enable_grad():
             return call(x, t, encoder_hidden_states=emb).sample
@@ -95,24 +116,31 @@ def parts(unet, lora, B: int, graphs: bool, device: torch.device, reps: int) -> 
             out = call(xi, t, encoder_hidden_states=emb).sample
             ((out.float() - noise) ** 2).mean().backward()
 
-    row = {"sds[2B]": timed(sds, reps, device), "vsd[3B]": timed(vsd3, reps, device),
-           "fit[B]": timed(fit, reps, device)}
+    def timed_part(name: str, fn) -> float:
+        ms = timed(fn, reps, device)
+        print(f"  B={B} {'graphs' if graphs else 'eager'} {name}: {ms:.1f} ms", file=sys.stderr, flush=True)
+        return ms
+
+    row = {"sds[2B]": timed_part("sds[2B]", sds), "vsd[3B]": timed_part("vsd[3B]", vsd3),
+           "fit[B]": timed_part("fit[B]", fit)}
     if not graphs:
-        row["fwd_grad[B]"] = timed(fwd_grad, reps, device)
+        row["fwd_grad[B]"] = timed_part("fwd_grad[B]", fwd_grad)
     for p in lora:
         p.data = p.data.to(dtype)
     if graphs:
         call.reset()
-    row["fit16[B]"] = timed(fit, reps, device)
-    row["vsd16[3B]"] = timed(vsd3, reps, device)
-    row["fused16[4B]"] = timed(fused, reps, device)
+    row["fit16[B]"] = timed_part("fit16[B]", fit)
+    row["vsd16[3B]"] = timed_part("vsd16[3B]", vsd3)
+    row["fused16[4B]"] = timed_part("fused16[4B]", fused)
+    row["overlap16"] = timed_part("overlap16", overlapped(True))
+    row["ovfwd16"] = timed_part("ovfwd16", overlapped(False))
     for p in lora:
         p.data = p.data.float()
         p.requires_grad_(False)
     unet.disable_adapters()
     if graphs:
         call.reset()
-    row["dx[B]"] = timed(dx, reps, device)
+    row["dx[B]"] = timed_part("dx[B]", dx)
     unet.enable_adapters()
     for p in lora:
         p.requires_grad_(True)
@@ -140,28 +168,32 @@ def profile(unet, B: int, device: torch.device) -> None:
 
 @bench.bench_command()
 @click.option("--batches", type=bench.CommaInts(1), default="1,10", show_default=True, help="Prompts per step.")
+@click.option("--modes", type=bench.CommaChoice(("eager", "graphs")), default="eager,graphs", show_default=True,
+              help="Eager rows, CUDA-graph rows or both.")
 @click.option("--reps", type=click.IntRange(1, 1000), default=10, show_default=True, help="Timed calls per part.")
 @click.option("--profile/--no-profile", "do_profile", default=False, show_default=True,
               help="Top CUDA kernels of one eager fit at the largest batch.")
 @click.option("--device", "device_name", default="cuda", show_default=True, help="Torch device.")
 @click.option("--tiny/--full", default=False, show_default=True, help="Smoke-size UNet (with --device cpu).")
-def main(batches: list[int], reps: int, do_profile: bool, device_name: str, tiny: bool) -> None:
+def main(batches: list[int], modes: list[str], reps: int, do_profile: bool, device_name: str, tiny: bool) -> None:
     """Time the parts of a VSD step (ms per call): sds[2B], vsd[3B], fit[B], fwd_grad[B], fit16[B], vsd16[3B],
-    fused16[4B], dx[B].
+    fused16[4B], overlap16, ovfwd16, dx[B].
 
     \b
     Examples:
       python benchmarks/probe_vsd_parts.py --batches 1,10 --profile
+      python benchmarks/probe_vsd_parts.py --batches 1 --modes graphs
       python benchmarks/probe_vsd_parts.py --device cpu --tiny --batches 1 --reps 1   # smoke run
     """
     device = bench.bench_device(device_name, tiny, "--tiny")
     bench.import_diffusers()
     unet, lora = build(device, torch.float16 if device.type == "cuda" else torch.float32, tiny)
-    columns = ("sds[2B]", "vsd[3B]", "fit[B]", "fwd_grad[B]", "fit16[B]", "vsd16[3B]", "fused16[4B]", "dx[B]")
+    columns = ("sds[2B]", "vsd[3B]", "fit[B]", "fwd_grad[B]", "fit16[B]", "vsd16[3B]", "fused16[4B]", "overlap16",
+               "ovfwd16", "dx[B]")
     print("| B | mode | " + " | ".join(columns) + " |")
     print("|---|---|" + "---|" * len(columns))
     for B in batches:
-        for graphs in (False, True):
+        for graphs in [m == "graphs" for m in modes]:
             row = parts(unet, lora, B, graphs, device, reps)
             cells = [f"{row[k]:.1f}" if k in row else "-" for k in columns]
             print(f"| {B} | {'graphs' if graphs else 'eager'} | " + " | ".join(cells) + " |", flush=True)

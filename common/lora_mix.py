@@ -107,17 +107,26 @@ def _mixed_forward(layer: torch.nn.Module, x: torch.Tensor, *args: Any, adapter:
                    runs: list[tuple[int, int]], **kwargs: Any) -> torch.Tensor:
     """peft's LoRA forward, y = W x + s B(A(dropout(x))), with the LoRA term on the rows of ``runs`` only.
 
-    x [N, ...]; the base layer's output [N, ...] gets s B A x_i added in place on those rows (its own dtype,
-    the LoRA computed in the LoRA weights' dtype as peft casts it).
+    x [N, ...]; the base layer's output [N, ...] gets s B A x_i added on those rows (its own dtype, the LoRA
+    computed in the LoRA weights' dtype as peft casts it). A Linear LoRA in the output's dtype adds s B h with one
+    ``addmm`` (B's GEMM, the scale and the add in one kernel, where peft launches three): out of place when the
+    run is the whole batch (no in-place view for autograd to copy back), else in place on the run's rows.
     """
     if x.shape[0] != n:
         raise ValueError(f"mixed adapter batch: {n} adapter names for a batch of {x.shape[0]}")
     y = layer.base_layer(x, *args, **kwargs)
     lora_a, lora_b = layer.lora_A[adapter], layer.lora_B[adapter]
     dropout, scaling = layer.lora_dropout[adapter], layer.scaling[adapter]
+    fused = isinstance(lora_b, torch.nn.Linear) and lora_b.weight.dtype == y.dtype and y.is_contiguous()
     for start, stop in runs:
-        x_run = x[start:stop].to(lora_a.weight.dtype)
-        y[start:stop] += (lora_b(lora_a(dropout(x_run))) * scaling).to(y.dtype)
+        h = lora_a(dropout(x[start:stop].to(lora_a.weight.dtype)))  # [n_run, ..., r]
+        if not fused:
+            y[start:stop] += (lora_b(h) * scaling).to(y.dtype)
+        elif stop - start == n:
+            y = torch.addmm(y.view(-1, y.shape[-1]), h.reshape(-1, h.shape[-1]), lora_b.weight.t(),
+                            alpha=scaling).view(y.shape)
+        else:
+            y[start:stop].view(-1, y.shape[-1]).addmm_(h.reshape(-1, h.shape[-1]), lora_b.weight.t(), alpha=scaling)
     return y
 
 

@@ -90,6 +90,33 @@ def test_training_mode_and_gradients_follow_the_mask():
     assert B.grad.abs().max() > 0
 
 
+def test_the_whole_batch_and_the_unfused_paths_match_the_closed_form():
+    """A run over the whole batch (out-of-place addmm, with autograd) and a LoRA in another dtype than its layer's
+    output (peft's B, scale and add as three ops) give the same y and LoRA gradients as Eq. 3 by hand."""
+    model, layer = with_lora()
+    x = torch.randn(3, 3)
+    A, B = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+    with mixed_adapters(model, ["default"] * 3):
+        y = model(x)
+    y.square().sum().backward()
+    A_ref, B_ref = A.detach().clone().requires_grad_(True), B.detach().clone().requires_grad_(True)
+    W, b = layer.base_layer.weight.detach(), layer.base_layer.bias.detach()
+    y_ref = torch.relu(x @ W.T + b + 2 * (x @ A_ref.T) @ B_ref.T)
+    y_ref.square().sum().backward()
+    torch.testing.assert_close(y, y_ref, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(A.grad, A_ref.grad, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(B.grad, B_ref.grad, rtol=1e-6, atol=1e-6)
+    for sub in (layer.lora_A["default"], layer.lora_B["default"]):
+        sub.double()  # the LoRA in float64, the layer's output float32: the unfused path
+    names = ["default", BASE, "default"]
+    with torch.no_grad(), mixed_adapters(model, names):
+        y = model(x)
+    A64, B64 = A.detach(), B.detach()
+    use = torch.tensor([1.0, 0.0, 1.0], dtype=torch.float64)[:, None]
+    expected = torch.relu(x.double() @ W.T.double() + b.double() + use * 2 * (x.double() @ A64.T) @ B64.T).float()
+    torch.testing.assert_close(y, expected, rtol=1e-6, atol=1e-6)
+
+
 def test_mixed_forwards_are_removed_after_an_error_and_misuse_is_refused():
     model, layer = with_lora()
     with pytest.raises(ValueError, match="2 adapter names for a batch of 3"), torch.no_grad():

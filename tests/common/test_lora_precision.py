@@ -113,9 +113,10 @@ def test_mixed_adapter_batches_gate_the_low_precision_lora_per_sample():
         plain = F.linear(x, model.lin.base_layer.weight, model.lin.base_layer.bias)
     with torch.no_grad():
         lora = by_hand(model, x, A, B)
-    for i, name in enumerate(names):
-        torch.testing.assert_close(y[i], (lora if name != BASE else plain)[i], rtol=0, atol=0)
-    assert (lora - plain).abs().max() > 1e-2
+    for i, name in enumerate(names):  # the LoRA rows: one bf16 rounding apart (lora_mix fuses B, s and the add)
+        torch.testing.assert_close(y[i], (lora if name != BASE else plain)[i], rtol=2 ** -7 if name != BASE else 0,
+                                   atol=0)
+    assert (lora - plain).abs().max() > 0.1
 
 
 def test_float32_trains_the_layer_weights_themselves_and_a_model_without_a_lora_is_refused():
