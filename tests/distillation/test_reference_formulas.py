@@ -248,18 +248,25 @@ def test_a_batched_ism_chain_runs_only_the_rows_still_inverting_and_equals_each_
     assert grad.abs().amin(dim=(1, 2, 3)).min() > 0  # every row got its own, non-zero update
 
 
-def test_under_cuda_graphs_the_ism_chain_pads_its_calls_to_powers_of_two_and_changes_nothing():
+@pytest.mark.parametrize("t, eager_calls, graph_calls", [
+    ([150, 700, 980, 300, 500], [4, 3, 2, 1, 5, 10], [4, 4, 3, 3, 2, 2, 1, 1, 5, 5, 10, 10]),
+    ([300] * 5 + [150] * 2, [5, 7, 14], [6, 6, 7, 7, 14, 14])])
+def test_under_cuda_graphs_the_ism_chain_pads_its_calls_to_few_sizes_and_changes_nothing(t, eager_calls,
+                                                                                         graph_calls):
     """Chain lengths n = 0, 3, 4, 1, 2 (t = 150, 700, 980, 300, 500): inversion step k runs the rows with n > k
-    (4, 3, 2, 1 rows); a UNet that replays graphs gets them padded with idle rows to 4, 4, 2, 1 (few graph
-    sizes), and the gradient equals the unpadded run's. ``graph_rows`` is the next power of two, at most n."""
+    (4, 3, 2, 1 rows, every one a graph size); five rows of seven with n = 1 (t = 300; 150: n = 0) are padded with
+    an idle row to 6. Each new size is captured (one call) and replayed (one more), and the gradient equals the
+    unpadded run's. ``graph_rows``: the next 2^k or 3 * 2^k, at most n."""
     from common.graphs import CudaGraphUNet, EagerCapture
     from distillation.guidance import graph_rows
 
-    assert [graph_rows(m, 10) for m in (1, 2, 3, 5, 8, 9, 10)] == [1, 2, 4, 8, 8, 10, 10] and graph_rows(3, 3) == 3
-    t = torch.tensor([150, 700, 980, 300, 500])
+    assert [graph_rows(m, 10) for m in (1, 2, 3, 5, 6, 7, 9, 10)] == [1, 2, 3, 6, 6, 8, 10, 10]
+    assert graph_rows(13, 40) == 16 and graph_rows(17, 40) == 24 and graph_rows(5, 5) == 5
+    t = torch.tensor(t)
+    n = t.numel()
     gen = torch.Generator().manual_seed(7)
-    x, noise = torch.randn(5, C, H, H, generator=gen), torch.randn(5, C, H, H, generator=gen)
-    emb = torch.cat([torch.full((5, 3, 5), 0.25), torch.ones(5, 3, 5)])
+    x, noise = torch.randn(n, C, H, H, generator=gen), torch.randn(n, C, H, H, generator=gen)
+    emb = torch.cat([torch.full((n, 3, 5), 0.25), torch.ones(n, 3, 5)])
     runs, capture = {}, EagerCapture()
     for graphs in (False, True):
         unet = RecordingUNet()
@@ -268,7 +275,6 @@ def test_under_cuda_graphs_the_ism_chain_pads_its_calls_to_powers_of_two_and_cha
         assert guidance.replays_graphs(x) == graphs
         runs[graphs] = (grad_of(lambda v, g=guidance: g.get_ism_loss(v, emb, 7.5, t=t, noise=noise), x),
                         [c[2] for c in unet.calls])
-    assert runs[False][1] == [4, 3, 2, 1, 5, 10]
-    # with graphs each new size is captured (one call) and replayed (one more): 4 4, 4, 2 2, 1 1, 5 5, 10 10
-    assert runs[True][1] == [4, 4, 4, 2, 2, 1, 1, 5, 5, 10, 10] and capture.calls == 5
+    assert runs[False][1] == eager_calls and runs[True][1] == graph_calls
+    assert capture.calls == len(graph_calls) // 2
     torch.testing.assert_close(runs[True][0], runs[False][0], rtol=1e-6, atol=1e-7)
