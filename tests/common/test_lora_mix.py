@@ -91,8 +91,8 @@ def test_training_mode_and_gradients_follow_the_mask():
 
 
 def test_the_whole_batch_and_the_unfused_paths_match_the_closed_form():
-    """A run over the whole batch (out-of-place addmm, with autograd) and a LoRA in another dtype than its layer's
-    output (peft's B, scale and add as three ops) give the same y and LoRA gradients as Eq. 3 by hand."""
+    """A run over the whole batch (with autograd) and a LoRA in another dtype than its layer's output (peft's B,
+    scale and add as three ops instead of one addmm_) give the same y and LoRA gradients as Eq. 3 by hand."""
     model, layer = with_lora()
     x = torch.randn(3, 3)
     A, B = layer.lora_A["default"].weight, layer.lora_B["default"].weight
