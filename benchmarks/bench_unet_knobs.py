@@ -8,7 +8,9 @@ ms per call, the FLOPs of the call (``torch.utils.flop_counter``) and the TFLOP/
   per shape); ``cl``: channels_last weights and input; ``graphs``: ``common.graphs.CudaGraphUNet`` (one replay);
   ``bf16``: bf16 weights instead of fp16; ``compile``: ``torch.compile`` (inductor, static shapes; its first call,
 the compilation, is reported apart); ``compile-ro``: ``torch.compile(mode="reduce-overhead")`` (inductor with its
-own CUDA graphs). Knobs combine with ``+``.
+own CUDA graphs); ``rcompile``: regional compilation, ``torch.compile`` of each ResNet block, transformer
+block and lone attention block (instances of one shape share a compiled graph, so fewer graphs compile). Knobs
+combine with ``+``.
 
 ``--profile`` adds the top CUDA kernels of one eager call per model (torch.profiler), so a slow row names its
 kernels. Weights are random (they do not change the cost).
@@ -35,7 +37,8 @@ from common.gpu import CudaTimer  # noqa: E402
 from common.graphs import CudaGraphUNet  # noqa: E402
 
 MODELS = ("sd21", "celebahq")
-KNOBS = ("eager", "cudnn", "cl", "graphs", "bf16", "compile", "compile-ro")
+KNOBS = ("eager", "cudnn", "cl", "graphs", "bf16", "compile", "compile-ro", "rcompile")
+REGIONS = ("ResnetBlock2D", "Transformer2DModel", "Attention")  # rcompile's blocks (Attention: outside the others)
 DEFAULT_ROWS = "sd21:2,sd21:20,sd21:82,celebahq:10,celebahq:3"
 DEFAULT_KNOBS = "eager,cudnn,cl+cudnn,graphs,cudnn+graphs,cl+cudnn+graphs,bf16+cudnn+graphs"
 
@@ -92,8 +95,11 @@ def run_row(model: str, batch: int, knob: str, calls: int, device: torch.device)
     args, kwargs = inputs(model, batch, dtype, cl, device)
     flops = flops_of(unet, args, kwargs)
     compile_s = float("nan")
-    if parts & {"compile", "compile-ro"}:
-        unet = torch.compile(unet, dynamic=False, mode="reduce-overhead" if "compile-ro" in parts else None)
+    if parts & {"compile", "compile-ro", "rcompile"}:
+        if "rcompile" in parts:
+            compile_regions(unet)
+        else:
+            unet = torch.compile(unet, dynamic=False, mode="reduce-overhead" if "compile-ro" in parts else None)
         with CudaTimer(device) as first, torch.no_grad():
             unet(*args, **kwargs)
         compile_s = first.ms / 1000
@@ -107,6 +113,21 @@ def run_row(model: str, batch: int, knob: str, calls: int, device: torch.device)
     bench.reset_memory(device)  # the next row builds its own UNet
     return {"model": model, "batch": batch, "knob": knob, "ms": ms, "gflop": flops / 1e9,
             "tflops": flops / (ms * 1e-3) / 1e12, "compile_s": compile_s}
+
+
+def compile_regions(unet: torch.nn.Module) -> int:
+    """``torch.compile`` (static shapes) each block of a class in REGIONS, in place; returns how many. Blocks of
+    one class and shape share dynamo's compiled graph, so its recompile limit is raised to fit every shape."""
+    torch._dynamo.config.recompile_limit = 64
+    inside: list[str] = []
+    count = 0
+    for name, module in unet.named_modules():
+        kind = type(module).__name__
+        if kind in REGIONS and not any(name.startswith(prefix + ".") for prefix in inside):
+            module.compile(dynamic=False)
+            inside.append(name)
+            count += 1
+    return count
 
 
 def profile(model: str, batch: int, device: torch.device, top: int = 12) -> None:
