@@ -28,7 +28,7 @@ import torch
 from common.cfg import cfg_combine, split_cfg_batch
 from common.divergence import LazyChecks
 from common.gpu import host_to_device, randn_per_sample
-from common.graphs import CudaGraphUNet
+from common.graphs import CudaGraphUNet, graph_rows
 from common.lora_precision import LoraMasters
 from common.schedules import alpha_bar_at, make_alphas_cumprod, make_betas
 from common.tweedie import eps_from_v
@@ -155,8 +155,7 @@ class Guidance(SDSMixin, VSDMixin, SDIMixin, PDSMixin, ISMMixin, DDSMixin):
 
     def replays_graphs(self, x: torch.Tensor) -> bool:
         """Whether the UNet replays CUDA graphs for inputs like ``x`` (a wrapper that is on, on x's device)."""
-        unet = self.unet
-        return isinstance(unet, CudaGraphUNet) and unet.enabled and x.device.type in unet.device_types
+        return isinstance(self.unet, CudaGraphUNet) and self.unet.replays(x)
 
     def predict_eps(self, x_t: torch.Tensor, t: torch.Tensor, text_embeddings: torch.Tensor,
                     guidance_scale: float | torch.Tensor) -> torch.Tensor:
@@ -213,11 +212,3 @@ def encode_prompts(tokenizer: Any, text_encoder: torch.nn.Module, prompts: Seque
     with torch.no_grad():
         return text_encoder(ids.to(text_encoder.device))[0].float().to(device)
 
-
-def graph_rows(m: int, n: int) -> int:
-    """The rows of a call for m of n samples under CUDA graphs: the next size >= m of the form 2^k or 3 * 2^k
-    (1, 2, 3, 4, 6, 8, 12, ...), at most n. At 10 prompts ISM's chain then needs sizes 1, 2, 3, 4, 6, 8 and 10
-    (7 graphs, the CFG call's 20 the 8th) and pads a step by ~2 idle rows where powers of two padded ~5 (an
-    H200, 10 prompts: 151.6 -> 147.7 ms per ISM step)."""
-    power = 1 << (m - 1).bit_length()  # the next power of two >= m
-    return min(n, 3 * power // 4 if power >= 4 and 3 * power // 4 >= m else power)

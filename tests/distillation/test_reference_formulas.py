@@ -257,8 +257,7 @@ def test_under_cuda_graphs_the_ism_chain_pads_its_calls_to_few_sizes_and_changes
     (4, 3, 2, 1 rows, every one a graph size); five rows of seven with n = 1 (t = 300; 150: n = 0) are padded with
     an idle row to 6. Each new size is captured (one call) and replayed (one more), and the gradient equals the
     unpadded run's. ``graph_rows``: the next 2^k or 3 * 2^k, at most n."""
-    from common.graphs import CudaGraphUNet, EagerCapture
-    from distillation.guidance import graph_rows
+    from common.graphs import CudaGraphUNet, EagerCapture, graph_rows
 
     assert [graph_rows(m, 10) for m in (1, 2, 3, 5, 6, 7, 9, 10)] == [1, 2, 3, 6, 6, 8, 10, 10]
     assert graph_rows(13, 40) == 16 and graph_rows(17, 40) == 24 and graph_rows(5, 5) == 5
