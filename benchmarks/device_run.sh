@@ -12,7 +12,7 @@
 #       peft==0.21.2 open_clip_torch ftfy wcwidth ninja   (ninja builds the gan/ops kernels)
 # The jobs with torch.compile spend ~40-70 s compiling per shape: all jobs need more than one call's 10 minutes,
 # so split them with JOBS, e.g. JOBS=pytest_common,pytest_distillation,pytest_gan,distillation then
-# JOBS=ddpm_ddim,dps,distillation_compile then JOBS=dps_compile,sync.
+# JOBS=ddpm_ddim,dps,distillation_compile then JOBS=dps_compile,sync (and JOBS=unet_sweep,ism_compile).
 set -u
 OUT=${OUT:-$PWD/device-out}
 BUDGET=${BUDGET:-540}
@@ -97,6 +97,12 @@ job distillation 150 $PY $B/bench_distillation.py --methods sds,vsd,ism --batche
 # 2b. where a VSD step's time goes: SDS's call, VSD's [3B] call, the LoRA fit (+ top kernels of its backward);
 #     PROBE_ARGS replaces its options (e.g. PROBE_ARGS="--batches 1 --modes graphs")
 job probe_vsd 150 $PY $B/probe_vsd_parts.py ${PROBE_ARGS:---batches 1,10 --profile}
+# 2c. the ms-per-call curve of SD 2.1 under CUDA graphs, 1-20 rows: benchmarks/ism_call_model.py --call_ms prices
+#     ISM's sequential calls with it (the ISM <= 2.5x SDS floor); ism_compile: ISM against SDS, both compiled
+job unet_sweep 110 $PY $B/bench_unet_knobs.py --knobs graphs --calls 20 \
+    --rows sd21:1,sd21:2,sd21:3,sd21:4,sd21:6,sd21:8,sd21:10,sd21:12,sd21:16,sd21:20 --json "$JSON/unet_sweep.json"
+job ism_compile 420 $PY $B/bench_distillation.py --methods sds,ism --batches 10 --graphs graphs,compile --steps 15 \
+    --warmup 25 --json "$JSON/ism_compile.json"
 # 3. DDPM 1000 x 10 (<= 22 s), DDIM 50 x 10 (<= 1.2 s), DPS 1000 x 3 (<= 25 s): 100 steps timed, x10; + compile
 #    (DPS compiled on its own: compiling its backward as well takes ~2 minutes)
 job ddpm_ddim 150 $PY $B/bench_ddpm_dps.py --steps 100 --modes batched --precisions auto --graphs eager,graphs,compile \

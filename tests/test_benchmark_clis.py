@@ -29,6 +29,8 @@ OPTIONS = {
     "probe_vsd_parts": ["--batches", "--reps", "--profile", "--device", "--tiny", "fit16", "Examples"],
     "bench_cpu_toy": ["--model", "--random", "--widths", "--threads", "--wait_policies", "--reps", "--steps", "--json",
                       "Examples"],
+    "ism_call_model": ["--batches", "--call_ms", "--draws", "--delta_t", "--delta_s", "--inv_steps", "--grid",
+                       "--seed", "--json", "Examples"],
 }
 
 
@@ -102,6 +104,11 @@ def test_help_lists_options(name: str) -> None:
     ("bench_unet_knobs", ["--rows", "unet:2"], "is not model:batch"),
     ("bench_unet_knobs", ["--knobs", "eager,graphs+fp8"], "unknown knob in 'graphs+fp8'"),
     ("bench_unet_knobs", ["--calls", "0"], "--calls"),
+    ("ism_call_model", ["--call_ms", "1:x"], "'1:x' is not rows:ms"),
+    ("ism_call_model", ["--call_ms", "1:nan,2:3"], "a finite ms > 0"),
+    ("ism_call_model", ["--call_ms", "2:5"], "at least two"),
+    ("ism_call_model", ["--call_ms", "1:3,4:5"], "the CFG call of 20 rows is beyond"),
+    ("ism_call_model", ["--grid", "ddpm"], "'ddpm' is not one of"),
 ])
 def test_bad_values_are_one_line_errors(name: str, args: list[str], needle: str) -> None:
     assert_one_line_error(invoke(name, args), needle)
@@ -138,3 +145,24 @@ def test_tiny_cpu_smoke_rows_write_strict_json(name: str, args: list[str], row: 
 def test_unet_knobs_without_cuda_says_so(monkeypatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert_one_line_error(invoke("bench_unet_knobs", []), "needs a CUDA GPU and none is available")
+
+
+def test_ism_call_model_counts_the_grid_and_prices_a_line_in_closed_form(tmp_path: Path) -> None:
+    model = load("ism_call_model")
+    # t = 100, 500, 980 -> s = 20, 420, 900 -> n = 0, 2, 4 inversion steps (2d-sds grid, delta_s 200)
+    rows = model.call_rows(torch.tensor([100, 500, 980]), 80, 200, 5, "2d-sds")
+    assert rows == [2, 2, 1, 1, 3, 6]
+    # LucidDreamer's grid starts at 0 and ends with a partial step: ceil(s / 200) = 1, 3, 5 steps
+    assert model.call_rows(torch.tensor([100, 500, 980]), 80, 200, 5, "luciddreamer") == [3, 2, 2, 1, 1, 3, 6]
+    line = model.parse_curve("1:7,20:45")  # 5 + 2 * rows ms
+    assert model.price(rows, line, padded=False) == pytest.approx(5 * len(rows) + 2 * sum(rows))
+    assert model.price(rows, line, padded=True) == pytest.approx(5 * 6 + 2 * (2 + 2 + 1 + 1 + 3 + 6))  # 3 rows: 3
+    assert model.price([5, 10, 20], line, padded=True) == pytest.approx(3 * 5 + 2 * (6 + 10 + 20))  # 5 -> 6 rows
+    out = tmp_path / "model.json"
+    result = invoke("ism_call_model", ["--draws", "200", "--call_ms", "1:7,20:45", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())["rows"]
+    for row in data:  # a line prices every step at 5 ms per call + 2 ms per row
+        assert row["ism_exact_ms"] == pytest.approx(5 * row["calls"] + 2 * row["rows"])
+        assert row["sds_ms"] == pytest.approx(5 + 4 * row["prompts"])
+    assert [row["prompts"] for row in data] == [1, 10] and data[0]["calls"] >= 2
