@@ -273,12 +273,15 @@ def test_cases_pass_the_same_on_the_other_homeworks_trees(runs, hw_id):
 
 
 def test_batch_outputs_equal_their_singles(runs):
+    """Within float32 rounding: the toy UNet runs in float32, and a batch of 3 and a batch of 1 may take different
+    CPU kernels (a clean-clone CI saw 4e-6 on a value of 0.13). A batch bug (a shared t, a batch mean) is off by
+    far more; the grader's own band for these cases is Case's rtol 1e-4."""
     for module in ("grading.cases.sds", "grading.cases.vsd", "grading.cases.pds"):
         short = module.rsplit(".", 1)[-1]
         outputs, _ = runs[f"{short}-reference-0"]
         case = outputs[f"{short}/batch-vs-singles"]
         for b in range(3):
-            torch.testing.assert_close(case[f"batch_{b}"], case[f"singles_{b}"], rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(case[f"batch_{b}"], case[f"singles_{b}"], rtol=1e-4, atol=1e-5)
 
 
 def test_reference_properties(runs):
