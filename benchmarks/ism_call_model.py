@@ -41,17 +41,18 @@ def parse_curve(text: str) -> tuple[np.ndarray, np.ndarray]:
     """``rows:ms,...`` -> (rows, ms) sorted by rows; a malformed or non-positive pair is a one-line error."""
     pairs = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
-        rows, _, ms = item.partition(":")
+        rows_text, _, ms_text = item.partition(":")
         try:
-            pairs[int(rows)] = float(ms)
+            rows, ms = int(rows_text), float(ms_text)
         except ValueError:
             raise bench.UserError(f"--call_ms: {item!r} is not rows:ms") from None
-        if pairs[int(rows)] <= 0 or not np.isfinite(pairs[int(rows)]) or int(rows) < 1:
+        if rows < 1 or not np.isfinite(ms) or ms <= 0:
             raise bench.UserError(f"--call_ms: {item!r} needs rows >= 1 and a finite ms > 0")
+        pairs[rows] = ms
     if len(pairs) < 2:
         raise bench.UserError("--call_ms: give at least two rows:ms pairs")
-    rows = np.array(sorted(pairs))
-    return rows, np.array([pairs[r] for r in rows])
+    sizes = np.array(sorted(pairs))
+    return sizes, np.array([pairs[r] for r in sizes])
 
 
 def call_rows(t: torch.Tensor, delta_t: int, delta_s: int, inv_steps: int, grid: str) -> list[int]:
@@ -69,8 +70,10 @@ def call_rows(t: torch.Tensor, delta_t: int, delta_s: int, inv_steps: int, grid:
 
 
 def price(rows: list[int], curve: tuple[np.ndarray, np.ndarray], padded: bool) -> float:
-    """ms of one step's calls: sizes between the curve's rows interpolated, below its first row priced at it."""
-    sizes = [graph_rows(m, rows[-1] // 2) if padded and m <= rows[-1] // 2 else m for m in rows]
+    """ms of one step's calls (rows from :func:`call_rows`; the last, the CFG call, has 2B): sizes between
+    the curve's rows interpolated, below its first row priced at it. ``padded``: B-row calls padded as under graphs."""
+    prompts = rows[-1] // 2
+    sizes = [graph_rows(m, prompts) if padded and m <= prompts else m for m in rows]
     return float(np.interp(sizes, *curve).sum())
 
 
