@@ -35,6 +35,7 @@ from distillation.runner import RunConfig  # noqa: E402
 
 # SD 2.1 base UNet, fp16, one CUDA-graph replay, no grad (bench_unet_knobs.py --knobs graphs --calls 20, H200)
 H200_GRAPHS_MS = "1:9.16,2:11.28,3:13.84,4:15.38,6:20.46,8:24.50,10:30.08,12:34.04,16:43.68,20:55.52"
+RUN = RunConfig()  # the runner's defaults: its t range and ISM's grid
 
 
 def parse_curve(text: str) -> tuple[np.ndarray, np.ndarray]:
@@ -57,7 +58,8 @@ def parse_curve(text: str) -> tuple[np.ndarray, np.ndarray]:
 
 def call_rows(t: torch.Tensor, delta_t: int, delta_s: int, inv_steps: int, grid: str) -> list[int]:
     """Rows of each sequential UNet call of one ISM step for the prompts' t [B]: the inversion calls (samples whose
-    next grid level is above the current one), the call at s, then the CFG call (2B)."""
+    next grid level is above the current one), the call at s, then the CFG call (2B). The grid's stepping is
+    written here again on purpose: ``distillation.ism.ism_gradient`` is a solution region, which nothing else uses."""
     s = (t - delta_t).clamp(min=0)
     t_start = inversion_start(t, delta_t, delta_s, inv_steps, grid)
     rows, k = [], 0
@@ -83,10 +85,14 @@ def price(rows: list[int], curve: tuple[np.ndarray, np.ndarray], padded: bool) -
               help="Comma-separated rows:ms of one UNet call (from bench_unet_knobs.py).")
 @click.option("--draws", type=click.IntRange(100, 10**6), default=20000, show_default=True,
               help="Steps drawn per batch size.")
-@click.option("--delta_t", type=click.IntRange(1, 999), default=80, show_default=True, help="ISM's t - s.")
-@click.option("--delta_s", type=click.IntRange(1, 999), default=200, show_default=True, help="Inversion stride.")
-@click.option("--inv_steps", type=click.IntRange(0, 50), default=5, show_default=True, help="Most inversion steps.")
-@click.option("--grid", type=click.Choice(GRIDS), default="2d-sds", show_default=True, help="ISM's inversion grid.")
+@click.option("--delta_t", type=click.IntRange(1, 999), default=RUN.ism_delta_t, show_default=True,
+              help="ISM's t - s.")
+@click.option("--delta_s", type=click.IntRange(1, 999), default=RUN.ism_delta_s, show_default=True,
+              help="Inversion stride.")
+@click.option("--inv_steps", type=click.IntRange(0, 50), default=RUN.ism_inv_steps, show_default=True,
+              help="Most inversion steps.")
+@click.option("--grid", type=click.Choice(GRIDS), default=RUN.ism_grid, show_default=True,
+              help="ISM's inversion grid.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the t draws.")
 @click.option("--json", "json_path", default=None, help="Also write the rows to this JSON file.")
 @user_errors
@@ -103,12 +109,12 @@ def main(batches: list[int], call_ms: str, draws: int, delta_t: int, delta_s: in
     if 2 * max(batches) > curve[0][-1]:
         raise bench.UserError(f"--call_ms: the CFG call of {2 * max(batches)} rows is beyond the curve's last "
                               f"{curve[0][-1]} rows")
-    cfg, generator = RunConfig(), torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
     print("| prompts | calls / step | rows / step | ISM ms (graph-padded) | ISM ms (exact rows) | SDS ms | "
           "ratio padded | ratio exact | rows-only floor |\n|---|---|---|---|---|---|---|---|---|")
     out = []
     for b in batches:
-        steps = [call_rows(torch.randint(cfg.t_min, cfg.t_max + 1, (b,), generator=generator), delta_t, delta_s,
+        steps = [call_rows(torch.randint(RUN.t_min, RUN.t_max + 1, (b,), generator=generator), delta_t, delta_s,
                            inv_steps, grid) for _ in range(draws)]
         sds = price([2 * b], curve, padded=False)
         row = {"prompts": b, "calls": np.mean([len(r) for r in steps]), "rows": np.mean([sum(r) for r in steps]),
